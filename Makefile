@@ -1,0 +1,36 @@
+# The two commands of a fresh clone: `make demo` and `make test` (both install on first use).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+
+.PHONY: setup demo test test-slow bench lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"mangaka needs Python 3.11, not {sys.version.split()[0]}"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+demo: setup
+	$(BIN)/mangaka demo
+
+lint: setup
+	$(BIN)/ruff check flows tasks models storage tests bench
+	$(BIN)/ruff format --check flows tasks models storage tests bench
+	$(BIN)/mypy tasks models storage
+
+test: lint
+	$(BIN)/pytest -m "not slow and not gpu"
+
+test-slow: setup
+	$(BIN)/pytest -m "slow"
+
+bench: setup
+	$(BIN)/python -m bench.ingest
+
+clean:
+	rm -rf $(VENV) .prefect workspace .pytest_cache .mypy_cache .ruff_cache

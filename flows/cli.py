@@ -1,0 +1,230 @@
+"""The ``mangaka`` command line: parse, start one Prefect API and one Dask cluster, run a flow.
+
+Exit codes: 0 done (quarantined items are reported, not failures), 1 the run failed,
+2 a usage error, with a one-line message. ``status`` reads the workspace directly and
+starts nothing, so it answers in a second even while a run is going on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from flows.runtime import RunConfig
+
+log = logging.getLogger("mangaka")
+
+
+class UsageError(Exception):
+    """A request that cannot be carried out as asked (exit code 2)."""
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {value}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mangaka", description="A dataset factory for anime-portrait research.")
+    p.add_argument(
+        "--workspace",
+        default=os.environ.get("MANGAKA_WORKSPACE", "./workspace"),
+        help="local directory or s3://bucket/prefix (env MANGAKA_WORKSPACE; default ./workspace)",
+    )
+    p.add_argument(
+        "--dask-address", default=None, help="tcp://HOST:PORT of an existing Dask scheduler (default: a LocalCluster)"
+    )
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--workers", type=_positive, default=None, help="LocalCluster worker processes (default: cores)")
+    p.add_argument("-v", "--verbose", action="store_true", help="show every task's log")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("synth", help="draw anime-style portraits with exact truth")
+    s.add_argument("out")
+    s.add_argument("--count", type=_positive, required=True)
+    s.add_argument("--annotated", type=int, default=0)
+    s.add_argument("--size", type=_positive, default=512)
+    s.add_argument("--seed", type=int, default=0)
+
+    s = sub.add_parser("ingest-images", help="add images (folder, .tar, s3://) to corpus/images")
+    s.add_argument("src")
+    s.add_argument("--size", type=_positive, default=512)
+    s.add_argument("--fit", choices=("crop", "pad"), default="crop")
+    s.add_argument("--min-size", type=int, default=0)
+    s.add_argument("--max-pixels", type=_positive, default=None, help="refuse larger images before decoding")
+    s.add_argument("--shard-size", type=_positive, default=None, help="items per shard (fixed at first ingestion)")
+
+    s = sub.add_parser("export", help="one PNG per item of an array")
+    s.add_argument("array")
+    s.add_argument("out")
+
+    s = sub.add_parser("status", help="coverage per stage and the quarantine")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("build", help="the whole chain as one flow")
+    s.add_argument("--stages", default=None, help="comma-separated stages (default: all)")
+    s.add_argument("--src", default=None, help="new corpus images to ingest first")
+    s.add_argument("--size", type=_positive, default=512)
+
+    s = sub.add_parser("demo", help="synth + build on the embedded default, then a report")
+    s.add_argument("--full", action="store_true", help="real sizes (512 px, thousands of portraits)")
+    return p
+
+
+def _run(config: RunConfig, fn: Callable[[], Any]) -> Any:
+    from flows.runtime import session
+
+    with session(config):
+        return fn()
+
+
+def _cmd_synth(a: argparse.Namespace, config: RunConfig) -> int:
+    from flows.runtime import run_flow
+    from flows.synth import synth
+
+    if not 0 <= a.annotated <= a.count:
+        raise UsageError(f"--annotated must be between 0 and --count ({a.count})")
+    r = _run(config, lambda: run_flow(synth, out=a.out, count=a.count, annotated=a.annotated, size=a.size, seed=a.seed))
+    print(f"drew {r['portraits']} portraits into {a.out} ({r['annotated']} annotated in labelme/)")
+    return 0
+
+
+def _cmd_ingest(a: argparse.Namespace, config: RunConfig) -> int:
+    from flows.ingest import ingest_images
+    from flows.runtime import run_flow
+    from storage.workspace import DEFAULT_SHARD_SIZE
+    from tasks.ingest import IngestOptions
+
+    opts: dict[str, Any] = {"size": a.size, "fit": a.fit, "min_size": a.min_size}
+    if a.max_pixels:
+        opts["max_pixels"] = a.max_pixels
+    options = IngestOptions(**opts)
+    r = _run(
+        config,
+        lambda: run_flow(
+            ingest_images,
+            workspace=config.workspace,
+            src=a.src,
+            options=options,
+            shard_size=a.shard_size or DEFAULT_SHARD_SIZE,
+        ),
+    )
+    print(
+        f"ingested {r['stored']} new images into corpus/images ({r['corpus_items']} in all); "
+        f"{r['already_ingested']} already there, {r['duplicates_skipped']} duplicates skipped, "
+        f"{r['quarantined']} quarantined, {r['not_image_names']} files not named like images"
+    )
+    if r["quarantined"]:
+        print("see `mangaka status` for the quarantine and its reasons")
+    return 0
+
+
+def _cmd_export(a: argparse.Namespace, config: RunConfig) -> int:
+    from flows.export import export
+    from flows.runtime import run_flow
+
+    r = _run(config, lambda: run_flow(export, workspace=config.workspace, array=a.array, out=a.out))
+    print(f"exported {r['exported']} items of {a.array} to {a.out}")
+    return 0
+
+
+def _cmd_status(a: argparse.Namespace, config: RunConfig) -> int:
+    from storage.workspace import Workspace
+    from tasks.status import status_lines, workspace_status
+
+    status = workspace_status(Workspace(config.workspace))
+    print(json.dumps(status, indent=1) if a.json else "\n".join(status_lines(status)))
+    return 0
+
+
+def _cmd_build(a: argparse.Namespace, config: RunConfig) -> int:
+    from flows.build import STAGES, build
+
+    stages = [s.strip() for s in a.stages.split(",")] if a.stages else list(STAGES)
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        raise UsageError(f"unknown stage(s) {', '.join(unknown)}; stages are {', '.join(STAGES)}")
+    r = _run(config, lambda: build(workspace=config.workspace, src=a.src, stages=stages, size=a.size))
+    print(json.dumps(r, indent=1))
+    return 0
+
+
+def _cmd_demo(a: argparse.Namespace, config: RunConfig) -> int:
+    from flows.build import DemoOptions, demo
+
+    options = DemoOptions.full() if a.full else DemoOptions()
+    r = _run(config, lambda: demo(workspace=config.workspace, options=options))
+    print("\n".join(_demo_lines(config.workspace)))
+    print(f"report: {r['report']['status_txt']}, {r['report']['contact_sheet']}")
+    return 0
+
+
+def _demo_lines(workspace: str) -> list[str]:
+    from storage.workspace import Workspace
+    from tasks.status import status_lines, workspace_status
+
+    return status_lines(workspace_status(Workspace(workspace)))
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, RunConfig], int]] = {
+    "synth": _cmd_synth,
+    "ingest-images": _cmd_ingest,
+    "export": _cmd_export,
+    "status": _cmd_status,
+    "build": _cmd_build,
+    "demo": _cmd_demo,
+}
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    for name in ("distributed", "tornado", "asyncio", "botocore", "aiobotocore", "s3fs"):
+        logging.getLogger(name).setLevel(logging.WARNING if verbose else logging.ERROR)
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _quiet_libraries(args.verbose)
+    config = RunConfig(args.workspace, args.dask_address, args.device, args.workers)
+    from flows.shards import ShardFailures
+    from storage.workspace import WorkspaceError
+
+    try:
+        return COMMANDS[args.command](args, config)
+    except (UsageError, WorkspaceError, FileNotFoundError, ValidationError) as exc:
+        msg = str(exc).splitlines()[0] if not isinstance(exc, ValidationError) else _validation_line(exc)
+        print(f"mangaka {args.command}: {msg}", file=sys.stderr)
+        return 2
+    except ShardFailures as exc:
+        print(f"mangaka {args.command}: {exc}; run it again to redo only those shards", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"mangaka {args.command}: interrupted; run it again to resume", file=sys.stderr)
+        return 1
+    except Exception as exc:  # the run failed: say why in one line, details with -v
+        log.debug("failure", exc_info=True)
+        print(f"mangaka {args.command}: failed: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _validation_line(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(x) for x in err.get("loc", ()))
+    return f"invalid option {where}: {err.get('msg')}"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

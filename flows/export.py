@@ -1,0 +1,35 @@
+"""The ``export`` flow: one PNG per item of an array, named by its id."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.shards import run_shards
+from storage.items import item_table
+from storage.workspace import Workspace, family_of
+from tasks.export import ExportSpec, export_shard
+
+
+@task(name="export-shard", retries=2, cache_policy=NO_CACHE)
+def export_shard_task(spec: ExportSpec) -> int:
+    return export_shard(spec)
+
+
+@flow(name="export")
+def export(workspace: str, array: str, out: str) -> dict[str, int]:
+    """Write ``out/<id>.png`` for every item of ``array`` that has been produced."""
+    ws = Workspace(workspace)
+    family = family_of(array)
+    ws.array(array)  # a clear error if it does not exist
+    table = item_table(ws, family)
+    # Derived arrays hold data only where a shard was completed; ingested ones everywhere.
+    produced = set(ws.markers(array)) if array != f"{family}/images" else None
+    specs = []
+    for shard in range(ws.shards_of(table.length)):
+        items = table.slots_in(ws.shard_slots(shard, table.length))
+        if items and (produced is None or shard in produced):
+            specs.append(ExportSpec(ws.url, array, shard, out, items))
+    written = sum(run_shards(export_shard_task, specs, f"export {array}"))
+    get_run_logger().info("exported %d items of %s to %s", written, array, out)
+    return {"exported": written}

@@ -1,0 +1,94 @@
+"""The ``ingest-images`` flow: a folder, ``.tar`` or S3 prefix into ``corpus/images``.
+
+The flow process lists and plans (one writer of the journal and of array metadata); shard
+tasks on Dask read, decode and write; the flow then refreshes ``corpus/item`` and reports.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.shards import run_shards
+from storage.items import Journal, item_table, write_item_index
+from storage.sources import list_sources
+from storage.workspace import DEFAULT_SHARD_SIZE, Workspace
+from tasks.ingest import (
+    ARRAY,
+    FAMILY,
+    STAGE,
+    IngestOptions,
+    ShardResult,
+    ShardSpec,
+    ingest_shard,
+    plan_ingest,
+    prepare_array,
+    shard_specs,
+    source_record,
+)
+
+
+@task(name="ingest-shard", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def ingest_shard_task(spec: ShardSpec) -> ShardResult:
+    return ingest_shard(spec)
+
+
+@flow(name="ingest-images", log_prints=False)
+def ingest_images(
+    workspace: str,
+    src: str,
+    options: IngestOptions = IngestOptions(),  # noqa: B008 - pydantic models are immutable
+    shard_size: int = DEFAULT_SHARD_SIZE,
+) -> dict[str, Any]:
+    """Add the images under ``src`` to the workspace's corpus; returns a summary."""
+    logger = get_run_logger()
+    ws = Workspace(workspace)
+    ws.ensure_config(shard_size=shard_size)
+    listing = list_sources(src)
+    plan = plan_ingest(ws, listing)
+    for source, reason in plan.refused:
+        ws.quarantine(source, STAGE, reason)
+    batches = list(plan.open_batches)
+    if batches:
+        logger.info("resuming %d unfinished batch(es) of an earlier run", len(batches))
+    if plan.new:
+        batches.append(
+            Journal(ws, FAMILY).add(options.version, options.model_dump(), [source_record(r) for r in plan.new])
+        )
+    for b in batches:
+        prepare_array(ws, IngestOptions(**b.options), b.end)
+    specs = [s for b in batches for s in shard_specs(ws, b)]
+    logger.info(
+        "%s: %d files listed, %d already ingested, %d new, %d shard task(s)",
+        src,
+        len(listing.refs),
+        plan.known,
+        len(plan.new),
+        len(specs),
+    )
+    results: list[ShardResult] = run_shards(ingest_shard_task, specs, "ingest-images")
+    table = item_table(ws, FAMILY)
+    write_item_index(ws, table)
+    run_slots = {r.shard for r in results}
+    s = ws.shard_size
+    summary = {
+        "source": src,
+        "listed": len(listing.refs),
+        "already_ingested": plan.known,
+        "stored": sum(r.ok for r in results),
+        "duplicates_skipped": sum(1 for d in table.duplicates if d["slot"] // s in run_slots),
+        "quarantined": sum(r.quarantined for r in results) + len(plan.refused),
+        "not_image_names": plan.skipped_names,
+        "shards": len(specs),
+        "corpus_items": len(table),
+    }
+    create_table_artifact(
+        key="ingest-images-summary",
+        table=[{"what": k, "count": v} for k, v in summary.items() if k != "source"],
+        description=f"ingest-images of {src} into {ws.url} ({ARRAY})",
+    )
+    logger.info("summary: %s", summary)
+    return summary

@@ -1,0 +1,92 @@
+"""Model checkpoints under the workspace: safetensors weights, a JSON config, JSON metrics.
+
+Layout: ``models/<model>/<checkpoint>/{weights.safetensors,config.json,metrics.json}`` and
+``models/<model>/tags/<tag>.json`` (``latest``, ``best``) pointing at a checkpoint. The
+weights are written first and the tags last, so a tag never points at a partial
+checkpoint. Weights are safetensors only: loading never executes code from a file.
+
+Callers hand over already-serialised safetensors bytes (``safetensors.torch.save`` or
+``safetensors.numpy.save``), so this module stays free of torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from storage.location import safe_key
+from storage.workspace import Workspace, WorkspaceError, now_iso
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    model: str
+    name: str
+    weights: bytes
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+
+    @property
+    def digest(self) -> str:
+        """A short content hash: the producer version of everything made with this model."""
+        return hashlib.sha256(self.weights).hexdigest()[:16]
+
+
+def _dir(model: str, name: str = "") -> str:
+    return safe_key(f"models/{model}/{name}" if name else f"models/{model}")
+
+
+def save_checkpoint(
+    ws: Workspace,
+    model: str,
+    name: str,
+    weights: bytes,
+    config: dict[str, Any],
+    metrics: dict[str, Any] | None = None,
+    tags: tuple[str, ...] = ("latest",),
+) -> str:
+    """Store a checkpoint and move ``tags`` to it; returns its digest."""
+    base = _dir(model, name)
+    ws.loc.write_bytes(f"{base}/weights.safetensors", weights)
+    ws.loc.write_json(f"{base}/metrics.json", metrics or {})
+    ws.loc.write_json(f"{base}/config.json", config)
+    digest = hashlib.sha256(weights).hexdigest()[:16]
+    for tag in tags:
+        ws.loc.write_json(f"{_dir(model)}/tags/{tag}.json", {"checkpoint": name, "digest": digest, "time": now_iso()})
+    return digest
+
+
+def list_checkpoints(ws: Workspace, model: str) -> list[str]:
+    names = []
+    for key in ws.loc.list(_dir(model)):
+        name = key.rsplit("/", 1)[1]
+        if name != "tags" and ws.loc.exists(f"{key}/config.json"):
+            names.append(name)
+    return sorted(names)
+
+
+def list_models(ws: Workspace) -> list[str]:
+    return [k.rsplit("/", 1)[1] for k in ws.loc.list("models")]
+
+
+def resolve(ws: Workspace, model: str, ref: str = "latest") -> str:
+    """Turn a tag (``latest``, ``best``) or a checkpoint name into a checkpoint name."""
+    tag_key = f"{_dir(model)}/tags/{safe_key(ref)}.json"
+    if ws.loc.exists(tag_key):
+        return str(ws.loc.read_json(tag_key)["checkpoint"])
+    if ws.loc.exists(f"{_dir(model, ref)}/config.json"):
+        return ref
+    raise WorkspaceError(f"no checkpoint {ref!r} of model {model!r} in {ws.url}: train it first")
+
+
+def load_checkpoint(ws: Workspace, model: str, ref: str = "latest") -> Checkpoint:
+    name = resolve(ws, model, ref)
+    base = _dir(model, name)
+    return Checkpoint(
+        model,
+        name,
+        ws.loc.read_bytes(f"{base}/weights.safetensors"),
+        ws.loc.read_json(f"{base}/config.json"),
+        ws.loc.read_json(f"{base}/metrics.json") if ws.loc.exists(f"{base}/metrics.json") else {},
+    )

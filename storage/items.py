@@ -1,0 +1,193 @@
+"""Items: which slot holds which image, and the ingestion journal that assigns slots.
+
+Ingestion works in *batches*. Before any data is written, a run records its plan as
+``_meta/batches/<family>/<n>.json``: the first slot (``base``, always on a shard boundary)
+and, per shard, the sources it will read. Tasks then fill their shards and write markers
+whose ``entries`` say, slot by slot, what each source became (its id and content hash, or
+the reason it was quarantined). A killed run leaves an *open* batch (some markers missing);
+the next run finishes exactly that plan before it plans anything new, so an interrupted
+and resumed run ends with the same slots and bytes as an uninterrupted one. New items
+always go to new shards: no existing shard is ever rewritten by a later ingestion.
+
+The :class:`ItemTable` is derived from the markers, in slot order:
+
+- the first slot with a given content hash holds the item; a later one with the same hash
+  is a duplicate and stays a hole;
+- a later slot with the same id *and the same source* replaces the earlier one (a file that
+  was changed in place); the earlier slot becomes a hole.
+
+``<family>/item`` (one id per slot, ``""`` for holes) mirrors the table for readers that do
+not use mangaka; it is rewritten from the markers after every run.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from storage.workspace import Workspace, now_iso
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Batch:
+    """One ingestion plan: ``shards[j]`` lists the sources of global shard ``first_shard + j``."""
+
+    family: str
+    number: int
+    base: int
+    shard_size: int
+    version: str
+    options: dict[str, Any]
+    shards: list[list[dict[str, Any]]]
+    created: str = ""
+
+    @property
+    def first_shard(self) -> int:
+        return self.base // self.shard_size
+
+    @property
+    def n_sources(self) -> int:
+        return sum(len(s) for s in self.shards)
+
+    @property
+    def end(self) -> int:
+        """One past the last slot this batch uses."""
+        if not self.shards:
+            return self.base
+        return self.base + (len(self.shards) - 1) * self.shard_size + len(self.shards[-1])
+
+    def shard_indices(self) -> list[int]:
+        return [self.first_shard + j for j in range(len(self.shards))]
+
+    def sources_of(self, shard: int) -> list[dict[str, Any]]:
+        return self.shards[shard - self.first_shard]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "family": self.family,
+            "number": self.number,
+            "base": self.base,
+            "shard_size": self.shard_size,
+            "version": self.version,
+            "options": self.options,
+            "shards": self.shards,
+            "created": self.created,
+        }
+
+
+class Journal:
+    """The batches of one item family (``corpus``, ``annotated``, ...)."""
+
+    def __init__(self, ws: Workspace, family: str) -> None:
+        self.ws = ws
+        self.family = family
+
+    def _prefix(self) -> str:
+        return f"_meta/batches/{self.family}"
+
+    def batches(self) -> list[Batch]:
+        keys = [k for k in self.ws.loc.list(self._prefix()) if k.endswith(".json")]
+        got = self.ws.loc.read_json_many(keys)
+        return sorted((Batch(**v) for v in got.values()), key=lambda b: b.number)
+
+    def add(self, version: str, options: dict[str, Any], sources: list[dict[str, Any]]) -> Batch:
+        """Record a new batch for ``sources`` after every existing one, on a shard boundary."""
+        existing = self.batches()
+        s = self.ws.shard_size
+        end = max((b.end for b in existing), default=0)
+        base = -(-end // s) * s
+        shards = [sources[i : i + s] for i in range(0, len(sources), s)]
+        number = (existing[-1].number + 1) if existing else 1
+        batch = Batch(self.family, number, base, s, version, options, shards, now_iso())
+        self.ws.loc.write_json(f"{self._prefix()}/{number:06d}.json", batch.to_dict())
+        return batch
+
+    def length(self) -> int:
+        return max((b.end for b in self.batches()), default=0)
+
+
+@dataclass
+class ItemTable:
+    """Live items of a family, by id and by slot, and what was set aside."""
+
+    family: str
+    length: int
+    by_id: dict[str, dict[str, Any]] = field(default_factory=dict)
+    duplicates: list[dict[str, Any]] = field(default_factory=list)
+    replaced: list[dict[str, Any]] = field(default_factory=list)
+    quarantined: list[dict[str, Any]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.by_id)
+
+    @property
+    def by_slot(self) -> dict[int, str]:
+        return {e["slot"]: i for i, e in self.by_id.items()}
+
+    def hashes(self) -> set[str]:
+        return {e["sha256"] for e in self.by_id.values()}
+
+    def slots_in(self, slots: range) -> list[tuple[int, str]]:
+        """(slot, id) of the live items inside ``slots``, in slot order."""
+        lo, hi = slots.start, slots.stop
+        return sorted((e["slot"], i) for i, e in self.by_id.items() if lo <= e["slot"] < hi)
+
+    def ids_array(self) -> np.ndarray:
+        ids = np.full(self.length, "", dtype=object)
+        for i, e in self.by_id.items():
+            ids[e["slot"]] = i
+        return ids
+
+
+def item_table(ws: Workspace, family: str, array: str | None = None) -> ItemTable:
+    """Build the item table of ``family`` from the markers of its ingestion array."""
+    array = array or f"{family}/images"
+    markers = ws.markers(array)
+    table = ItemTable(family, Journal(ws, family).length())
+    by_hash: dict[str, str] = {}
+    entries = sorted((e for m in markers.values() for e in m.get("entries", [])), key=lambda e: e["slot"])
+    for e in entries:
+        if e["status"] != "ok":
+            table.quarantined.append(e)
+            continue
+        holder = by_hash.get(e["sha256"])
+        if holder is not None:
+            table.duplicates.append({**e, "duplicate_of": holder})
+            continue
+        old = table.by_id.get(e["id"])
+        if old is not None:
+            if old["source"] != e["source"]:
+                # Planning keeps ids unique across sources; a clash here means two runs
+                # raced on one workspace. Keep the first and say so rather than lose either.
+                table.duplicates.append({**e, "duplicate_of": e["id"], "clash": True})
+                continue
+            by_hash.pop(old["sha256"], None)
+            table.replaced.append(old)
+        table.by_id[e["id"]] = e
+        by_hash[e["sha256"]] = e["id"]
+    return table
+
+
+def write_item_index(ws: Workspace, table: ItemTable) -> None:
+    """Mirror the table into ``<family>/item`` (ids by slot) for plain zarr/xarray readers."""
+    key = f"{table.family}/item"
+    ids = table.ids_array()
+    if ws.has_array(key):
+        arr = ws.array(key, mode="r+")
+        if arr.shape[0] != len(ids):
+            arr.resize((len(ids),))
+    else:
+        arr = ws.group().create_array(
+            key, shape=(len(ids),), chunks=(65536,), dtype=str, fill_value="", dimension_names=("item",)
+        )
+    if len(ids):
+        arr[:] = ids.astype(str)
+    # xarray opens a family as one Dataset only when every array agrees on the item axis.
+    for name in ws.list_arrays():
+        if name.startswith(f"{table.family}/") and name != key:
+            ws.grow(name, table.length)

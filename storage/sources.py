@@ -1,0 +1,184 @@
+"""Input corpora: a folder, a ``.tar`` archive, or an ``s3://bucket/prefix``.
+
+Listing returns :class:`SourceRef` records (small, picklable: what a task needs to read one
+file again, plus a fingerprint of its listing metadata); :class:`SourceReader` reads their
+bytes. Nothing is ever extracted to disk, and a folder's symlinks that lead outside the
+folder are refused, so no input can make mangaka read or write outside what it was given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import tarfile
+from dataclasses import asdict, dataclass
+from typing import IO, Any
+
+from storage.location import filesystem, is_remote
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+
+
+def is_image_name(name: str) -> bool:
+    return posixpath.splitext(name)[1].lower() in IMAGE_SUFFIXES
+
+
+def item_id(relpath: str) -> str:
+    """An item's id: the source file's stem."""
+    return posixpath.splitext(posixpath.basename(relpath))[0]
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    """One input file: how to read it again and what its listing said about it."""
+
+    source: str  # display name: path, s3://..., or archive.tar::member
+    kind: str  # "file" | "tar" | "s3"
+    path: str  # file path, archive path, or s3 path (bucket/key)
+    relpath: str  # path inside the corpus root
+    size: int
+    mtime: float
+    offset: int = 0  # data offset inside a tar archive
+
+    @property
+    def id(self) -> str:
+        return item_id(self.relpath)
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes when the file at this place changes (size or time), without reading it."""
+        return hashlib.sha1(f"{self.source}\0{self.size}\0{self.mtime}".encode()).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SourceRef:
+        return cls(**d)
+
+
+@dataclass
+class Listing:
+    """What a corpus holds: readable image files, plus what was passed over and why."""
+
+    refs: list[SourceRef]
+    skipped_names: int  # files not named like images
+    refused: list[tuple[str, str]]  # (source, reason) for files that must not be read
+
+
+def list_sources(src: str) -> Listing:
+    """List the image files under ``src`` (folder, ``.tar``, or ``s3://`` prefix), sorted."""
+    if is_remote(src):
+        return _list_s3(src)
+    path = os.path.abspath(os.path.expanduser(src))
+    if os.path.isdir(path):
+        return _list_folder(path)
+    if os.path.isfile(path) and tarfile.is_tarfile(path):
+        return _list_tar(path)
+    if os.path.exists(path):
+        raise ValueError(f"{src} is neither a folder nor a .tar archive")
+    raise FileNotFoundError(f"{src} does not exist")
+
+
+def _list_folder(root: str) -> Listing:
+    refs: list[SourceRef] = []
+    refused: list[tuple[str, str]] = []
+    skipped = 0
+    real_root = os.path.realpath(root)
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for name in sorted(filenames):
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root).replace(os.sep, "/")
+            if not is_image_name(name):
+                skipped += 1
+                continue
+            if os.path.islink(full):
+                target = os.path.realpath(full)
+                if os.path.commonpath([real_root, target]) != real_root:
+                    refused.append((full, "symlink points outside the source folder"))
+                    continue
+            try:
+                st = os.stat(full)
+            except OSError as exc:
+                refused.append((full, f"cannot stat: {exc.strerror or exc}"))
+                continue
+            if not os.path.isfile(full):
+                skipped += 1
+                continue
+            refs.append(SourceRef(full, "file", full, rel, st.st_size, st.st_mtime))
+    return Listing(refs, skipped, refused)
+
+
+def _list_tar(archive: str) -> Listing:
+    refs: list[SourceRef] = []
+    skipped = 0
+    with tarfile.open(archive, "r:") as tf:
+        for m in tf:
+            if not m.isfile():
+                skipped += int(not m.isdir())
+                continue
+            rel = posixpath.normpath(m.name).lstrip("/")
+            if not is_image_name(rel):
+                skipped += 1
+                continue
+            refs.append(SourceRef(f"{archive}::{rel}", "tar", archive, rel, m.size, float(m.mtime), m.offset_data))
+    refs.sort(key=lambda r: r.relpath)
+    return Listing(refs, skipped, [])
+
+
+def _list_s3(src: str) -> Listing:
+    fs, root = filesystem(src)
+    refs: list[SourceRef] = []
+    skipped = 0
+    found: dict[str, dict[str, Any]] = fs.find(root, detail=True)
+    for path, info in sorted(found.items()):
+        if info.get("type") == "directory":
+            continue
+        rel = path[len(root) :].lstrip("/")
+        if not is_image_name(rel):
+            skipped += 1
+            continue
+        mtime = info.get("LastModified") or info.get("mtime") or 0
+        stamp = mtime.timestamp() if hasattr(mtime, "timestamp") else float(mtime)
+        refs.append(SourceRef(f"s3://{path}", "s3", path, rel, int(info.get("size") or 0), stamp))
+    return Listing(refs, skipped, [])
+
+
+class SourceReader:
+    """Reads the bytes of many sources, keeping archives and S3 clients open between reads."""
+
+    def __init__(self) -> None:
+        self._archives: dict[str, IO[bytes]] = {}
+        self._s3: Any = None
+
+    def read(self, ref: SourceRef, limit: int | None = None) -> bytes:
+        """Return the file's bytes; refuse (ValueError) files larger than ``limit`` bytes."""
+        if limit is not None and ref.size > limit:
+            raise ValueError(f"file is {ref.size} bytes, over the {limit}-byte limit")
+        if ref.kind == "file":
+            with open(ref.path, "rb") as fh:
+                return fh.read() if limit is None else fh.read(limit + 1)
+        if ref.kind == "tar":
+            f = self._archives.get(ref.path)
+            if f is None:
+                f = self._archives[ref.path] = open(ref.path, "rb")  # noqa: SIM115 - closed in close()
+            f.seek(ref.offset)
+            return f.read(ref.size)
+        if ref.kind == "s3":
+            if self._s3 is None:
+                self._s3, _ = filesystem("s3://")
+            return bytes(self._s3.cat_file(ref.path))
+        raise ValueError(f"unknown source kind {ref.kind!r}")
+
+    def close(self) -> None:
+        for f in self._archives.values():
+            f.close()
+        self._archives.clear()
+
+    def __enter__(self) -> SourceReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

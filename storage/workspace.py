@@ -1,0 +1,296 @@
+"""The workspace: every array, marker, quarantine entry and checkpoint of a mangaka run.
+
+A workspace is a local directory or an ``s3://bucket/prefix``. Its layout::
+
+    zarr.json                      root Zarr v3 group
+    corpus/images  corpus/masks  corpus/item ...   Zarr v3 arrays (see ARRAYS)
+    annotated/...  augmented/...   generated/...
+    _meta/workspace.json           shard size, class list, format version
+    _meta/markers/<array>/<shard>.json     completion markers
+    _meta/batches/<family>/<n>.json        ingestion journal (see storage.items)
+    _meta/quarantine/<stage>/<key>.json    append-only quarantine log
+    models/<model>/<checkpoint>/...        safetensors + config + metrics
+    reports/                               demo reports
+
+Arrays are item-major: axis 0 is the item *slot*, one image per inner chunk, inner chunks
+grouped into Zarr shards of ``shard_size`` slots. A bulk task owns exactly one Zarr shard
+(slots ``[k*S, (k+1)*S)``), so two tasks never write the same shard file. A task writes
+its shard's data first and its marker last; a marker says "shard k of array A is complete
+for producer version V". The workspace, not Prefect's database, is the truth about what is
+done.
+
+This module must never import Prefect, Dask or torch.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from storage.location import Location, safe_key
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+DEFAULT_SHARD_SIZE = 256
+DEFAULT_CLASSES = ("background", "skin", "face", "eye", "mouth", "hair", "clothes")
+IGNORE_INDEX = 255
+
+# Per-image arrays and the item-family they index into.
+FAMILIES = ("corpus", "annotated", "augmented", "generated")
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+class WorkspaceError(RuntimeError):
+    """A workspace is missing something or disagrees with what a command asks of it."""
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """Shape of one item of an array, its dtype and axis names (after the item axis)."""
+
+    item_shape: tuple[int, ...]
+    dtype: str
+    dims: tuple[str, ...]
+    fill_value: Any = 0
+
+
+def image_spec(size: int) -> ArraySpec:
+    return ArraySpec((size, size, 3), "uint8", ("y", "x", "channel"))
+
+
+def mask_spec(size: int) -> ArraySpec:
+    return ArraySpec((size, size), "uint8", ("y", "x"))
+
+
+def family_of(array: str) -> str:
+    family = array.split("/", 1)[0]
+    if family not in FAMILIES:
+        raise WorkspaceError(f"unknown array {array!r}: names start with one of {', '.join(FAMILIES)}")
+    return family
+
+
+def _key_of(array: str) -> str:
+    key = safe_key(array)
+    family_of(key)
+    return key
+
+
+class Workspace:
+    """One interface over a local or S3 workspace. Cheap to construct and to pickle."""
+
+    def __init__(self, url: str) -> None:
+        self.url = str(url)
+        self.loc = Location(self.url)
+        self._group: Any = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Workspace, (self.url,))
+
+    def __repr__(self) -> str:
+        return f"Workspace({self.url!r})"
+
+    # -- configuration ---------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        key = "_meta/workspace.json"
+        if self.loc.exists(key):
+            cfg: dict[str, Any] = self.loc.read_json(key)
+            return cfg
+        return {}
+
+    def ensure_config(self, **wanted: Any) -> dict[str, Any]:
+        """Create the workspace's config on first use; afterwards, values must agree.
+
+        ``None`` values are ignored. A value already recorded that differs raises a
+        :class:`WorkspaceError` saying how to proceed.
+        """
+        cfg = self.config()
+        fresh = not cfg
+        if fresh:
+            cfg = {"format": FORMAT_VERSION, "created": now_iso()}
+        changed = fresh
+        for name, value in wanted.items():
+            if value is None:
+                continue
+            if isinstance(value, tuple):
+                value = list(value)
+            if name not in cfg:
+                cfg[name] = value
+                changed = True
+            elif cfg[name] != value:
+                raise WorkspaceError(
+                    f"workspace {self.url} was created with {name}={cfg[name]!r}, "
+                    f"not {value!r}; use that value or a new workspace"
+                )
+        if changed:
+            self.loc.write_json("_meta/workspace.json", cfg)
+        return cfg
+
+    @property
+    def shard_size(self) -> int:
+        return int(self.config().get("shard_size", DEFAULT_SHARD_SIZE))
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.config().get("classes", DEFAULT_CLASSES))
+
+    # -- arrays ----------------------------------------------------------------------
+    def group(self):  # noqa: ANN201
+        import zarr
+
+        if self._group is None:
+            self._group = zarr.open_group(self.loc.zarr_store(), mode="a", zarr_format=3)
+        return self._group
+
+    def has_array(self, array: str) -> bool:
+        import zarr
+
+        try:
+            zarr.open_array(self.loc.zarr_store(read_only=True), path=_key_of(array), mode="r")
+        except (FileNotFoundError, KeyError, zarr.errors.NodeTypeValidationError):
+            return False
+        except Exception as exc:  # zarr raises its own "not found" types across versions
+            if "not found" in str(exc).lower() or "nothing found" in str(exc).lower():
+                return False
+            raise
+        return True
+
+    def array(self, array: str, mode: str = "r"):  # noqa: ANN201
+        """Open an existing array (``mode`` ``"r"`` or ``"r+"``)."""
+        import zarr
+
+        if not self.has_array(array):
+            raise WorkspaceError(f"{self.url} has no array {array!r} yet: run the stage that makes it")
+        return zarr.open_array(self.loc.zarr_store(read_only=mode == "r"), path=_key_of(array), mode=mode)
+
+    def require_array(self, array: str, spec: ArraySpec, length: int = 0):  # noqa: ANN201
+        """Open ``array``, creating it with ``spec`` if absent; an existing one must match."""
+        from zarr.codecs import ZstdCodec
+
+        key = _key_of(array)
+        if self.has_array(key):
+            arr = self.array(key, mode="r+")
+            if tuple(arr.shape[1:]) != spec.item_shape or str(arr.dtype) != spec.dtype:
+                raise WorkspaceError(
+                    f"{key} in {self.url} holds items of shape {tuple(arr.shape[1:])} {arr.dtype}, "
+                    f"not {spec.item_shape} {spec.dtype}; use the same --size or a new workspace"
+                )
+            if arr.shape[0] < length:
+                arr.resize((length, *spec.item_shape))
+            return arr
+        s = self.shard_size
+        arr = self.group().create_array(
+            key,
+            shape=(length, *spec.item_shape),
+            chunks=(1, *spec.item_shape),
+            shards=(s, *spec.item_shape),
+            dtype=spec.dtype,
+            compressors=ZstdCodec(level=1),
+            fill_value=spec.fill_value,
+            dimension_names=("item", *spec.dims),
+        )
+        return arr
+
+    def grow(self, array: str, length: int) -> None:
+        """Extend an array's item axis to ``length`` (metadata only; no shard is rewritten)."""
+        arr = self.array(array, mode="r+")
+        if arr.shape[0] < length:
+            arr.resize((length, *arr.shape[1:]))
+
+    def length(self, array: str) -> int:
+        return int(self.array(array).shape[0]) if self.has_array(array) else 0
+
+    def shards_of(self, length: int) -> int:
+        return math.ceil(length / self.shard_size)
+
+    def shard_slots(self, shard: int, length: int) -> range:
+        s = self.shard_size
+        return range(shard * s, min((shard + 1) * s, length))
+
+    def write_shard(self, array: str, shard: int, data: np.ndarray) -> None:
+        """Write one whole Zarr shard (``data`` covers its slots, holes left at fill value)."""
+        arr = self.array(array, mode="r+")
+        start = shard * self.shard_size
+        if start + len(data) > arr.shape[0] or len(data) > self.shard_size:
+            raise WorkspaceError(f"shard {shard} of {array} does not fit the array ({arr.shape[0]} slots)")
+        arr[start : start + len(data)] = data
+
+    def read_shard(self, array: str, shard: int) -> np.ndarray:
+        arr = self.array(array)
+        start = shard * self.shard_size
+        return np.asarray(arr[start : min(start + self.shard_size, arr.shape[0])])
+
+    def list_arrays(self) -> list[str]:
+        """Names of every array in the workspace (``corpus/images``, ``corpus/lineart/xdog``, ...)."""
+        import zarr
+
+        names: list[str] = []
+        store = self.loc.zarr_store(read_only=True)
+        for family in FAMILIES:
+            if not self.loc.exists(f"{family}/zarr.json"):
+                continue
+            sub = zarr.open_group(store, path=family, mode="r")
+            names += [f"{family}/{n}" for n, a in sub.members(max_depth=None) if isinstance(a, zarr.Array)]
+        return sorted(names)
+
+    # -- completion markers ------------------------------------------------------------
+    def _marker_key(self, array: str, shard: int) -> str:
+        return f"_meta/markers/{_key_of(array)}/{shard:06d}.json"
+
+    def read_marker(self, array: str, shard: int) -> dict[str, Any] | None:
+        key = self._marker_key(array, shard)
+        return self.loc.read_json(key) if self.loc.exists(key) else None
+
+    def is_done(self, array: str, shard: int, version: str) -> bool:
+        m = self.read_marker(array, shard)
+        return m is not None and m.get("version") == version
+
+    def write_marker(self, array: str, shard: int, version: str, **payload: Any) -> None:
+        """Record that ``shard`` of ``array`` is complete for ``version``. Call after the data."""
+        body = {"array": array, "shard": shard, "version": version, "written": now_iso(), **payload}
+        self.loc.write_json(self._marker_key(array, shard), body)
+
+    def markers(self, array: str) -> dict[int, dict[str, Any]]:
+        """All markers of ``array`` by shard index."""
+        keys = [k for k in self.loc.list(f"_meta/markers/{_key_of(array)}") if k.endswith(".json")]
+        got = self.loc.read_json_many(keys)
+        return {int(k.rsplit("/", 1)[1][:-5]): v for k, v in got.items()}
+
+    def clear_markers(self, array: str, shards: list[int]) -> None:
+        for shard in shards:
+            self.loc.delete(self._marker_key(array, shard))
+
+    # -- quarantine --------------------------------------------------------------------
+    def quarantine(self, source: str, stage: str, reason: str) -> None:
+        """Append an entry to the quarantine log (idempotent for the same source and reason)."""
+        digest = hashlib.sha1(f"{stage}\0{source}\0{reason}".encode()).hexdigest()[:20]
+        key = f"_meta/quarantine/{safe_key(stage)}/{digest}.json"
+        if not self.loc.exists(key):
+            self.loc.write_json(key, {"source": source, "stage": stage, "reason": reason, "time": now_iso()})
+        log.warning("quarantined %s at %s: %s", source, stage, reason)
+
+    def quarantine_entries(self) -> list[dict[str, Any]]:
+        keys: list[str] = []
+        for stage_dir in self.loc.list("_meta/quarantine"):
+            keys += [k for k in self.loc.list(stage_dir) if k.endswith(".json")]
+        entries = list(self.loc.read_json_many(keys).values())
+        return sorted(entries, key=lambda e: (e["time"], e["stage"], e["source"]))
+
+    def sub_url(self, key: str) -> str:
+        """URL of a location inside the workspace (``sources/synth``), local or ``s3://``."""
+        k = safe_key(key)
+        return f"{self.url.rstrip('/')}/{k}" if self.loc.remote else self.loc.path(k)
+
+    # -- reports and other plain files -------------------------------------------------
+    def write_file(self, key: str, data: bytes) -> str:
+        self.loc.write_bytes(key, data)
+        return self.loc.path(key)

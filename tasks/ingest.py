@@ -1,0 +1,173 @@
+"""Corpus ingestion: plan which files go to which slots, and fill one shard of them.
+
+:func:`plan_ingest` is pure bookkeeping over the workspace's journal (see
+``storage.items``); :func:`ingest_shard` is the Dask-side worker: it reads, hashes and
+decodes the sources of one shard, writes that one Zarr shard, quarantines what cannot be
+used, and writes the shard's marker last. It is idempotent: a shard whose marker carries
+the same producer version is skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from storage.items import Batch, Journal, item_table
+from storage.sources import Listing, SourceReader, SourceRef
+from storage.workspace import Workspace, image_spec
+from tasks.imageio import DEFAULT_MAX_PIXELS, BadImage, load_square
+
+log = logging.getLogger(__name__)
+
+STAGE = "ingest-images"
+ARRAY = "corpus/images"
+FAMILY = "corpus"
+CODE_VERSION = "ingest-1"
+
+
+class IngestOptions(BaseModel):
+    """How source images become corpus items."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    size: int = Field(512, ge=16, le=4096, description="side of the square stored image, pixels")
+    fit: Literal["crop", "pad"] = Field("crop", description="centre-crop or pad (white) to square")
+    min_size: int = Field(0, ge=0, description="refuse images whose shorter side is smaller")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="refuse larger images before decoding")
+    max_bytes: int = Field(200_000_000, ge=1, description="refuse larger files before reading them")
+
+    @property
+    def version(self) -> str:
+        """Producer version: changes when anything that shapes the stored pixels changes."""
+        key = f"{CODE_VERSION}|{self.size}|{self.fit}|{self.min_size}|{self.max_pixels}|{self.max_bytes}"
+        return hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+@dataclass
+class IngestPlan:
+    """What a run will do: finish open batches, then a new batch for ``new`` sources."""
+
+    open_batches: list[Batch]
+    new: list[SourceRef]
+    known: int  # sources already ingested (same place, size and time)
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (source, reason), quarantined by the flow
+    skipped_names: int = 0
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """Everything one ingestion task needs; small and picklable."""
+
+    workspace: str
+    shard: int
+    version: str
+    options: dict[str, Any]
+    sources: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    array: str
+    shard: int
+    skipped: bool
+    ok: int = 0
+    quarantined: int = 0
+    seconds: float = 0.0
+
+
+def source_record(ref: SourceRef) -> dict[str, Any]:
+    return {**ref.to_dict(), "fingerprint": ref.fingerprint}
+
+
+def plan_ingest(ws: Workspace, listing: Listing) -> IngestPlan:
+    """Decide what is new in ``listing`` given everything the workspace already planned."""
+    batches = Journal(ws, FAMILY).batches()
+    done_shards = set(ws.markers(ARRAY))
+    open_batches = [b for b in batches if any(s not in done_shards for s in b.shard_indices())]
+    known_fp: set[str] = set()
+    id_source: dict[str, str] = {i: e["source"] for i, e in item_table(ws, FAMILY).by_id.items()}
+    for b in batches:
+        for shard in b.shards:
+            known_fp.update(s["fingerprint"] for s in shard)
+    for b in open_batches:
+        for shard in b.shards:
+            id_source.update({SourceRef.from_dict(_ref_fields(s)).id: s["source"] for s in shard})
+    new: list[SourceRef] = []
+    refused = list(listing.refused)
+    known = 0
+    for ref in listing.refs:
+        if ref.fingerprint in known_fp:
+            known += 1
+            continue
+        other = id_source.get(ref.id)
+        if other is not None and other != ref.source:
+            refused.append(
+                (ref.source, f"item id {ref.id!r} is already taken by {other}; ids are file stems and must be unique")
+            )
+            continue
+        id_source[ref.id] = ref.source
+        new.append(ref)
+    return IngestPlan(open_batches, new, known, refused, listing.skipped_names)
+
+
+def _ref_fields(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k != "fingerprint"}
+
+
+def shard_specs(ws: Workspace, batch: Batch, only_missing: bool = True) -> list[ShardSpec]:
+    done = ws.markers(ARRAY) if only_missing else {}
+    specs = []
+    for shard in batch.shard_indices():
+        m = done.get(shard)
+        if m is not None and m.get("version") == batch.version:
+            continue
+        specs.append(ShardSpec(ws.url, shard, batch.version, batch.options, batch.sources_of(shard)))
+    return specs
+
+
+def prepare_array(ws: Workspace, options: IngestOptions, length: int) -> None:
+    """Create or grow ``corpus/images`` (single writer of the array's metadata: the flow)."""
+    ws.ensure_config(image_size=options.size)
+    ws.require_array(ARRAY, image_spec(options.size), length)
+
+
+def ingest_shard(spec: ShardSpec) -> ShardResult:
+    """Read, decode and store the sources of one shard; quarantine the bad ones.
+
+    Idempotent: returns ``skipped=True`` when the shard's marker already has ``spec.version``.
+    """
+    ws = Workspace(spec.workspace)
+    if ws.is_done(ARRAY, spec.shard, spec.version):
+        return ShardResult(ARRAY, spec.shard, skipped=True)
+    t0 = time.perf_counter()
+    opts = IngestOptions(**spec.options)
+    start = spec.shard * ws.shard_size
+    data = np.zeros((len(spec.sources), opts.size, opts.size, 3), dtype=np.uint8)
+    entries: list[dict[str, Any]] = []
+    n_bad = 0
+    with SourceReader() as reader:
+        for j, record in enumerate(spec.sources):
+            ref = SourceRef.from_dict(_ref_fields(record))
+            entry: dict[str, Any] = {"slot": start + j, "id": ref.id, "source": ref.source, "fp": record["fingerprint"]}
+            try:
+                raw = reader.read(ref, limit=opts.max_bytes)
+                entry["sha256"] = hashlib.sha256(raw).hexdigest()
+                data[j] = load_square(raw, opts.size, opts.fit, opts.max_pixels, opts.min_size)
+                entry["status"] = "ok"
+            except (BadImage, OSError, ValueError) as exc:
+                reason = str(exc) if isinstance(exc, BadImage) else f"unreadable: {exc}"
+                ws.quarantine(ref.source, STAGE, reason)
+                entry.update(status="quarantined", reason=reason)
+                n_bad += 1
+            entries.append(entry)
+    ws.write_shard(ARRAY, spec.shard, data)
+    ws.write_marker(ARRAY, spec.shard, spec.version, entries=entries)
+    dt = time.perf_counter() - t0
+    log.info("shard %d: %d stored, %d quarantined in %.1f s", spec.shard, len(entries) - n_bad, n_bad, dt)
+    return ShardResult(ARRAY, spec.shard, False, len(entries) - n_bad, n_bad, dt)

@@ -1,0 +1,58 @@
+"""The demo report: a contact sheet PNG of corpus items beside what each stage made of them.
+
+Contract of :func:`contact_sheet`: returns PNG bytes of a grid with one row per item and
+one column per available per-item array (images as RGB, masks colour-coded by class, line
+art as grey); items are the first ``n`` live corpus items in slot order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from storage.items import item_table
+from storage.workspace import Workspace
+from tasks.imageio import encode_png
+
+# background, skin, face, eye, mouth, hair, clothes; then a fallback for other ids
+PALETTE = np.array(
+    [[0, 0, 0], [255, 205, 160], [250, 150, 110], [40, 80, 255], [230, 30, 60], [160, 40, 200], [40, 170, 80]]
+    + [[128, 128, 128]] * 249,
+    dtype=np.uint8,
+)
+
+
+def colorize(mask: np.ndarray) -> np.ndarray:
+    """``(H, W)`` class ids to ``(H, W, 3)`` RGB using :data:`PALETTE` (255 = ignore, grey)."""
+    return PALETTE[mask]
+
+
+def _as_rgb(name: str, item: np.ndarray) -> np.ndarray:
+    if item.ndim == 3 and item.shape[-1] == 3:
+        return item
+    if "mask" in name:
+        return colorize(item)
+    return np.repeat(item[..., None], 3, axis=2)
+
+
+def contact_sheet(ws: Workspace, n: int = 8, tile: int = 128) -> bytes:
+    from PIL import Image
+
+    table = item_table(ws, "corpus")
+    slots = sorted(table.by_slot)[:n]
+    if not slots:
+        raise ValueError(f"{ws.url} has no corpus items to show")
+    columns = ["corpus/images"] + [
+        a for a in ws.list_arrays() if a.startswith("corpus/") and a not in ("corpus/images", "corpus/item")
+    ]
+    columns = [c for c in columns if len(ws.array(c).shape) in (3, 4)]
+    marked = {c: set(ws.markers(c)) for c in columns[1:]}
+    s = ws.shard_size
+    sheet = np.full((len(slots) * tile, len(columns) * tile, 3), 255, np.uint8)
+    for r, slot in enumerate(slots):
+        for c, name in enumerate(columns):
+            if c and slot // s not in marked[name]:
+                continue
+            item = _as_rgb(name, np.asarray(ws.array(name)[slot]))
+            small = np.asarray(Image.fromarray(item).resize((tile, tile), Image.Resampling.BILINEAR))
+            sheet[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile] = small
+    return encode_png(sheet)

@@ -1,0 +1,60 @@
+"""Coverage of every stage of a workspace, and its quarantine: what ``mangaka status`` prints.
+
+``done``/``total`` count items for per-item arrays (an item is done when its shard has a
+completion marker) and checkpoints for training stages (done when a ``latest`` exists).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from storage.checkpoints import list_checkpoints, list_models
+from storage.items import ItemTable, item_table
+from storage.workspace import Workspace, family_of
+
+
+def workspace_status(ws: Workspace) -> dict[str, Any]:
+    arrays = ws.list_arrays()
+    tables: dict[str, ItemTable] = {}
+    stages: dict[str, dict[str, int]] = {}
+    for name in arrays:
+        family = family_of(name)
+        if name == f"{family}/item":
+            continue
+        if family not in tables:
+            tables[family] = item_table(ws, family)
+        table = tables[family]
+        if name == f"{family}/images":
+            stages[name] = {"done": len(table), "total": len(table)}
+            continue
+        marked = set(ws.markers(name))
+        s = ws.shard_size
+        done = sum(1 for slot in table.by_slot if slot // s in marked)
+        stages[name] = {"done": done, "total": len(table)}
+    for model in list_models(ws):
+        n = len(list_checkpoints(ws, model))
+        has_latest = ws.loc.exists(f"models/{model}/tags/latest.json")
+        stages[model] = {"done": int(has_latest), "total": 1, "checkpoints": n}
+    duplicates = sum(len(t.duplicates) for t in tables.values())
+    return {
+        "workspace": ws.url,
+        "stages": stages,
+        "duplicates_skipped": duplicates,
+        "quarantine": ws.quarantine_entries(),
+    }
+
+
+def status_lines(status: dict[str, Any]) -> list[str]:
+    """A plain-text table of a status object, for terminals and reports."""
+    lines = [f"workspace: {status['workspace']}", "", f"{'stage':<28} {'done':>9} {'total':>9}  coverage"]
+    for name, st in sorted(status["stages"].items()):
+        pct = 100.0 * st["done"] / st["total"] if st["total"] else 0.0
+        lines.append(f"{name:<28} {st['done']:>9} {st['total']:>9}  {pct:6.1f}%")
+    if not status["stages"]:
+        lines.append("(nothing yet: run `mangaka ingest-images SRC`)")
+    q = status["quarantine"]
+    lines += ["", f"duplicates skipped: {status.get('duplicates_skipped', 0)}", f"quarantined: {len(q)}"]
+    lines += [f"  {e['stage']}: {e['source']}: {e['reason']}" for e in q[:50]]
+    if len(q) > 50:
+        lines.append(f"  ... and {len(q) - 50} more (status --json lists all)")
+    return lines
