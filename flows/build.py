@@ -43,8 +43,8 @@ def build(
     workspace: str,
     src: str | None = None,
     stages: list[str] = list(STAGES),  # noqa: B006 - Prefect copies parameters
-    size: int = 512,
-    shard_size: int = 256,
+    size: int | None = None,
+    shard_size: int | None = None,
 ) -> dict[str, Any]:
     """Run the chain's stages in order on ``workspace`` (``src``: new corpus images, if any)."""
     logger = get_run_logger()
@@ -56,8 +56,10 @@ def build(
         if src is None:
             logger.info("ingest-images: no src given, nothing new to ingest")
         else:
+            size = size or Workspace(workspace).config().get("image_size", 512)
+            options = IngestOptions(size=size)
             results["ingest-images"] = run_flow(
-                ingest_images, workspace=workspace, src=src, options=IngestOptions(size=size), shard_size=shard_size
+                ingest_images, workspace=workspace, src=src, options=options, shard_size=shard_size
             )
     return results
 

@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("ingest-images", help="add images (folder, .tar, s3://) to corpus/images")
     s.add_argument("src")
-    s.add_argument("--size", type=_positive, default=512)
+    s.add_argument("--size", type=_positive, default=None, help="default: the workspace's, else 512")
     s.add_argument("--fit", choices=("crop", "pad"), default="crop")
     s.add_argument("--min-size", type=int, default=0)
     s.add_argument("--max-pixels", type=_positive, default=None, help="refuse larger images before decoding")
@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("build", help="the whole chain as one flow")
     s.add_argument("--stages", default=None, help="comma-separated stages (default: all)")
     s.add_argument("--src", default=None, help="new corpus images to ingest first")
-    s.add_argument("--size", type=_positive, default=512)
+    s.add_argument("--size", type=_positive, default=None, help="default: the workspace's, else 512")
 
     s = sub.add_parser("demo", help="synth + build on the embedded default, then a report")
     s.add_argument("--full", action="store_true", help="real sizes (512 px, thousands of portraits)")
@@ -101,13 +101,19 @@ def _cmd_synth(a: argparse.Namespace, config: RunConfig) -> int:
 def _cmd_ingest(a: argparse.Namespace, config: RunConfig) -> int:
     from flows.ingest import ingest_images
     from flows.runtime import run_flow
-    from storage.workspace import DEFAULT_SHARD_SIZE
+    from storage.location import is_remote
+    from storage.workspace import Workspace
     from tasks.ingest import IngestOptions
 
-    opts: dict[str, Any] = {"size": a.size, "fit": a.fit, "min_size": a.min_size}
+    if not is_remote(a.src) and not os.path.exists(a.src):
+        raise UsageError(f"{a.src} does not exist")
+    ws = Workspace(config.workspace)
+    size = a.size or ws.config().get("image_size", 512)
+    opts: dict[str, Any] = {"size": size, "fit": a.fit, "min_size": a.min_size}
     if a.max_pixels:
         opts["max_pixels"] = a.max_pixels
     options = IngestOptions(**opts)
+    ws.check_config(image_size=size, shard_size=a.shard_size)
     r = _run(
         config,
         lambda: run_flow(
@@ -115,7 +121,7 @@ def _cmd_ingest(a: argparse.Namespace, config: RunConfig) -> int:
             workspace=config.workspace,
             src=a.src,
             options=options,
-            shard_size=a.shard_size or DEFAULT_SHARD_SIZE,
+            shard_size=a.shard_size,
         ),
     )
     print(

@@ -41,11 +41,17 @@ def ingest_images(
     workspace: str,
     src: str,
     options: IngestOptions = IngestOptions(),  # noqa: B008 - pydantic models are immutable
-    shard_size: int = DEFAULT_SHARD_SIZE,
+    shard_size: int | None = None,
 ) -> dict[str, Any]:
-    """Add the images under ``src`` to the workspace's corpus; returns a summary."""
+    """Add the images under ``src`` to the workspace's corpus; returns a summary.
+
+    ``shard_size`` (items per shard and per task) is fixed when a workspace is created;
+    ``None`` keeps the workspace's, or 256 for a new one.
+    """
     logger = get_run_logger()
     ws = Workspace(workspace)
+    if shard_size is None and "shard_size" not in ws.config():
+        shard_size = DEFAULT_SHARD_SIZE
     ws.ensure_config(shard_size=shard_size)
     listing = list_sources(src)
     plan = plan_ingest(ws, listing)

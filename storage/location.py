@@ -63,6 +63,9 @@ class Location:
     def __post_init__(self) -> None:
         self.fs, self.root = filesystem(self.url)
         self.remote = is_remote(self.url)
+        if not self.remote:
+            # Absolute, so that a Dask worker with another working directory finds the same place.
+            self.url = self.root
 
     def __getstate__(self) -> dict[str, Any]:
         # Filesystems hold sockets and event loops: ship only the URL to Dask workers.

@@ -42,6 +42,9 @@ DEFAULT_SHARD_SIZE = 256
 DEFAULT_CLASSES = ("background", "skin", "face", "eye", "mouth", "hair", "clothes")
 IGNORE_INDEX = 255
 
+# How the command line spells each workspace setting, for error messages.
+OPTION_OF = {"image_size": "--size", "shard_size": "--shard-size", "classes": "--labels"}
+
 # Per-image arrays and the item-family they index into.
 FAMILIES = ("corpus", "annotated", "augmented", "generated")
 
@@ -89,8 +92,8 @@ class Workspace:
     """One interface over a local or S3 workspace. Cheap to construct and to pickle."""
 
     def __init__(self, url: str) -> None:
-        self.url = str(url)
-        self.loc = Location(self.url)
+        self.loc = Location(str(url))
+        self.url = self.loc.url
         self._group: Any = None
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -107,12 +110,25 @@ class Workspace:
             return cfg
         return {}
 
+    def check_config(self, **wanted: Any) -> None:
+        """Raise :class:`WorkspaceError` if a recorded value differs from a wanted one."""
+        cfg = self.config()
+        for name, value in wanted.items():
+            value = list(value) if isinstance(value, tuple) else value
+            if value is not None and name in cfg and cfg[name] != value:
+                option = OPTION_OF.get(name, name)
+                raise WorkspaceError(
+                    f"workspace {self.url} was created with {option} {cfg[name]!r}, not {value!r}; "
+                    f"use {option} {cfg[name]!r} or a new workspace"
+                )
+
     def ensure_config(self, **wanted: Any) -> dict[str, Any]:
         """Create the workspace's config on first use; afterwards, values must agree.
 
         ``None`` values are ignored. A value already recorded that differs raises a
         :class:`WorkspaceError` saying how to proceed.
         """
+        self.check_config(**wanted)
         cfg = self.config()
         fresh = not cfg
         if fresh:
@@ -126,11 +142,6 @@ class Workspace:
             if name not in cfg:
                 cfg[name] = value
                 changed = True
-            elif cfg[name] != value:
-                raise WorkspaceError(
-                    f"workspace {self.url} was created with {name}={cfg[name]!r}, "
-                    f"not {value!r}; use that value or a new workspace"
-                )
         if changed:
             self.loc.write_json("_meta/workspace.json", cfg)
         return cfg

@@ -7,6 +7,8 @@ art as grey); items are the first ``n`` live corpus items in slot order.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from storage.items import item_table
@@ -34,7 +36,8 @@ def _as_rgb(name: str, item: np.ndarray) -> np.ndarray:
     return np.repeat(item[..., None], 3, axis=2)
 
 
-def contact_sheet(ws: Workspace, n: int = 8, tile: int = 128) -> bytes:
+def contact_sheet(ws: Workspace, n: int = 16, tile: int = 128) -> bytes:
+    """PNG of the first ``n`` items: each item is a strip of its arrays, strips on a grid."""
     from PIL import Image
 
     table = item_table(ws, "corpus")
@@ -47,12 +50,16 @@ def contact_sheet(ws: Workspace, n: int = 8, tile: int = 128) -> bytes:
     columns = [c for c in columns if len(ws.array(c).shape) in (3, 4)]
     marked = {c: set(ws.markers(c)) for c in columns[1:]}
     s = ws.shard_size
-    sheet = np.full((len(slots) * tile, len(columns) * tile, 3), 255, np.uint8)
-    for r, slot in enumerate(slots):
+    per_row = max(1, round(math.sqrt(len(slots) / len(columns))))
+    rows = math.ceil(len(slots) / per_row)
+    strip_w = len(columns) * tile
+    sheet = np.full((rows * tile, per_row * strip_w, 3), 255, np.uint8)
+    for k, slot in enumerate(slots):
+        y, x0 = (k // per_row) * tile, (k % per_row) * strip_w
         for c, name in enumerate(columns):
             if c and slot // s not in marked[name]:
                 continue
             item = _as_rgb(name, np.asarray(ws.array(name)[slot]))
             small = np.asarray(Image.fromarray(item).resize((tile, tile), Image.Resampling.BILINEAR))
-            sheet[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile] = small
+            sheet[y : y + tile, x0 + c * tile : x0 + (c + 1) * tile] = small
     return encode_png(sheet)

@@ -1,0 +1,130 @@
+"""Shared fixtures: a real S3 server (moto) on loopback, one Prefect API, one Dask cluster.
+
+Order matters: the S3 variables and ``PREFECT_API_URL`` are exported before the Dask
+workers start, so the worker processes inherit them, exactly as in a real run.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import struct
+import tarfile
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1, the way zarr's and s3fs's own suites test S3."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+    }
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield endpoint
+    finally:
+        server.stop()
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture()
+def bucket(s3_server: str, request: pytest.FixtureRequest) -> str:
+    """A fresh, empty bucket for one test; returns its name."""
+    import boto3
+
+    name = "t-" + request.node.name.lower().replace("_", "-")[:40].strip("-") + f"-{_free_port()}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def cluster(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One Prefect API and one 2-worker Dask LocalCluster for every flow test."""
+    from flows.runtime import RunConfig, session
+
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    with session(RunConfig(workspace="unused", n_workers=2)) as address:
+        yield address
+
+
+# -- small images the tests draw themselves ---------------------------------------------------
+def jpeg_bytes(array: np.ndarray, **save: object) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="JPEG", quality=95, **save)
+    return buf.getvalue()
+
+
+def png_bytes(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` with a tiny body: a decompression bomb."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def gradient(h: int, w: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    base = rng.integers(0, 255, 3)
+    img = (base[None, None, :] + (x[..., None] * 3 + y[..., None] * 2)) % 256
+    return img.astype(np.uint8)
+
+
+HOSTILE = {
+    "empty.jpg": lambda: b"",
+    "truncated.jpg": lambda: jpeg_bytes(gradient(300, 300, 7))[:1500],
+    "notanimage.png": lambda: b"this is a text file, not a picture\n" * 20,
+    "bomb.png": lambda: png_header_only(60000, 60000),
+}
+
+
+def write_hostile(folder: Path) -> dict[str, str]:
+    """Write one file of each hostile kind; returns name -> expected reason fragment."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, make in HOSTILE.items():
+        (folder / name).write_bytes(make())
+    (folder / "README.txt").write_text("not named like an image: skipped, not quarantined")
+    return {"empty.jpg": "empty", "truncated.jpg": "truncated", "notanimage.png": "not an image", "bomb.png": "bomb"}
+
+
+def make_tar(folder: Path, archive: Path) -> Path:
+    with tarfile.open(archive, "w") as tf:
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                tf.add(p, arcname=str(p.relative_to(folder)))
+    return archive

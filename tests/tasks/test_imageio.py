@@ -1,0 +1,102 @@
+"""Decoding of every mode and every hostile kind, on tiny images drawn here."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tasks.imageio import BadImage, encode_png, load_square, to_rgb
+from tests.conftest import HOSTILE, gradient, jpeg_bytes, png_bytes
+
+
+def test_rgb_jpeg_is_cropped_and_resized() -> None:
+    out = load_square(jpeg_bytes(gradient(200, 300)), 64)
+    assert out.shape == (64, 64, 3) and out.dtype == np.uint8
+
+
+def test_crop_keeps_centre_and_pad_keeps_everything() -> None:
+    a = np.zeros((100, 300, 3), np.uint8)
+    a[:, 100:200] = 200  # the centre square is grey, the sides black
+    cropped = load_square(png_bytes(Image.fromarray(a)), 50, fit="crop")
+    assert np.abs(cropped.astype(int) - 200).max() <= 2
+    padded = load_square(png_bytes(Image.fromarray(a)), 60, fit="pad")
+    assert (padded[0] == 255).all() and (padded[-1] == 255).all()  # white bands top and bottom
+    assert padded[30, 0].max() < 10 and abs(int(padded[30, 30, 0]) - 200) <= 2
+
+
+def test_grey_palette_and_rgba_over_white() -> None:
+    grey = load_square(png_bytes(Image.new("L", (32, 32), 77)), 16)
+    assert (grey == 77).all()
+    rgba = Image.new("RGBA", (32, 32), (255, 0, 0, 0))  # fully transparent red
+    assert (load_square(png_bytes(rgba), 16) == 255).all()
+    half = Image.new("RGBA", (32, 32), (0, 0, 0, 128))
+    assert abs(int(load_square(png_bytes(half), 16)[0, 0, 0]) - 127) <= 1
+    pal = Image.new("P", (32, 32), 1)
+    pal.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
+    assert tuple(load_square(png_bytes(pal), 16)[5, 5]) == (10, 200, 30)
+    pal.info["transparency"] = 1
+    assert (load_square(png_bytes(pal), 16) == 255).all()
+
+
+def test_sixteen_bit_is_scaled_not_clipped() -> None:
+    a = np.array([[0, 32896], [65535, 257 * 10]], dtype=np.uint16).repeat(8, 0).repeat(8, 1)
+    im = Image.fromarray(a)  # mode I;16
+    out = np.asarray(to_rgb(im))
+    assert out[0, 0, 0] == 0 and out[0, 8, 0] == 128 and out[8, 0, 0] == 255 and out[8, 8, 0] == 10
+    assert load_square(png_bytes(im), 16).max() == 255
+
+
+def test_cmyk_jpeg_becomes_rgb() -> None:
+    cmyk = Image.new("CMYK", (32, 32), (0, 255, 255, 0))  # pure red in CMYK
+    buf = io.BytesIO()
+    cmyk.save(buf, format="JPEG", quality=95)
+    out = load_square(buf.getvalue(), 16)
+    r, g, b = (int(v) for v in out[8, 8])
+    assert r > 200 and g < 60 and b < 60
+
+
+def test_exif_orientation_is_applied() -> None:
+    a = np.zeros((40, 80, 3), np.uint8)
+    a[:, :40] = 255  # left half white in stored pixels
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise for display
+    data = jpeg_bytes(a, exif=exif.tobytes())
+    out = load_square(data, 40, fit="pad")
+    # displayed image is 40 wide, 80 tall: the white half is now on top
+    assert out[5, 20].mean() > 200 and out[35, 20].mean() < 60
+
+
+def test_large_jpeg_uses_reduced_decode_with_same_result_shape() -> None:
+    data = jpeg_bytes(gradient(1024, 1536))
+    out = load_square(data, 128)
+    assert out.shape == (128, 128, 3)
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_files_raise_bad_image_with_reason(name: str) -> None:
+    expected = {
+        "empty.jpg": "empty",
+        "truncated.jpg": "truncated",
+        "notanimage.png": "not an image",
+        "bomb.png": "bomb",
+    }
+    with pytest.raises(BadImage, match=expected[name]):
+        load_square(HOSTILE[name](), 64)
+
+
+def test_pixel_limit_and_min_size() -> None:
+    data = jpeg_bytes(gradient(100, 100))
+    with pytest.raises(BadImage, match="bomb"):
+        load_square(data, 32, max_pixels=5000)
+    with pytest.raises(BadImage, match="too small"):
+        load_square(data, 32, min_size=200)
+
+
+def test_encode_png_round_trip() -> None:
+    m = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    assert (np.asarray(Image.open(io.BytesIO(encode_png(m)))) == m).all()
+    with pytest.raises(ValueError):
+        encode_png(m.astype(np.float32))

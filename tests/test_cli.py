@@ -1,0 +1,84 @@
+"""The command line end to end, as a user runs it, in a temporary directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from tests.conftest import write_hostile
+
+MANGAKA = [sys.executable, "-m", "flows.cli"]
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(MANGAKA + args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=600)
+
+
+def test_fresh_process_synth_ingest_status_export(tmp_path: Path) -> None:
+    """No server, no cluster given: the command starts its own, once, and exits 0."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MANGAKA_"))}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(MANGAKA + list(args), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+    r = cli("synth", "corpus", "--count", "30", "--annotated", "6", "--size", "64", "--seed", "2")
+    assert r.returncode == 0, r.stderr
+    assert len(list((tmp_path / "corpus" / "labelme").glob("*.json"))) == 6
+    assert len(list((tmp_path / "corpus" / "images").glob("*.jpg"))) == 24
+    assert len(list((tmp_path / "corpus" / "truth").glob("*.png"))) == 30
+    write_hostile(tmp_path / "corpus" / "images")
+
+    r = cli("--workspace", "ws", "ingest-images", "corpus/images", "--size", "64")
+    assert r.returncode == 0, r.stderr
+    assert "ingested 24 new images" in r.stdout and "4 quarantined" in r.stdout
+
+    r = cli("--workspace", "ws", "status", "--json")
+    assert r.returncode == 0, r.stderr
+    status = json.loads(r.stdout)
+    assert status["stages"]["corpus/images"] == {"done": 24, "total": 24}
+    assert len(status["quarantine"]) == 4 and all(e["reason"] for e in status["quarantine"])
+
+    r = cli("--workspace", "ws", "export", "corpus/images", "out")
+    assert r.returncode == 0, r.stderr
+    pngs = sorted((tmp_path / "out").glob("*.png"))
+    assert len(pngs) == 24 and pngs[0].stem == "s2-000006"
+    im = Image.open(pngs[0])
+    assert im.mode == "RGB" and im.size == (64, 64)
+
+
+def test_usage_errors_exit_2_with_one_line(cluster: str, tmp_path: Path) -> None:
+    r = run([], tmp_path)
+    assert r.returncode == 2
+    r = run(["no-such-command"], tmp_path)
+    assert r.returncode == 2
+    r = run(["ingest-images", "missing-folder"], tmp_path)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "does not exist" in r.stderr
+    r = run(["export", "corpus/images", "out"], tmp_path, {"MANGAKA_WORKSPACE": str(tmp_path / "empty")})
+    assert r.returncode == 2 and "no array" in r.stderr
+
+
+def test_a_workspace_keeps_its_size(cluster: str, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(np.full((40, 40, 3), 50, np.uint8)).save(src / "a.png")
+    args = ["--dask-address", cluster, "--workspace", "ws", "ingest-images", "src"]
+    assert run([*args, "--size", "32"], tmp_path).returncode == 0
+    Image.fromarray(np.full((40, 40, 3), 60, np.uint8)).save(src / "b.png")
+    r = run([*args, "--size", "48"], tmp_path)
+    assert r.returncode == 2 and "--size" in r.stderr
+
+
+def test_quarantine_only_corpus_still_exits_0(cluster: str, tmp_path: Path) -> None:
+    write_hostile(tmp_path / "bad")
+    r = run(["--dask-address", cluster, "--workspace", "ws", "ingest-images", "bad"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "4 quarantined" in r.stdout and "1 files not named like images" in r.stdout
