@@ -1,0 +1,140 @@
+"""Benchmark: ingestion of 512x512 JPEGs against a plain single-process PIL loop.
+
+    make bench            # or: .venv/bin/python -m bench.ingest --count 1024
+
+The corpus is drawn by ``synth`` at 512 px (JPEG, cached under ``bench/.cache``). The
+baseline decodes and resizes every file in one process with PIL and stores nothing.
+mangaka runs the real ``ingest-images`` flow (Prefect + a Dask LocalCluster of one worker
+per core) and also hashes, converts, compresses with zstd and writes Zarr shards. Both are
+timed on the same files after a warm-up read; the cluster and Prefect server start once,
+before the timed run (their start-up is reported separately). Peak memory is the highest
+sum of resident memory over the process tree, sampled every 50 ms, for two corpus sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+from PIL import Image
+
+HERE = Path(__file__).resolve().parent
+
+
+def make_corpus(count: int, size: int = 512) -> Path:
+    from tasks.synth import write_synth_shard
+
+    root = HERE / ".cache" / f"synth-{size}"
+    images = root / "images"
+    have = len(list(images.glob("*.jpg"))) if images.exists() else 0
+    if have < count:
+        write_synth_shard(str(root), seed=11, size=size, start=have, stop=count, annotated=0)
+    return images
+
+
+def baseline(files: list[Path], size: int) -> float:
+    t0 = time.perf_counter()
+    for f in files:
+        with Image.open(f) as im:
+            im.convert("RGB").resize((size, size), Image.Resampling.LANCZOS)
+    return time.perf_counter() - t0
+
+
+class PeakRSS:
+    """Highest total RSS of this process and its children while active."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for p in [me, *me.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(0.05)
+
+    def __enter__(self) -> PeakRSS:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+def mangaka_run(src: Path, size: int) -> tuple[float, int]:
+    from flows.ingest import ingest_images
+    from flows.runtime import run_flow
+    from tasks.ingest import IngestOptions
+
+    ws = tempfile.mkdtemp(prefix="mangaka-bench-")
+    try:
+        with PeakRSS() as mem:
+            t0 = time.perf_counter()
+            r = run_flow(ingest_images, workspace=ws, src=str(src), options=IngestOptions(size=size))
+            dt = time.perf_counter() - t0
+        assert r["stored"] > 0
+        return dt, mem.peak
+    finally:
+        shutil.rmtree(ws, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--count", type=int, default=1024)
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--out", default=str(HERE / "results" / "ingest.json"))
+    a = ap.parse_args()
+    from flows.runtime import RunConfig, session
+
+    src = make_corpus(a.count)
+    files = sorted(src.glob("*.jpg"))[: a.count]
+    sub = Path(tempfile.mkdtemp(prefix="bench-src-"))
+    half = sub / "half"
+    full = sub / "full"
+    half.mkdir()
+    full.mkdir()
+    for i, f in enumerate(files):
+        os.link(f, full / f.name)
+        if i < len(files) // 2:
+            os.link(f, half / f.name)
+    baseline(files[:32], a.size)  # warm the page cache and PIL
+    t_base = baseline(files, a.size)
+    t_start = time.perf_counter()
+    with session(RunConfig(workspace="unused")):
+        startup = time.perf_counter() - t_start
+        t_half, mem_half = mangaka_run(half, a.size)
+        t_full, mem_full = mangaka_run(full, a.size)
+    n = len(files)
+    result = {
+        "images": n,
+        "size": a.size,
+        "cores": os.cpu_count(),
+        "baseline_images_per_s": round(n / t_base, 1),
+        "mangaka_images_per_s": round(n / t_full, 1),
+        "speedup": round(t_base / t_full, 2),
+        "startup_s": round(startup, 1),
+        "peak_rss_mb": {str(n // 2): round(mem_half / 2**20), str(n): round(mem_full / 2**20)},
+    }
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+    shutil.rmtree(sub, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
