@@ -227,12 +227,25 @@ class Workspace:
         s = self.shard_size
         return range(shard * s, min((shard + 1) * s, length))
 
-    def write_shard(self, array: str, shard: int, data: np.ndarray) -> None:
-        """Write one whole Zarr shard (``data`` covers its slots, holes left at fill value)."""
+    def write_shard(self, array: str, shard: int, data: np.ndarray, holes: list[int] | None = None) -> None:
+        """Write one whole Zarr shard: ``data`` covers its first slots; ``holes`` stay empty.
+
+        The shard is encoded here and stored with one write (see ``storage.shards``), or
+        through zarr for layouts other than mangaka's own.
+        """
+        from storage.shards import direct_writer
+
         arr = self.array(array, mode="r+")
         start = shard * self.shard_size
         if start + len(data) > arr.shape[0] or len(data) > self.shard_size:
             raise WorkspaceError(f"shard {shard} of {array} does not fit the array ({arr.shape[0]} slots)")
+        writer = direct_writer(arr)
+        if writer is not None:
+            key, blob = writer(shard, data, holes or [])
+            self.loc.write_bytes(f"{_key_of(array)}/{key}", blob)
+            return
+        for j in holes or []:
+            data[j] = arr.fill_value
         arr[start : start + len(data)] = data
 
     def read_shard(self, array: str, shard: int) -> np.ndarray:

@@ -119,7 +119,8 @@ def load_square(
             if im.format == "JPEG" and min(w, h) >= 2 * size and isinstance(im, ImageFile.ImageFile):
                 im.draft("RGB", _draft_target(w, h, size))
             im.load()
-            im = ImageOps.exif_transpose(im) or im
+            if im.getexif().get(0x0112, 1) != 1:  # transposing copies: only when needed
+                im = ImageOps.exif_transpose(im) or im
             rgb = to_rgb(im)
     except BadImage:
         raise
@@ -143,6 +144,83 @@ def load_square(
             raise BadImage(f"truncated image: {msg}") from None
         raise BadImage(f"undecodable image: {msg}") from None
     return np.asarray(square(rgb, size, fit))
+
+
+def load_square_into(
+    data: bytes,
+    out: np.ndarray,
+    fit: str = "crop",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_size: int = 0,
+) -> None:
+    """:func:`load_square` writing into ``out`` (``(size, size, 3)`` uint8, C-contiguous).
+
+    A baseline JPEG that already is ``size`` x ``size``, upright and in YCbCr or grey (the
+    Danbooru case) is decoded by libjpeg-turbo straight into ``out``: no intermediate
+    image, no copies. Everything else, and anything the fast path dislikes, takes the
+    general path, which also produces the error message for broken files.
+    """
+    if not _jpeg_direct(data, out, max_pixels, min_size):
+        out[...] = load_square(data, out.shape[0], fit, max_pixels, min_size)
+
+
+def _jpeg_direct(data: bytes, out: np.ndarray, max_pixels: int, min_size: int) -> bool:
+    import simplejpeg
+
+    size = out.shape[0]
+    if len(data) < 4 or data[:2] != b"\xff\xd8" or size * size > max_pixels or size < min_size:
+        return False
+    try:
+        h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return False
+    if (h, w) != (size, size) or colorspace not in ("YCbCr", "Gray") or exif_orientation(data) != 1:
+        return False
+    try:
+        simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=out, strict=True)
+    except ValueError:
+        return False
+    return True
+
+
+def exif_orientation(data: bytes) -> int:
+    """EXIF orientation (1-8) of a JPEG from its APP1 segment, 1 if absent, 0 if unsure.
+
+    Reads only the marker segments before the image data. XMP metadata (which may also
+    carry an orientation) returns 0, sending the file down the general path.
+    """
+    pos, n = 2, len(data)
+    while pos + 4 <= n and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker in (0xDA, 0xD9):  # start of scan / end of image: no more metadata
+            return 1
+        length = struct.unpack(">H", data[pos + 2 : pos + 4])[0]
+        seg = data[pos + 4 : pos + 2 + length]
+        if marker == 0xE1:
+            if seg.startswith(b"Exif\0\0"):
+                value = _tiff_orientation(seg[6:])
+                if value != 1:
+                    return value
+            elif b"ns.adobe.com/xap" in seg[:64]:
+                return 0
+        pos += 2 + length
+    return 1
+
+
+def _tiff_orientation(tiff: bytes) -> int:
+    try:
+        endian = {b"II": "<", b"MM": ">"}[tiff[:2]]
+        (ifd,) = struct.unpack(endian + "I", tiff[4:8])
+        (count,) = struct.unpack(endian + "H", tiff[ifd : ifd + 2])
+        for k in range(count):
+            entry = tiff[ifd + 2 + 12 * k : ifd + 14 + 12 * k]
+            tag, kind = struct.unpack(endian + "HH", entry[:4])
+            if tag == 0x0112:
+                (value,) = struct.unpack(endian + "H", entry[8:10])
+                return value if kind == 3 and 1 <= value <= 8 else 0
+    except (KeyError, struct.error, IndexError):
+        return 0
+    return 1
 
 
 def square(im: Image.Image, size: int, fit: str = "crop") -> Image.Image:
