@@ -73,7 +73,9 @@ def direct_writer(arr) -> Callable[[int, np.ndarray, Collection[int]], tuple[str
     if not ok:
         return None
     shard_len = arr.metadata.chunk_grid.chunk_shape[0]
-    level = inner[1].level
+    zstd = inner[1]
+    assert isinstance(zstd, ZstdCodec)
+    level = zstd.level
     zeros = (0,) * (len(arr.shape) - 1)
 
     def write(shard: int, items: np.ndarray, holes: Collection[int]) -> tuple[str, bytes]:
