@@ -94,6 +94,12 @@ def _list_folder(root: str) -> Listing:
             if not is_image_name(name):
                 skipped += 1
                 continue
+            try:
+                full.encode("utf-8")
+            except UnicodeEncodeError:
+                shown = full.encode("utf-8", "backslashreplace").decode()
+                refused.append((shown, "file name is not valid UTF-8: rename it"))
+                continue
             if os.path.islink(full):
                 target = os.path.realpath(full)
                 if os.path.commonpath([real_root, target]) != real_root:

@@ -137,6 +137,28 @@ def prepare_array(ws: Workspace, options: IngestOptions, length: int) -> None:
     ws.require_array(ARRAY, image_spec(options.size), length)
 
 
+class _Unusable(Exception):
+    """A source that cannot be read for a reason that retrying will not change."""
+
+
+def _read(reader: SourceReader, ref: SourceRef, limit: int) -> bytes:
+    """The file's bytes; a vanished, unreadable or oversized file is :class:`_Unusable`.
+
+    Other errors (a network failure reading S3, say) propagate, so the task is retried
+    and the file is never quarantined for a fault that was not its own.
+    """
+    try:
+        return reader.read(ref, limit=limit)
+    except ValueError as exc:
+        raise _Unusable(f"refused: {exc}") from None
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        raise _Unusable(f"unreadable: {exc.strerror or exc}") from None
+    except OSError as exc:
+        if ref.kind in ("file", "tar"):
+            raise _Unusable(f"unreadable: {exc.strerror or exc}") from None
+        raise
+
+
 _BUFFERS: dict[int, np.ndarray] = {}
 
 
@@ -169,13 +191,19 @@ def ingest_shard(spec: ShardSpec) -> ShardResult:
         for j, record in enumerate(spec.sources):
             ref = SourceRef.from_dict(_ref_fields(record))
             entry: dict[str, Any] = {"slot": start + j, "id": ref.id, "source": ref.source, "fp": record["fingerprint"]}
+            reason = None
             try:
-                raw = reader.read(ref, limit=opts.max_bytes)
+                raw = _read(reader, ref, opts.max_bytes)
                 entry["sha256"] = hashlib.sha256(raw).hexdigest()
                 load_square_into(raw, data[j], opts.fit, opts.max_pixels, opts.min_size)
                 entry["status"] = "ok"
-            except (BadImage, OSError, ValueError) as exc:
-                reason = str(exc) if isinstance(exc, BadImage) else f"unreadable: {exc}"
+            except _Unusable as exc:
+                reason = str(exc)
+            except BadImage as exc:
+                reason = str(exc)
+            except Exception as exc:  # decoders are the hostile surface: isolate each file
+                reason = f"decoder error: {exc.__class__.__name__}: {exc}"
+            if reason is not None:
                 ws.quarantine(ref.source, STAGE, reason)
                 entry.update(status="quarantined", reason=reason)
                 holes.append(j)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
@@ -127,14 +128,16 @@ def test_tar_archives_ingest_like_folders(cluster: str, corpus: Path, tmp_path: 
     assert sorted(p.stem for p in out.iterdir()) == sorted(f"s4-{i:06d}" for i in range(22))
 
 
-def test_symlinks_leaving_the_folder_are_refused(cluster: str, tmp_path: Path) -> None:
+def test_symlinks_leaving_the_folder_and_undecodable_names_are_refused(cluster: str, tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
+    with open(os.path.join(os.fsencode(src), b"bad-\xff-name.jpg"), "wb") as f:
+        f.write(jpeg_bytes(np.zeros((40, 40, 3), np.uint8)))
     outside = tmp_path / "secret.jpg"
     outside.write_bytes(jpeg_bytes(np.zeros((40, 40, 3), np.uint8)))
     (src / "link.jpg").symlink_to(outside)
     (src / "ok.jpg").write_bytes(jpeg_bytes(np.full((40, 40, 3), 90, np.uint8)))
     r = ingest(tmp_path / "ws", src)
-    assert (r["stored"], r["quarantined"]) == (1, 1)
-    (entry,) = Workspace(str(tmp_path / "ws")).quarantine_entries()
-    assert "outside" in entry["reason"]
+    assert (r["stored"], r["quarantined"]) == (1, 2)
+    reasons = sorted(e["reason"] for e in Workspace(str(tmp_path / "ws")).quarantine_entries())
+    assert "UTF-8" in reasons[0] and "outside" in reasons[1]

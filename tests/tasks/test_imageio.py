@@ -100,3 +100,43 @@ def test_encode_png_round_trip() -> None:
     assert (np.asarray(Image.open(io.BytesIO(encode_png(m)))) == m).all()
     with pytest.raises(ValueError):
         encode_png(m.astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mode", "save"),
+    [
+        ("WEBP", "RGB", {}),
+        ("GIF", "P", {}),
+        ("BMP", "RGB", {}),
+        ("TIFF", "RGB", {}),
+        ("TIFF", "CMYK", {}),
+        ("PNG", "LA", {}),
+        ("PNG", "1", {}),
+        ("JPEG", "L", {}),
+        ("JPEG", "RGB", {"progressive": True}),
+    ],
+)
+def test_common_formats_and_modes_decode(fmt: str, mode: str, save: dict) -> None:
+    im = Image.fromarray(gradient(48, 64)).convert(mode)
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **save)
+    out = load_square(buf.getvalue(), 32)
+    assert out.shape == (32, 32, 3) and out.dtype == np.uint8 and out.std() > 1
+
+
+def test_direct_jpeg_path_equals_the_general_path() -> None:
+    from tasks.imageio import exif_orientation, load_square_into
+
+    data = jpeg_bytes(gradient(64, 64, 3))
+    direct = np.zeros((64, 64, 3), np.uint8)
+    load_square_into(data, direct)
+    assert exif_orientation(data) == 1
+    assert np.abs(direct.astype(int) - load_square(data, 64).astype(int)).max() <= 1
+    exif = Image.Exif()
+    exif[0x0112] = 3
+    rotated = jpeg_bytes(gradient(64, 64, 3), exif=exif.tobytes())
+    assert exif_orientation(rotated) == 3
+    out = np.zeros((64, 64, 3), np.uint8)
+    load_square_into(rotated, out)  # orientation 3 = 180 degrees: the general path applies it
+    assert np.abs(out.astype(int) - load_square(rotated, 64).astype(int)).max() == 0
+    assert np.abs(out[::-1, ::-1].astype(int) - direct.astype(int)).mean() < 3
