@@ -192,13 +192,15 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, RunConfig], int]] = {
 
 
 def _quiet_libraries(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().handlers[0].setLevel(level)
     for name in ("distributed", "tornado", "asyncio", "botocore", "aiobotocore", "s3fs"):
         logging.getLogger(name).setLevel(logging.WARNING if verbose else logging.ERROR)
     if not verbose:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        # Quiet terminal, full record: runs still log at INFO to the Prefect API (the UI);
+        # only the console handlers (here and in every Dask worker) show warnings alone.
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_PIXELS = 50_000_000
 """Images with more pixels than this are refused before decoding (about 7000 x 7000)."""
 
-# Our own limit is checked first; Pillow's stays as a second line of defence.
-Image.MAX_IMAGE_PIXELS = 4 * DEFAULT_MAX_PIXELS
+# Pillow's own check would fire inside Image.open with its limit, not ours; ours reads the
+# size from the header that open parses and refuses before any pixel is decoded.
+Image.MAX_IMAGE_PIXELS = None
 
 PAD_COLOR = (255, 255, 255)
 FITS = ("crop", "pad")
@@ -112,7 +113,8 @@ def load_square(
                 raise BadImage(f"image has no pixels ({w}x{h})")
             if w * h > max_pixels:
                 raise BadImage(
-                    f"decompression bomb refused: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}"
+                    f"decompression bomb refused: {w}x{h} = {w * h} pixels exceeds the limit of "
+                    f"{max_pixels} (--max-pixels)"
                 )
             if min(w, h) < min_size:
                 raise BadImage(f"too small: {w}x{h}, shorter side under --min-size {min_size}")
