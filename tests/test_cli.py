@@ -82,3 +82,52 @@ def test_quarantine_only_corpus_still_exits_0(cluster: str, tmp_path: Path) -> N
     r = run(["--dask-address", cluster, "--workspace", "ws", "ingest-images", "bad"], tmp_path)
     assert r.returncode == 0, r.stderr
     assert "4 quarantined" in r.stdout and "1 files not named like images" in r.stdout
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path: Path) -> None:
+    """SIGKILL a real ingest-images mid-run (server, cluster and all), run it again."""
+    import hashlib
+    import signal
+    import time
+
+    from tasks.synth import write_synth_shard
+
+    write_synth_shard(str(tmp_path / "c"), seed=5, size=96, start=0, stop=60, annotated=0)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MANGAKA_"))}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    args = ["ingest-images", "c/images", "--size", "64", "--shard-size", "4"]
+
+    def digest(ws: Path) -> dict[str, str]:
+        return {
+            str(p.relative_to(ws)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted((ws / "corpus").rglob("*"))
+            if p.is_file()
+        }
+
+    proc = subprocess.Popen(
+        [*MANGAKA, "--workspace", "killed", *args],
+        cwd=tmp_path,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    markers = tmp_path / "killed" / "_meta" / "markers" / "corpus" / "images"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (markers.exists() and any(markers.iterdir())):
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_at_kill = len(list(markers.iterdir()))
+    assert 0 < done_at_kill < 15, done_at_kill  # killed mid-run
+
+    r = subprocess.run(
+        [*MANGAKA, "--workspace", "killed", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(
+        [*MANGAKA, "--workspace", "whole", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert r.returncode == 0, r.stderr
+    assert digest(tmp_path / "killed") == digest(tmp_path / "whole")
