@@ -36,7 +36,16 @@ def make_corpus(count: int, size: int = 512) -> Path:
     images = root / "images"
     have = len(list(images.glob("*.jpg"))) if images.exists() else 0
     if have < count:
-        write_synth_shard(str(root), seed=11, size=size, start=have, stop=count, annotated=0)
+        from concurrent.futures import ProcessPoolExecutor
+
+        step = 64
+        with ProcessPoolExecutor() as pool:
+            jobs = [
+                pool.submit(write_synth_shard, str(root), 11, size, i, min(i + step, count), 0)
+                for i in range(have, count, step)
+            ]
+            for job in jobs:
+                job.result()
     return images
 
 
@@ -95,7 +104,7 @@ def mangaka_run(src: Path, size: int) -> tuple[float, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--count", type=int, default=1024)
+    ap.add_argument("--count", type=int, default=2048)
     ap.add_argument("--sizes", default="512,256", help="target sizes to ingest the 512 px JPEGs at")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", default=str(HERE / "results" / "ingest.json"))

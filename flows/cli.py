@@ -137,7 +137,11 @@ def _cmd_ingest(a: argparse.Namespace, config: RunConfig) -> int:
 def _cmd_export(a: argparse.Namespace, config: RunConfig) -> int:
     from flows.export import export
     from flows.runtime import run_flow
+    from storage.workspace import Workspace, WorkspaceError
 
+    arr = Workspace(config.workspace).array(a.array)  # fail fast, before starting anything
+    if arr.ndim not in (3, 4):
+        raise WorkspaceError(f"{a.array} is not an image or mask array")
     r = _run(config, lambda: run_flow(export, workspace=config.workspace, array=a.array, out=a.out))
     print(f"exported {r['exported']} items of {a.array} to {a.out}")
     return 0

@@ -7,7 +7,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.shards import run_shards
 from storage.items import item_table
-from storage.workspace import Workspace, family_of
+from storage.workspace import Workspace, WorkspaceError, family_of
 from tasks.export import ExportSpec, export_shard
 
 
@@ -21,7 +21,11 @@ def export(workspace: str, array: str, out: str) -> dict[str, int]:
     """Write ``out/<id>.png`` for every item of ``array`` that has been produced."""
     ws = Workspace(workspace)
     family = family_of(array)
-    ws.array(array)  # a clear error if it does not exist
+    arr = ws.array(array)  # a clear error if it does not exist
+    if arr.ndim not in (3, 4) or str(arr.dtype) != "uint8":
+        raise WorkspaceError(
+            f"{array} holds {arr.dtype} items of shape {arr.shape[1:]}: export writes image and mask arrays"
+        )
     table = item_table(ws, family)
     # Derived arrays hold data only where a shard was completed; ingested ones everywhere.
     produced = set(ws.markers(array)) if array != f"{family}/images" else None
