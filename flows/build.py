@@ -14,14 +14,16 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
 from flows.ingest import ingest_images
+from flows.labelme import ingest_labelme
 from flows.runtime import run_flow
 from flows.synth import synth
 from storage.workspace import Workspace
+from tasks.annotations import LabelmeOptions
 from tasks.ingest import IngestOptions
 from tasks.report import contact_sheet
 from tasks.status import status_lines, workspace_status
 
-STAGES = ("ingest-images",)
+STAGES = ("ingest-labelme", "ingest-images")
 
 
 class DemoOptions(BaseModel):
@@ -42,21 +44,38 @@ class DemoOptions(BaseModel):
 def build(
     workspace: str,
     src: str | None = None,
+    labelme: str | None = None,
     stages: list[str] = list(STAGES),  # noqa: B006 - Prefect copies parameters
     size: int | None = None,
     shard_size: int | None = None,
 ) -> dict[str, Any]:
-    """Run the chain's stages in order on ``workspace`` (``src``: new corpus images, if any)."""
+    """Run the chain's stages in order on ``workspace``.
+
+    ``src``: new corpus images, if any; ``labelme``: a folder of labelme annotations.
+    """
     logger = get_run_logger()
     unknown = sorted(set(stages) - set(STAGES))
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
     results: dict[str, Any] = {}
+    ws = Workspace(workspace)
+    size = size or ws.config().get("image_size", 512)
+    if "ingest-labelme" in stages:
+        if labelme is None:
+            logger.info("ingest-labelme: no labelme folder given, nothing new to ingest")
+        else:
+            classes = tuple(ws.classes)
+            results["ingest-labelme"] = run_flow(
+                ingest_labelme,
+                workspace=workspace,
+                src=labelme,
+                options=LabelmeOptions(size=size, classes=classes),
+                shard_size=shard_size,
+            )
     if "ingest-images" in stages:
         if src is None:
             logger.info("ingest-images: no src given, nothing new to ingest")
         else:
-            size = size or Workspace(workspace).config().get("image_size", 512)
             options = IngestOptions(size=size)
             results["ingest-images"] = run_flow(
                 ingest_images, workspace=workspace, src=src, options=options, shard_size=shard_size
@@ -72,6 +91,7 @@ def write_report(ws: Workspace) -> dict[str, str]:
         "status_json": ws.write_file("reports/status.json", json.dumps(status, indent=1).encode()),
         "status_txt": ws.write_file("reports/status.txt", text.encode()),
         "contact_sheet": ws.write_file("reports/contact_sheet.png", contact_sheet(ws)),
+        "annotated_sheet": ws.write_file("reports/annotated_sheet.png", contact_sheet(ws, "annotated")),
     }
     create_markdown_artifact(key="mangaka-status", markdown=f"```\n{text}```", description=f"status of {ws.url}")
     return paths
@@ -88,6 +108,7 @@ def demo(workspace: str, options: DemoOptions = DemoOptions()) -> dict[str, Any]
     built = build(
         workspace=workspace,
         src=ws.sub_url("sources/synth/images"),
+        labelme=ws.sub_url("sources/synth/labelme"),
         size=options.size,
         shard_size=options.shard_size,
     )

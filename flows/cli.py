@@ -63,6 +63,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-pixels", type=_positive, default=None, help="refuse larger images before decoding")
     s.add_argument("--shard-size", type=_positive, default=None, help="items per shard (fixed at first ingestion)")
 
+    s = sub.add_parser("ingest-labelme", help="add labelme annotations to annotated/images + annotated/masks")
+    s.add_argument("dir")
+    s.add_argument("--labels", default=None, help="labels.txt in labelme2voc's format (default: the 7 classes)")
+    s.add_argument("--size", type=_positive, default=None, help="default: the workspace's, else 512")
+    s.add_argument("--fit", choices=("crop", "pad"), default="crop")
+    s.add_argument("--shard-size", type=_positive, default=None)
+
+    s = sub.add_parser("annotate", help="open the labelme GUI on DIR with the workspace's labels")
+    s.add_argument("dir")
+
     s = sub.add_parser("export", help="one PNG per item of an array")
     s.add_argument("array")
     s.add_argument("out")
@@ -72,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("build", help="the whole chain as one flow")
     s.add_argument("--stages", default=None, help="comma-separated stages (default: all)")
-    s.add_argument("--src", default=None, help="new corpus images to ingest first")
+    s.add_argument("--src", default=None, help="new corpus images to ingest")
+    s.add_argument("--labelme", default=None, help="a folder of labelme annotations to ingest")
     s.add_argument("--size", type=_positive, default=None, help="default: the workspace's, else 512")
 
     s = sub.add_parser("demo", help="synth + build on the embedded default, then a report")
@@ -134,6 +145,57 @@ def _cmd_ingest(a: argparse.Namespace, config: RunConfig) -> int:
     return 0
 
 
+def _cmd_ingest_labelme(a: argparse.Namespace, config: RunConfig) -> int:
+    from flows.labelme import ingest_labelme
+    from flows.runtime import run_flow
+    from storage.workspace import Workspace
+    from tasks.annotations import LabelmeOptions, labels_file_classes
+    from tasks.labelme import LabelmeError
+
+    if not os.path.isdir(a.dir):
+        raise UsageError(f"{a.dir} is not a folder")
+    try:
+        classes = labels_file_classes(a.labels)
+    except LabelmeError as exc:
+        raise UsageError(f"{a.labels}: {exc}") from None
+    ws = Workspace(config.workspace)
+    size = a.size or ws.config().get("image_size", 512)
+    ws.check_config(image_size=size, shard_size=a.shard_size, classes=list(classes))
+    options = LabelmeOptions(size=size, fit=a.fit, classes=classes)
+    r = _run(
+        config,
+        lambda: run_flow(
+            ingest_labelme, workspace=config.workspace, src=a.dir, options=options, shard_size=a.shard_size
+        ),
+    )
+    print(
+        f"ingested {r['stored']} annotations into annotated/images + annotated/masks ({r['annotated_items']} in all, "
+        f"{r['replaced']} replaced so far); {r['already_ingested']} already there, {r['quarantined']} quarantined"
+    )
+    if r["quarantined"]:
+        print("see `mangaka status` for the quarantine and its reasons")
+    return 0
+
+
+def _cmd_annotate(a: argparse.Namespace, config: RunConfig) -> int:
+    import shutil
+    import subprocess
+    import tempfile
+
+    from storage.workspace import Workspace
+
+    if not os.path.isdir(a.dir):
+        raise UsageError(f"{a.dir} is not a folder")
+    exe = shutil.which("labelme")
+    if exe is None:
+        raise UsageError("labelme is not installed: install the annotate extra, pip install -e '.[annotate]'")
+    classes = Workspace(config.workspace).classes
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", prefix="mangaka-labels-", delete=False) as f:
+        f.write("\n".join(["__ignore__", "_background_", *classes[1:]]) + "\n")
+    # --nodata keeps images out of the JSON (imagePath only), as mangaka's own files do.
+    return subprocess.call([exe, a.dir, "--labels", f.name, "--nodata", "--autosave"])
+
+
 def _cmd_export(a: argparse.Namespace, config: RunConfig) -> int:
     from flows.export import export
     from flows.runtime import run_flow
@@ -163,7 +225,10 @@ def _cmd_build(a: argparse.Namespace, config: RunConfig) -> int:
     unknown = sorted(set(stages) - set(STAGES))
     if unknown:
         raise UsageError(f"unknown stage(s) {', '.join(unknown)}; stages are {', '.join(STAGES)}")
-    r = _run(config, lambda: build(workspace=config.workspace, src=a.src, stages=stages, size=a.size))
+    r = _run(
+        config,
+        lambda: build(workspace=config.workspace, src=a.src, labelme=a.labelme, stages=stages, size=a.size),
+    )
     print(json.dumps(r, indent=1))
     return 0
 
@@ -174,7 +239,7 @@ def _cmd_demo(a: argparse.Namespace, config: RunConfig) -> int:
     options = DemoOptions.full() if a.full else DemoOptions()
     r = _run(config, lambda: demo(workspace=config.workspace, options=options))
     print("\n".join(_demo_lines(config.workspace)))
-    print(f"report: {r['report']['status_txt']}, {r['report']['contact_sheet']}")
+    print(f"report: {r['report']['status_txt']}, {r['report']['contact_sheet']}, {r['report']['annotated_sheet']}")
     return 0
 
 
@@ -188,6 +253,8 @@ def _demo_lines(workspace: str) -> list[str]:
 COMMANDS: dict[str, Callable[[argparse.Namespace, RunConfig], int]] = {
     "synth": _cmd_synth,
     "ingest-images": _cmd_ingest,
+    "ingest-labelme": _cmd_ingest_labelme,
+    "annotate": _cmd_annotate,
     "export": _cmd_export,
     "status": _cmd_status,
     "build": _cmd_build,

@@ -32,6 +32,10 @@ from storage.workspace import Workspace, now_iso
 
 log = logging.getLogger(__name__)
 
+# Families where a new file with an item's id replaces that item whatever its source: a
+# corrected annotation comes back from wherever the annotator saved it.
+REPLACE_BY_ID = frozenset({"annotated"})
+
 
 @dataclass
 class Batch:
@@ -161,7 +165,7 @@ def item_table(ws: Workspace, family: str, array: str | None = None) -> ItemTabl
             continue
         old = table.by_id.get(e["id"])
         if old is not None:
-            if old["source"] != e["source"]:
+            if old["source"] != e["source"] and family not in REPLACE_BY_ID:
                 # Planning keeps ids unique across sources; a clash here means two runs
                 # raced on one workspace. Keep the first and say so rather than lose either.
                 table.duplicates.append({**e, "duplicate_of": e["id"], "clash": True})

@@ -67,13 +67,16 @@ class Listing:
     refused: list[tuple[str, str]]  # (source, reason) for files that must not be read
 
 
-def list_sources(src: str) -> Listing:
-    """List the image files under ``src`` (folder, ``.tar``, or ``s3://`` prefix), sorted."""
+def list_sources(src: str, suffixes: frozenset[str] = IMAGE_SUFFIXES) -> Listing:
+    """List the files under ``src`` (folder, ``.tar``, or ``s3://`` prefix) named with one
+    of ``suffixes`` (images by default), sorted."""
+    if suffixes != IMAGE_SUFFIXES and not (not is_remote(src) and os.path.isdir(src)):
+        raise ValueError(f"{src} must be a local folder")
     if is_remote(src):
         return _list_s3(src)
     path = os.path.abspath(os.path.expanduser(src))
     if os.path.isdir(path):
-        return _list_folder(path)
+        return _list_folder(path, suffixes)
     if os.path.isfile(path) and tarfile.is_tarfile(path):
         return _list_tar(path)
     if os.path.exists(path):
@@ -81,7 +84,7 @@ def list_sources(src: str) -> Listing:
     raise FileNotFoundError(f"{src} does not exist")
 
 
-def _list_folder(root: str) -> Listing:
+def _list_folder(root: str, suffixes: frozenset[str] = IMAGE_SUFFIXES) -> Listing:
     refs: list[SourceRef] = []
     refused: list[tuple[str, str]] = []
     skipped = 0
@@ -91,7 +94,7 @@ def _list_folder(root: str) -> Listing:
         for name in sorted(filenames):
             full = os.path.join(dirpath, name)
             rel = os.path.relpath(full, root).replace(os.sep, "/")
-            if not is_image_name(name):
+            if posixpath.splitext(name)[1].lower() not in suffixes:
                 skipped += 1
                 continue
             try:

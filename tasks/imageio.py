@@ -102,6 +102,15 @@ def load_square(
     """
     if fit not in FITS:
         raise ValueError(f"fit must be one of {FITS}, not {fit!r}")
+    return np.asarray(square(load_rgb(data, max_pixels, min_size, draft_size=size), size, fit))
+
+
+def load_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_size: int = 0, draft_size: int = 0) -> Image.Image:
+    """Decode ``data`` to an upright 8-bit RGB Pillow image at full size, or raise BadImage.
+
+    ``draft_size`` > 0 lets a large JPEG decode at a reduced scale that keeps at least that
+    many pixels on its shorter side.
+    """
     if not data:
         raise BadImage("empty file (0 bytes)")
     try:
@@ -118,12 +127,17 @@ def load_square(
                 )
             if min(w, h) < min_size:
                 raise BadImage(f"too small: {w}x{h}, shorter side under --min-size {min_size}")
-            if im.format == "JPEG" and min(w, h) >= 2 * size and isinstance(im, ImageFile.ImageFile):
-                im.draft("RGB", _draft_target(w, h, size))
+            if (
+                draft_size
+                and im.format == "JPEG"
+                and min(w, h) >= 2 * draft_size
+                and isinstance(im, ImageFile.ImageFile)
+            ):
+                im.draft("RGB", _draft_target(w, h, draft_size))
             im.load()
             if im.getexif().get(0x0112, 1) != 1:  # transposing copies: only when needed
                 im = ImageOps.exif_transpose(im) or im
-            rgb = to_rgb(im)
+            return to_rgb(im)
     except BadImage:
         raise
     except UnidentifiedImageError:
@@ -145,7 +159,6 @@ def load_square(
         if "truncated" in msg.lower() or isinstance(exc, EOFError):
             raise BadImage(f"truncated image: {msg}") from None
         raise BadImage(f"undecodable image: {msg}") from None
-    return np.asarray(square(rgb, size, fit))
 
 
 def load_square_into(
@@ -242,6 +255,24 @@ def square(im: Image.Image, size: int, fit: str = "crop") -> Image.Image:
     if im.size != (size, size):
         im = im.resize((size, size), Image.Resampling.LANCZOS)
     return im
+
+
+def square_mask(mask: np.ndarray, size: int, fit: str = "crop", pad_value: int = 255) -> np.ndarray:
+    """:func:`square` for class-id masks: same crop or pad (with ``pad_value``), nearest resize."""
+    h, w = mask.shape
+    if fit == "crop":
+        side = min(w, h)
+        top, left = (h - side) // 2, (w - side) // 2
+        mask = mask[top : top + side, left : left + side]
+    else:
+        side = max(w, h)
+        canvas = np.full((side, side), pad_value, dtype=mask.dtype)
+        top, left = (side - h) // 2, (side - w) // 2
+        canvas[top : top + h, left : left + w] = mask
+        mask = canvas
+    if mask.shape != (size, size):
+        mask = np.asarray(Image.fromarray(mask).resize((size, size), Image.Resampling.NEAREST))
+    return np.ascontiguousarray(mask)
 
 
 def encode_png(array: np.ndarray) -> bytes:

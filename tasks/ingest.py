@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from storage.items import Batch, Journal, item_table
+from storage.items import REPLACE_BY_ID, Batch, Journal, item_table
 from storage.sources import Listing, SourceReader, SourceRef
 from storage.workspace import Workspace, image_spec
 from tasks.imageio import DEFAULT_MAX_PIXELS, BadImage, load_square_into
@@ -85,19 +85,26 @@ def source_record(ref: SourceRef) -> dict[str, Any]:
     return {**ref.to_dict(), "fingerprint": ref.fingerprint}
 
 
-def plan_ingest(ws: Workspace, listing: Listing) -> IngestPlan:
-    """Decide what is new in ``listing`` given everything the workspace already planned."""
-    batches = Journal(ws, FAMILY).batches()
-    done_shards = set(ws.markers(ARRAY))
+def plan_ingest(ws: Workspace, listing: Listing, family: str = FAMILY, array: str = ARRAY) -> IngestPlan:
+    """Decide what is new in ``listing`` given everything the workspace already planned.
+
+    Two files of one listing with the same id: the second is refused. An id already in
+    the workspace from another source is refused too, except in families where a new
+    file replaces the item of the same id (``storage.items.REPLACE_BY_ID``).
+    """
+    batches = Journal(ws, family).batches()
+    done_shards = set(ws.markers(array))
     open_batches = [b for b in batches if any(s not in done_shards for s in b.shard_indices())]
     known_fp: set[str] = set()
-    id_source: dict[str, str] = {i: e["source"] for i, e in item_table(ws, FAMILY).by_id.items()}
+    id_source: dict[str, str] = {}
+    if family not in REPLACE_BY_ID:
+        id_source = {i: e["source"] for i, e in item_table(ws, family).by_id.items()}
     for b in batches:
         for shard in b.shards:
             known_fp.update(s["fingerprint"] for s in shard)
     for b in open_batches:
         for shard in b.shards:
-            id_source.update({SourceRef.from_dict(_ref_fields(s)).id: s["source"] for s in shard})
+            id_source.update({SourceRef.from_dict(ref_fields(s)).id: s["source"] for s in shard})
     new: list[SourceRef] = []
     refused = list(listing.refused)
     known = 0
@@ -116,12 +123,13 @@ def plan_ingest(ws: Workspace, listing: Listing) -> IngestPlan:
     return IngestPlan(open_batches, new, known, refused, listing.skipped_names)
 
 
-def _ref_fields(record: dict[str, Any]) -> dict[str, Any]:
+def ref_fields(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k != "fingerprint"}
 
 
-def shard_specs(ws: Workspace, batch: Batch, only_missing: bool = True) -> list[ShardSpec]:
-    done = ws.markers(ARRAY) if only_missing else {}
+def shard_specs(ws: Workspace, batch: Batch, array: str = ARRAY) -> list[ShardSpec]:
+    """Specs of the shards of ``batch`` whose marker on ``array`` is missing or stale."""
+    done = ws.markers(array)
     specs = []
     for shard in batch.shard_indices():
         m = done.get(shard)
@@ -137,12 +145,12 @@ def prepare_array(ws: Workspace, options: IngestOptions, length: int) -> None:
     ws.require_array(ARRAY, image_spec(options.size), length)
 
 
-class _Unusable(Exception):
+class Unusable(Exception):
     """A source that cannot be read for a reason that retrying will not change."""
 
 
-def _read(reader: SourceReader, ref: SourceRef, limit: int) -> bytes:
-    """The file's bytes; a vanished, unreadable or oversized file is :class:`_Unusable`.
+def read_source(reader: SourceReader, ref: SourceRef, limit: int) -> bytes:
+    """The file's bytes; a vanished, unreadable or oversized file is :class:`Unusable`.
 
     Other errors (a network failure reading S3, say) propagate, so the task is retried
     and the file is never quarantined for a fault that was not its own.
@@ -150,25 +158,26 @@ def _read(reader: SourceReader, ref: SourceRef, limit: int) -> bytes:
     try:
         return reader.read(ref, limit=limit)
     except ValueError as exc:
-        raise _Unusable(f"refused: {exc}") from None
+        raise Unusable(f"refused: {exc}") from None
     except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-        raise _Unusable(f"unreadable: {exc.strerror or exc}") from None
+        raise Unusable(f"unreadable: {exc.strerror or exc}") from None
     except OSError as exc:
         if ref.kind in ("file", "tar"):
-            raise _Unusable(f"unreadable: {exc.strerror or exc}") from None
+            raise Unusable(f"unreadable: {exc.strerror or exc}") from None
         raise
 
 
-_BUFFERS: dict[int, np.ndarray] = {}
+_BUFFERS: dict[tuple[int, ...], np.ndarray] = {}
 
 
-def _shard_buffer(n: int, size: int) -> np.ndarray:
-    """A reusable ``(n, size, size, 3)`` buffer: first-touching 200 MB of fresh pages costs
-    more than decoding into them, so each worker process allocates one once."""
-    buf = _BUFFERS.get(size)
+def shard_buffer(n: int, item_shape: tuple[int, ...]) -> np.ndarray:
+    """A reusable ``(n, *item_shape)`` uint8 buffer: first-touching 200 MB of fresh pages
+    costs more than decoding into them, so each worker process allocates one once."""
+    buf = _BUFFERS.get(item_shape)
     if buf is None or len(buf) < n:
-        _BUFFERS.clear()
-        buf = _BUFFERS[size] = np.zeros((n, size, size, 3), dtype=np.uint8)
+        if len(_BUFFERS) > 2:
+            _BUFFERS.clear()
+        buf = _BUFFERS[item_shape] = np.zeros((n, *item_shape), dtype=np.uint8)
     return buf[:n]
 
 
@@ -183,21 +192,21 @@ def ingest_shard(spec: ShardSpec) -> ShardResult:
     t0 = time.perf_counter()
     opts = IngestOptions(**spec.options)
     start = spec.shard * ws.shard_size
-    data = _shard_buffer(len(spec.sources), opts.size)
+    data = shard_buffer(len(spec.sources), (opts.size, opts.size, 3))
     entries: list[dict[str, Any]] = []
     n_bad = 0
     holes: list[int] = []
     with SourceReader() as reader:
         for j, record in enumerate(spec.sources):
-            ref = SourceRef.from_dict(_ref_fields(record))
+            ref = SourceRef.from_dict(ref_fields(record))
             entry: dict[str, Any] = {"slot": start + j, "id": ref.id, "source": ref.source, "fp": record["fingerprint"]}
             reason = None
             try:
-                raw = _read(reader, ref, opts.max_bytes)
+                raw = read_source(reader, ref, opts.max_bytes)
                 entry["sha256"] = hashlib.sha256(raw).hexdigest()
                 load_square_into(raw, data[j], opts.fit, opts.max_pixels, opts.min_size)
                 entry["status"] = "ok"
-            except _Unusable as exc:
+            except Unusable as exc:
                 reason = str(exc)
             except BadImage as exc:
                 reason = str(exc)

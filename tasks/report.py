@@ -36,17 +36,16 @@ def _as_rgb(name: str, item: np.ndarray) -> np.ndarray:
     return np.repeat(item[..., None], 3, axis=2)
 
 
-def contact_sheet(ws: Workspace, n: int = 16, tile: int = 128) -> bytes:
-    """PNG of the first ``n`` items: each item is a strip of its arrays, strips on a grid."""
+def contact_sheet(ws: Workspace, family: str = "corpus", n: int = 16, tile: int = 128) -> bytes:
+    """PNG of the first ``n`` items of ``family``: each item a strip of its arrays, on a grid."""
     from PIL import Image
 
-    table = item_table(ws, "corpus")
+    table = item_table(ws, family)
     slots = sorted(table.by_slot)[:n]
     if not slots:
-        raise ValueError(f"{ws.url} has no corpus items to show")
-    columns = ["corpus/images"] + [
-        a for a in ws.list_arrays() if a.startswith("corpus/") and a not in ("corpus/images", "corpus/item")
-    ]
+        raise ValueError(f"{ws.url} has no {family} items to show")
+    head = f"{family}/images"
+    columns = [head] + [a for a in ws.list_arrays() if a.startswith(f"{family}/") and a not in (head, f"{family}/item")]
     columns = [c for c in columns if len(ws.array(c).shape) in (3, 4)]
     marked = {c: set(ws.markers(c)) for c in columns[1:]}
     s = ws.shard_size
@@ -60,6 +59,7 @@ def contact_sheet(ws: Workspace, n: int = 16, tile: int = 128) -> bytes:
             if c and slot // s not in marked[name]:
                 continue
             item = _as_rgb(name, np.asarray(ws.array(name)[slot]))
-            small = np.asarray(Image.fromarray(item).resize((tile, tile), Image.Resampling.BILINEAR))
+            resample = Image.Resampling.NEAREST if "mask" in name else Image.Resampling.BILINEAR
+            small = np.asarray(Image.fromarray(item).resize((tile, tile), resample))
             sheet[y : y + tile, x0 + c * tile : x0 + (c + 1) * tile] = small
     return encode_png(sheet)

@@ -1,0 +1,90 @@
+"""The ``ingest-labelme`` flow: a folder of labelme files into ``annotated/*``."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.shards import run_shards
+from storage.items import Journal, item_table, write_item_index
+from storage.sources import list_sources
+from storage.workspace import DEFAULT_SHARD_SIZE, Workspace
+from tasks.annotations import (
+    FAMILY,
+    IMAGES,
+    JSON_SUFFIXES,
+    STAGE,
+    LabelmeOptions,
+    LabelmeShardSpec,
+    ingest_labelme_shard,
+    prepare_arrays,
+)
+from tasks.ingest import ShardResult, plan_ingest, shard_specs, source_record
+
+
+@task(name="ingest-labelme-shard", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def ingest_labelme_shard_task(spec: LabelmeShardSpec) -> ShardResult:
+    return ingest_labelme_shard(spec)
+
+
+@flow(name="ingest-labelme")
+def ingest_labelme(
+    workspace: str,
+    src: str,
+    options: LabelmeOptions = LabelmeOptions(),  # noqa: B008 - pydantic models are immutable
+    shard_size: int | None = None,
+) -> dict[str, Any]:
+    """Add (or replace, by id) the labelme annotations under the folder ``src``."""
+    logger = get_run_logger()
+    root = os.path.abspath(src)
+    ws = Workspace(workspace)
+    if shard_size is None and "shard_size" not in ws.config():
+        shard_size = DEFAULT_SHARD_SIZE
+    ws.ensure_config(shard_size=shard_size, classes=list(options.classes))
+    listing = list_sources(root, JSON_SUFFIXES)
+    plan = plan_ingest(ws, listing, FAMILY, IMAGES)
+    for source, reason in plan.refused:
+        ws.quarantine(source, STAGE, reason)
+    batches = list(plan.open_batches)
+    if plan.new:
+        records = [source_record(r) for r in plan.new]
+        batches.append(Journal(ws, FAMILY).add(options.version, {**options.model_dump(), "root": root}, records))
+    for b in batches:
+        opts = {k: v for k, v in b.options.items() if k != "root"}
+        prepare_arrays(ws, LabelmeOptions(**opts), b.end)
+    specs = [
+        LabelmeShardSpec(
+            ws.url,
+            b.options["root"],
+            s.shard,
+            s.version,
+            {k: v for k, v in b.options.items() if k != "root"},
+            s.sources,
+        )
+        for b in batches
+        for s in shard_specs(ws, b, IMAGES)
+    ]
+    results: list[ShardResult] = run_shards(ingest_labelme_shard_task, specs, "ingest-labelme")
+    table = item_table(ws, FAMILY)
+    write_item_index(ws, table)
+    summary = {
+        "source": root,
+        "listed": len(listing.refs),
+        "already_ingested": plan.known,
+        "stored": sum(r.ok for r in results),
+        "quarantined": sum(r.quarantined for r in results) + len(plan.refused),
+        "replaced": len(table.replaced),
+        "shards": len(specs),
+        "annotated_items": len(table),
+    }
+    create_table_artifact(
+        key="ingest-labelme-summary",
+        table=[{"what": k, "count": v} for k, v in summary.items() if k != "source"],
+        description=f"ingest-labelme of {root} into {ws.url}",
+    )
+    logger.info("summary: %s", summary)
+    return summary
