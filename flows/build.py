@@ -13,17 +13,20 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
+from flows.augment import augment
 from flows.ingest import ingest_images
 from flows.labelme import ingest_labelme
 from flows.runtime import run_flow
 from flows.synth import synth
+from storage.items import item_table
 from storage.workspace import Workspace
 from tasks.annotations import LabelmeOptions
+from tasks.augment import AugmentOptions
 from tasks.ingest import IngestOptions
 from tasks.report import contact_sheet
 from tasks.status import status_lines, workspace_status
 
-STAGES = ("ingest-labelme", "ingest-images")
+STAGES = ("ingest-labelme", "augment", "ingest-images")
 
 
 class DemoOptions(BaseModel):
@@ -48,6 +51,7 @@ def build(
     stages: list[str] = list(STAGES),  # noqa: B006 - Prefect copies parameters
     size: int | None = None,
     shard_size: int | None = None,
+    augment_options: AugmentOptions | None = None,
 ) -> dict[str, Any]:
     """Run the chain's stages in order on ``workspace``.
 
@@ -72,6 +76,11 @@ def build(
                 options=LabelmeOptions(size=size, classes=classes),
                 shard_size=shard_size,
             )
+    if "augment" in stages:
+        if item_table(ws, "annotated").by_id:
+            results["augment"] = run_flow(augment, workspace=workspace, options=augment_options or AugmentOptions())
+        else:
+            logger.info("augment: no annotated items yet, nothing to augment")
     if "ingest-images" in stages:
         if src is None:
             logger.info("ingest-images: no src given, nothing new to ingest")
@@ -90,9 +99,14 @@ def write_report(ws: Workspace) -> dict[str, str]:
     paths = {
         "status_json": ws.write_file("reports/status.json", json.dumps(status, indent=1).encode()),
         "status_txt": ws.write_file("reports/status.txt", text.encode()),
-        "contact_sheet": ws.write_file("reports/contact_sheet.png", contact_sheet(ws)),
-        "annotated_sheet": ws.write_file("reports/annotated_sheet.png", contact_sheet(ws, "annotated")),
     }
+    for family, name in (
+        ("corpus", "contact_sheet"),
+        ("annotated", "annotated_sheet"),
+        ("augmented", "augmented_sheet"),
+    ):
+        if len(item_table(ws, family)):
+            paths[name] = ws.write_file(f"reports/{name}.png", contact_sheet(ws, family))
     create_markdown_artifact(key="mangaka-status", markdown=f"```\n{text}```", description=f"status of {ws.url}")
     return paths
 

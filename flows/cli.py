@@ -70,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--fit", choices=("crop", "pad"), default="crop")
     s.add_argument("--shard-size", type=_positive, default=None)
 
+    s = sub.add_parser("augment", help="augmented/images + augmented/masks from annotated/*")
+    s.add_argument("--multiplier", type=_positive, default=16, help="variants per item, the original included")
+    s.add_argument("--seed", type=int, default=0)
+
     s = sub.add_parser("annotate", help="open the labelme GUI on DIR with the workspace's labels")
     s.add_argument("dir")
 
@@ -177,6 +181,24 @@ def _cmd_ingest_labelme(a: argparse.Namespace, config: RunConfig) -> int:
     return 0
 
 
+def _cmd_augment(a: argparse.Namespace, config: RunConfig) -> int:
+    from flows.augment import augment
+    from flows.runtime import run_flow
+    from storage.items import item_table
+    from storage.workspace import Workspace
+    from tasks.augment import AugmentOptions
+
+    options = AugmentOptions(multiplier=a.multiplier, seed=a.seed)
+    if not len(item_table(Workspace(config.workspace), "annotated")):
+        raise UsageError("no annotated items in the workspace: run ingest-labelme first")
+    r = _run(config, lambda: run_flow(augment, workspace=config.workspace, options=options))
+    print(
+        f"augmented {r['parents']} annotated items x{r['multiplier']}: {r['augmented_items']} items in "
+        f"augmented/images + augmented/masks ({r['variants_written']} written now)"
+    )
+    return 0
+
+
 def _cmd_annotate(a: argparse.Namespace, config: RunConfig) -> int:
     import shutil
     import subprocess
@@ -239,7 +261,7 @@ def _cmd_demo(a: argparse.Namespace, config: RunConfig) -> int:
     options = DemoOptions.full() if a.full else DemoOptions()
     r = _run(config, lambda: demo(workspace=config.workspace, options=options))
     print("\n".join(_demo_lines(config.workspace)))
-    print(f"report: {r['report']['status_txt']}, {r['report']['contact_sheet']}, {r['report']['annotated_sheet']}")
+    print("report: " + ", ".join(r["report"].values()))
     return 0
 
 
@@ -255,6 +277,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, RunConfig], int]] = {
     "ingest-images": _cmd_ingest,
     "ingest-labelme": _cmd_ingest_labelme,
     "annotate": _cmd_annotate,
+    "augment": _cmd_augment,
     "export": _cmd_export,
     "status": _cmd_status,
     "build": _cmd_build,

@@ -150,6 +150,8 @@ class ItemTable:
 
 def item_table(ws: Workspace, family: str, array: str | None = None) -> ItemTable:
     """Build the item table of ``family`` from the markers of its ingestion array."""
+    if family in DERIVED:
+        return derived_table(ws, family)
     array = array or f"{family}/images"
     markers = ws.markers(array)
     table = ItemTable(family, Journal(ws, family).length())
@@ -174,6 +176,32 @@ def item_table(ws: Workspace, family: str, array: str | None = None) -> ItemTabl
             table.replaced.append(old)
         table.by_id[e["id"]] = e
         by_hash[e["sha256"]] = e["id"]
+    return table
+
+
+# Families whose items are made from another family's, ``multiplier`` per parent, at slot
+# ``parent_slot * multiplier + k`` (so their shards never need a journal of their own).
+DERIVED = {"augmented": "annotated"}
+
+
+def derived_table(ws: Workspace, family: str) -> ItemTable:
+    """Items of a derived family: variant ``k`` of each live parent, where its shard is done.
+
+    Item ids are ``<parent id>-a<k>``; each entry records its ``parent``.
+    """
+    parent_table = item_table(ws, DERIVED[family])
+    m = int(ws.config().get(f"{family}_multiplier", 0))
+    table = ItemTable(family, parent_table.length * m)
+    if m == 0:
+        return table
+    s = ws.shard_size
+    done = ws.markers(f"{family}/images")
+    for pid, pe in parent_table.by_id.items():
+        for k in range(m):
+            slot = pe["slot"] * m + k
+            marker = done.get(slot // s)
+            if marker is not None and pe["sha256"] in marker.get("parents", {}).get(str(pe["slot"]), ""):
+                table.by_id[f"{pid}-a{k:02d}"] = {"slot": slot, "parent": pid, "source": pid, "sha256": pe["sha256"]}
     return table
 
 

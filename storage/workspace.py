@@ -110,6 +110,12 @@ class Workspace:
             return cfg
         return {}
 
+    def update_config(self, **values: Any) -> None:
+        """Change recorded settings (for callers that have dropped what depended on them)."""
+        cfg = self.config() or {"format": FORMAT_VERSION, "created": now_iso()}
+        cfg.update({k: list(v) if isinstance(v, tuple) else v for k, v in values.items()})
+        self.loc.write_json("_meta/workspace.json", cfg)
+
     def check_config(self, **wanted: Any) -> None:
         """Raise :class:`WorkspaceError` if a recorded value differs from a wanted one."""
         cfg = self.config()
@@ -210,6 +216,12 @@ class Workspace:
             dimension_names=("item", *spec.dims),
         )
         return arr
+
+    def drop_array(self, array: str) -> None:
+        """Delete an array and its markers (a derived array whose layout must change)."""
+        key = _key_of(array)
+        self.loc.delete(key)
+        self.loc.delete(f"_meta/markers/{key}")
 
     def grow(self, array: str, length: int) -> None:
         """Extend an array's item axis to ``length`` (metadata only; no shard is rewritten)."""

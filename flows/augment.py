@@ -1,0 +1,60 @@
+"""The ``augment`` flow: ``annotated/*`` multiplied into ``augmented/*``, shard by shard."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.shards import run_shards
+from storage.items import item_table
+from storage.workspace import Workspace, WorkspaceError
+from tasks.augment import IMAGES, AugmentOptions, AugmentShardSpec, augment_shard, prepare_arrays, shard_version
+from tasks.ingest import ShardResult
+
+
+@task(name="augment-shard", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def augment_shard_task(spec: AugmentShardSpec) -> ShardResult:
+    return augment_shard(spec)
+
+
+@flow(name="augment")
+def augment(workspace: str, options: AugmentOptions = AugmentOptions()) -> dict[str, Any]:  # noqa: B008
+    """Write ``options.multiplier`` variants of every annotated item (the original first)."""
+    logger = get_run_logger()
+    ws = Workspace(workspace)
+    parents = item_table(ws, "annotated")
+    if not len(parents):
+        raise WorkspaceError(f"{ws.url} has no annotated items: run ingest-labelme first")
+    prepare_arrays(ws, options, parents.length)
+    m, s = options.multiplier, ws.shard_size
+    by_shard: dict[int, list[tuple[int, str, str]]] = {}
+    for pid, e in parents.by_id.items():
+        for shard in {(e["slot"] * m) // s, (e["slot"] * m + m - 1) // s}:
+            by_shard.setdefault(shard, []).append((e["slot"], pid, e["sha256"]))
+    done = ws.markers(IMAGES)
+    specs = []
+    for shard, members in sorted(by_shard.items()):
+        members = sorted(set(members))
+        version = shard_version(options, members)
+        if done.get(shard, {}).get("version") != version:
+            specs.append(AugmentShardSpec(ws.url, shard, version, options.model_dump(), members))
+    logger.info("%d annotated items x%d: %d shard task(s) to run", len(parents), m, len(specs))
+    results: list[ShardResult] = run_shards(augment_shard_task, specs, "augment")
+    table = item_table(ws, "augmented")
+    summary = {
+        "parents": len(parents),
+        "multiplier": m,
+        "variants_written": sum(r.ok for r in results),
+        "augmented_items": len(table),
+        "shards": len(specs),
+    }
+    create_table_artifact(
+        key="augment-summary",
+        table=[{"what": k, "count": v} for k, v in summary.items()],
+        description=f"augment of {ws.url}",
+    )
+    logger.info("summary: %s", summary)
+    return summary
