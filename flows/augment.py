@@ -9,7 +9,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.shards import run_shards
-from storage.items import item_table
+from storage.items import item_table, write_item_index
 from storage.workspace import Workspace, WorkspaceError
 from tasks.augment import IMAGES, AugmentOptions, AugmentShardSpec, augment_shard, prepare_arrays, shard_version
 from tasks.ingest import ShardResult
@@ -44,6 +44,7 @@ def augment(workspace: str, options: AugmentOptions = AugmentOptions()) -> dict[
     logger.info("%d annotated items x%d: %d shard task(s) to run", len(parents), m, len(specs))
     results: list[ShardResult] = run_shards(augment_shard_task, specs, "augment")
     table = item_table(ws, "augmented")
+    write_item_index(ws, table)
     summary = {
         "parents": len(parents),
         "multiplier": m,

@@ -179,6 +179,14 @@ def item_table(ws: Workspace, family: str, array: str | None = None) -> ItemTabl
     return table
 
 
+# Per-slot index arrays (strings) that mirror item tables; not stages of their own.
+INDEX_ARRAYS = frozenset({"item", "parent"})
+
+
+def is_index_array(array: str) -> bool:
+    return array.rsplit("/", 1)[-1] in INDEX_ARRAYS
+
+
 # Families whose items are made from another family's, ``multiplier`` per parent, at slot
 # ``parent_slot * multiplier + k`` (so their shards never need a journal of their own).
 DERIVED = {"augmented": "annotated"}
@@ -206,20 +214,29 @@ def derived_table(ws: Workspace, family: str) -> ItemTable:
 
 
 def write_item_index(ws: Workspace, table: ItemTable) -> None:
-    """Mirror the table into ``<family>/item`` (ids by slot) for plain zarr/xarray readers."""
-    key = f"{table.family}/item"
-    ids = table.ids_array()
-    if ws.has_array(key):
-        arr = ws.array(key, mode="r+")
-        if arr.shape[0] != len(ids):
-            arr.resize((len(ids),))
-    else:
-        arr = ws.group().create_array(
-            key, shape=(len(ids),), chunks=(65536,), dtype=str, fill_value="", dimension_names=("item",)
-        )
-    if len(ids):
-        arr[:] = ids.astype(str)
+    """Mirror the table into ``<family>/item`` (ids by slot) for plain zarr/xarray readers.
+
+    Derived families also get ``<family>/parent`` (the parent's id by slot).
+    """
+    columns = {"item": table.ids_array()}
+    if table.family in DERIVED:
+        parents = np.full(table.length, "", dtype=object)
+        for e in table.by_id.values():
+            parents[e["slot"]] = e["parent"]
+        columns["parent"] = parents
+    for name, values in columns.items():
+        key = f"{table.family}/{name}"
+        if ws.has_array(key):
+            arr = ws.array(key, mode="r+")
+            if arr.shape[0] != len(values):
+                arr.resize((len(values),))
+        else:
+            arr = ws.group().create_array(
+                key, shape=(len(values),), chunks=(65536,), dtype=str, fill_value="", dimension_names=("item",)
+            )
+        if len(values):
+            arr[:] = values.astype(str)
     # xarray opens a family as one Dataset only when every array agrees on the item axis.
     for name in ws.list_arrays():
-        if name.startswith(f"{table.family}/") and name != key:
+        if name.startswith(f"{table.family}/") and name.rsplit("/", 1)[1] not in columns:
             ws.grow(name, table.length)

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from storage.items import item_table
+from storage.items import is_index_array, item_table
 from storage.workspace import Workspace
 from tasks.imageio import encode_png
 
@@ -45,7 +45,9 @@ def contact_sheet(ws: Workspace, family: str = "corpus", n: int = 16, tile: int 
     if not slots:
         raise ValueError(f"{ws.url} has no {family} items to show")
     head = f"{family}/images"
-    columns = [head] + [a for a in ws.list_arrays() if a.startswith(f"{family}/") and a not in (head, f"{family}/item")]
+    columns = [head] + [
+        a for a in ws.list_arrays() if a.startswith(f"{family}/") and a != head and not is_index_array(a)
+    ]
     columns = [c for c in columns if len(ws.array(c).shape) in (3, 4)]
     marked = {c: set(ws.markers(c)) for c in columns[1:]}
     s = ws.shard_size

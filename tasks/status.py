@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from storage.checkpoints import list_checkpoints, list_models
-from storage.items import ItemTable, item_table
+from storage.items import ItemTable, is_index_array, item_table
 from storage.workspace import Workspace, family_of
 
 
@@ -19,7 +19,7 @@ def workspace_status(ws: Workspace) -> dict[str, Any]:
     stages: dict[str, dict[str, int]] = {}
     for name in arrays:
         family = family_of(name)
-        if name == f"{family}/item":
+        if is_index_array(name):
             continue
         if family not in tables:
             tables[family] = item_table(ws, family)
