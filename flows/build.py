@@ -17,6 +17,7 @@ from flows.augment import augment
 from flows.ingest import ingest_images
 from flows.labelme import ingest_labelme
 from flows.runtime import run_flow
+from flows.segment import train_unet_flow
 from flows.synth import synth
 from storage.items import item_table
 from storage.workspace import Workspace
@@ -24,9 +25,10 @@ from tasks.annotations import LabelmeOptions
 from tasks.augment import AugmentOptions
 from tasks.ingest import IngestOptions
 from tasks.report import contact_sheet
+from tasks.segment import TrainOptions
 from tasks.status import status_lines, workspace_status
 
-STAGES = ("ingest-labelme", "augment", "ingest-images")
+STAGES = ("ingest-labelme", "augment", "train-unet", "ingest-images")
 
 
 class DemoOptions(BaseModel):
@@ -37,10 +39,11 @@ class DemoOptions(BaseModel):
     size: int = Field(256, ge=32)
     seed: int = 0
     shard_size: int = Field(64, ge=1)
+    unet_epochs: int = Field(10, ge=1)
 
     @classmethod
     def full(cls) -> DemoOptions:
-        return cls(count=5000, annotated=200, size=512, shard_size=256)
+        return cls(count=5000, annotated=200, size=512, shard_size=256, unet_epochs=30)
 
 
 @flow(name="build-dataset")
@@ -52,6 +55,7 @@ def build(
     size: int | None = None,
     shard_size: int | None = None,
     augment_options: AugmentOptions | None = None,
+    train_options: TrainOptions | None = None,
 ) -> dict[str, Any]:
     """Run the chain's stages in order on ``workspace``.
 
@@ -81,6 +85,11 @@ def build(
             results["augment"] = run_flow(augment, workspace=workspace, options=augment_options or AugmentOptions())
         else:
             logger.info("augment: no annotated items yet, nothing to augment")
+    if "train-unet" in stages:
+        if len(item_table(ws, "annotated")) >= 2:
+            results["train-unet"] = train_unet_flow(workspace=workspace, options=train_options or TrainOptions())
+        else:
+            logger.info("train-unet: fewer than 2 annotated items, nothing to train on")
     if "ingest-images" in stages:
         if src is None:
             logger.info("ingest-images: no src given, nothing new to ingest")
@@ -123,6 +132,7 @@ def demo(workspace: str, options: DemoOptions = DemoOptions()) -> dict[str, Any]
         workspace=workspace,
         src=ws.sub_url("sources/synth/images"),
         labelme=ws.sub_url("sources/synth/labelme"),
+        train_options=TrainOptions(epochs=options.unet_epochs),
         size=options.size,
         shard_size=options.shard_size,
     )

@@ -74,6 +74,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--multiplier", type=_positive, default=16, help="variants per item, the original included")
     s.add_argument("--seed", type=int, default=0)
 
+    s = sub.add_parser("train-unet", help="train the segmenter on the annotations; checkpoints in models/unet")
+    s.add_argument("--size", type=_positive, default=None, help="training side, a multiple of 32 (default: workspace)")
+    s.add_argument("--epochs", type=_positive, default=30)
+    s.add_argument("--batch-size", type=_positive, default=8)
+    s.add_argument("--lr", type=float, default=3e-3)
+    s.add_argument("--model", default="unet-mobilenetv2-small", help="a registered segmenter")
+    s.add_argument("--encoder-weights", default=None, help="local file of ImageNet mobilenet_v2 weights")
+    s.add_argument("--val-fraction", type=float, default=0.15)
+    s.add_argument("--seed", type=int, default=0)
+
     s = sub.add_parser("annotate", help="open the labelme GUI on DIR with the workspace's labels")
     s.add_argument("dir")
 
@@ -199,6 +209,41 @@ def _cmd_augment(a: argparse.Namespace, config: RunConfig) -> int:
     return 0
 
 
+def _cmd_train_unet(a: argparse.Namespace, config: RunConfig) -> int:
+    from flows.runtime import prefect_api
+    from flows.segment import train_unet_flow
+    from tasks.segment import TrainOptions
+
+    if a.encoder_weights and not os.path.isfile(a.encoder_weights):
+        raise UsageError(f"{a.encoder_weights} does not exist")
+    if a.size and a.size % 32:
+        raise UsageError(f"--size must be a multiple of 32, not {a.size}")
+    model = "unet-mobilenetv2" if a.encoder_weights and a.model == "unet-mobilenetv2-small" else a.model
+    options = TrainOptions(
+        model=model,
+        size=a.size,
+        epochs=a.epochs,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        encoder_weights=a.encoder_weights,
+        val_fraction=a.val_fraction,
+        seed=a.seed,
+        device=config.device,
+    )
+    with prefect_api():  # training runs here, not on Dask: no cluster to start
+        r = train_unet_flow(workspace=config.workspace, options=options)
+    if r["already_done"]:
+        print(f"this run already finished its {r['epochs']} epochs: nothing to do (change an option to train anew)")
+    elif r["resumed_at"]:
+        print(f"resumed from epoch {r['resumed_at']} of a run that was cut short")
+    last = r["last"]
+    print(
+        f"trained {r['epochs']} epochs on {r['train_samples']} samples; last epoch mIoU {last.get('miou')} "
+        f"on {r['val_images']} held-out annotations, best {r['best_miou']:.4f}; checkpoint in models/unet"
+    )
+    return 0
+
+
 def _cmd_annotate(a: argparse.Namespace, config: RunConfig) -> int:
     import shutil
     import subprocess
@@ -278,6 +323,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, RunConfig], int]] = {
     "ingest-labelme": _cmd_ingest_labelme,
     "annotate": _cmd_annotate,
     "augment": _cmd_augment,
+    "train-unet": _cmd_train_unet,
     "export": _cmd_export,
     "status": _cmd_status,
     "build": _cmd_build,

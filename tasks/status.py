@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from storage.checkpoints import list_checkpoints, list_models
+from storage.checkpoints import list_checkpoints, list_models, load_checkpoint
 from storage.items import ItemTable, is_index_array, item_table
 from storage.workspace import Workspace, family_of
 
@@ -35,6 +35,9 @@ def workspace_status(ws: Workspace) -> dict[str, Any]:
         n = len(list_checkpoints(ws, model))
         has_latest = ws.loc.exists(f"models/{model}/tags/latest.json")
         stages[model] = {"done": int(has_latest), "total": 1, "checkpoints": n}
+        if has_latest:
+            metrics = load_checkpoint(ws, model).metrics
+            stages[model].update({k: metrics[k] for k in ("miou", "pixel_accuracy", "epoch") if k in metrics})
     duplicates = sum(len(t.duplicates) for t in tables.values())
     return {
         "workspace": ws.url,
@@ -49,7 +52,8 @@ def status_lines(status: dict[str, Any]) -> list[str]:
     lines = [f"workspace: {status['workspace']}", "", f"{'stage':<28} {'done':>9} {'total':>9}  coverage"]
     for name, st in sorted(status["stages"].items()):
         pct = 100.0 * st["done"] / st["total"] if st["total"] else 0.0
-        lines.append(f"{name:<28} {st['done']:>9} {st['total']:>9}  {pct:6.1f}%")
+        extra = f"  validation mIoU {st['miou']:.3f}" if "miou" in st else ""
+        lines.append(f"{name:<28} {st['done']:>9} {st['total']:>9}  {pct:6.1f}%{extra}")
     if not status["stages"]:
         lines.append("(nothing yet: run `mangaka ingest-images SRC`)")
     q = status["quarantine"]

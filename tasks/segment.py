@@ -1,0 +1,342 @@
+"""Training the segmenter on the workspace's annotations, epoch by epoch, resumably.
+
+Training data: the augmented variants of the *training* parents (or the originals when
+nothing is augmented); validation: the original annotations of the held-out parents
+(``tasks.augment.validation_split``), never a variant of them. Loss: cross-entropy with
+class weights (inverse pixel frequency to the power ``class_weight_power``, so eyes and
+mouths count) plus a soft Dice term over classes; AdamW with a one-cycle schedule; bf16
+autocast on GPU.
+
+Every epoch ends with a checkpoint in the workspace (``models/unet/epoch-NNNN``:
+safetensors weights, config, per-class IoU and mIoU, a PNG of validation predictions),
+``latest`` moved to it and ``best`` when its mIoU is the best so far, and the optimiser
+and schedule state saved beside it, so a killed run resumes from its last epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch.nn import functional as F
+
+from models.registry import create
+from storage.checkpoints import load_checkpoint, save_checkpoint
+from storage.items import item_table
+from storage.workspace import IGNORE_INDEX, Workspace, WorkspaceError
+from tasks.augment import validation_split
+
+log = logging.getLogger(__name__)
+
+MODEL_DIR = "unet"
+
+
+class TrainOptions(BaseModel):
+    """Hyper-parameters of ``train-unet``; the defaults train on a CPU laptop."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = Field("unet-mobilenetv2-small", description="registered segmenter name")
+    size: int | None = Field(None, ge=32, description="training side (multiple of 32); default: the workspace's")
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    val_fraction: float = Field(0.15, ge=0, lt=1)
+    class_weight_power: float = Field(0.5, ge=0, le=1)
+    dice_weight: float = Field(0.5, ge=0)
+    encoder_weights: str | None = Field(None, description="local file with ImageNet mobilenet_v2 weights")
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass
+class Split:
+    train_slots: list[int]  # slots in `train_array`
+    train_array: str
+    val_slots: list[int]  # slots in annotated/*
+    train_parents: list[str]
+    val_parents: list[str]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise WorkspaceError("--device cuda asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def make_split(ws: Workspace, opts: TrainOptions) -> Split:
+    parents = item_table(ws, "annotated")
+    if len(parents) < 2:
+        raise WorkspaceError(f"{ws.url} has {len(parents)} annotated items; train-unet needs at least 2")
+    train_ids, val_ids = validation_split(sorted(parents.by_id), opts.val_fraction, opts.seed)
+    if opts.val_fraction == 0:
+        val_ids = []
+    train_set = set(train_ids)
+    augmented = item_table(ws, "augmented")
+    if len(augmented):
+        slots = sorted(e["slot"] for e in augmented.by_id.values() if e["parent"] in train_set)
+        array = "augmented"
+    else:
+        slots = sorted(parents.by_id[i]["slot"] for i in train_ids)
+        array = "annotated"
+    val_slots = sorted(parents.by_id[i]["slot"] for i in val_ids)
+    return Split(slots, array, val_slots, train_ids, val_ids)
+
+
+def load_pairs(ws: Workspace, family: str, slots: list[int], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 3, S, S) uint8 images and (N, S, S) uint8 masks of ``slots``, resized to ``size``."""
+    images_arr, masks_arr = ws.array(f"{family}/images"), ws.array(f"{family}/masks")
+    images = torch.from_numpy(np.stack([np.asarray(images_arr[s]) for s in slots])).permute(0, 3, 1, 2)
+    masks = torch.from_numpy(np.stack([np.asarray(masks_arr[s]) for s in slots]))
+    if images.shape[-1] != size:
+        images = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True).round().byte()
+        masks = F.interpolate(masks[:, None].float(), size=(size, size), mode="nearest")[:, 0].byte()
+    return images.contiguous(), masks.contiguous()
+
+
+def class_weights(masks: torch.Tensor, num_classes: int, power: float) -> torch.Tensor:
+    counts = torch.bincount(masks[masks != IGNORE_INDEX].long().flatten(), minlength=num_classes)[:num_classes]
+    freq = counts.float() / counts.sum().clamp(min=1)
+    w = (1.0 / freq.clamp(min=1e-4)) ** power
+    return w / w.mean()
+
+
+def loss_fn(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, dice_weight: float) -> torch.Tensor:
+    ce = F.cross_entropy(logits, target, weight=weights, ignore_index=IGNORE_INDEX)
+    if dice_weight == 0:
+        return ce
+    valid = (target != IGNORE_INDEX).unsqueeze(1)
+    probs = logits.float().softmax(1) * valid
+    onehot = F.one_hot(target.clamp(max=logits.shape[1] - 1).long(), logits.shape[1]).permute(0, 3, 1, 2) * valid
+    inter = (probs * onehot).sum((0, 2, 3))
+    denom = probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
+    present = onehot.sum((0, 2, 3)) > 0
+    dice = 1 - (2 * inter + 1) / (denom + 1)
+    return ce + dice_weight * dice[present].mean()
+
+
+def confusion(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    keep = target != IGNORE_INDEX
+    idx = target[keep].long() * num_classes + pred[keep].long()
+    return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def iou_from_confusion(conf: torch.Tensor, classes: list[str]) -> dict[str, Any]:
+    conf = conf.double()
+    tp = conf.diag()
+    union = conf.sum(0) + conf.sum(1) - tp
+    present = union > 0
+    iou = torch.where(present, tp / union.clamp(min=1), torch.zeros_like(tp))
+    per_class = {c: round(float(iou[i]), 4) for i, c in enumerate(classes) if present[i]}
+    return {
+        "miou": round(float(iou[present].mean()), 4) if present.any() else 0.0,
+        "pixel_accuracy": round(float(tp.sum() / conf.sum().clamp(min=1)), 4),
+        "iou": per_class,
+    }
+
+
+def predict(model: torch.nn.Module, images: torch.Tensor, device: torch.device, batch: int = 16) -> torch.Tensor:
+    """Class ids ``(N, S, S)`` uint8 for uint8 ``(N, 3, S, S)`` images."""
+    out = []
+    model.eval()
+    with torch.inference_mode():
+        for i in range(0, len(images), batch):
+            x = images[i : i + batch].to(device).float() / 255
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                out.append(model(x).argmax(1).byte().cpu())
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.uint8)
+
+
+def _preview(images: torch.Tensor, masks: torch.Tensor, preds: torch.Tensor, n: int = 6) -> bytes:
+    from PIL import Image
+
+    from tasks.report import colorize
+
+    rows = []
+    for i in range(min(n, len(images))):
+        img = images[i].permute(1, 2, 0).numpy()
+        rows.append(np.concatenate([img, colorize(masks[i].numpy()), colorize(preds[i].numpy())], axis=1))
+    buf = io.BytesIO()
+    Image.fromarray(np.concatenate(rows, axis=0)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _state_bytes(optimizer: torch.optim.Optimizer, scheduler: Any, epoch: int) -> tuple[bytes, dict[str, Any]]:
+    from safetensors.torch import save
+
+    tensors, meta = {}, {"epoch": epoch, "scheduler": scheduler.state_dict(), "param_groups": []}
+    state = optimizer.state_dict()
+    for pid, st in state["state"].items():
+        for key, value in st.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}.{key}"] = value.contiguous()
+    meta["param_groups"] = state["param_groups"]
+    meta["rng"] = torch.get_rng_state().tolist()
+    return save(tensors), meta
+
+
+def _load_state(optimizer: torch.optim.Optimizer, scheduler: Any, blob: bytes, meta: dict[str, Any]) -> int:
+    from safetensors.torch import load
+
+    tensors = load(blob)
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    scheduler.load_state_dict(meta["scheduler"])
+    torch.set_rng_state(torch.tensor(meta["rng"], dtype=torch.uint8))
+    return int(meta["epoch"])
+
+
+def run_key(opts: TrainOptions, split: Split, classes: list[str], size: int) -> str:
+    """Identity of a training run: a resume continues only the very same run."""
+    blob = json.dumps(
+        [
+            opts.model_dump(exclude={"device"}),
+            split.train_parents,
+            split.val_parents,
+            split.train_array,
+            len(split.train_slots),
+            classes,
+            size,
+        ]
+    )
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def train_unet(
+    ws: Workspace,
+    opts: TrainOptions,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Train (or resume) the segmenter; returns the last epoch's metrics and checkpoint."""
+    from safetensors.torch import load, save
+
+    device = pick_device(opts.device)
+    classes = ws.classes
+    size = opts.size or int(ws.config().get("image_size", 512))
+    if size % 32:
+        raise WorkspaceError(f"the training size must be a multiple of 32, not {size}: pass --size")
+    split = make_split(ws, opts)
+    key = run_key(opts, split, classes, size)
+    torch.manual_seed(opts.seed)
+    train_x, train_y = load_pairs(ws, split.train_array, split.train_slots, size)
+    val_x, val_y = load_pairs(ws, "annotated", split.val_slots, size) if split.val_slots else (train_x[:0], train_y[:0])
+    weights = class_weights(train_y, len(classes), opts.class_weight_power).to(device)
+    model = create("segmenter", opts.model, num_classes=len(classes), encoder_weights=opts.encoder_weights).to(device)
+    model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    steps = -(-len(train_x) // opts.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=opts.lr, total_steps=opts.epochs * steps)
+    start, best = 0, -1.0
+    state_key = f"models/{MODEL_DIR}/train-state"
+    if ws.loc.exists(f"{state_key}/meta.json"):
+        meta = ws.loc.read_json(f"{state_key}/meta.json")
+        if meta.get("run") == key and meta["epoch"] >= opts.epochs:
+            last = load_checkpoint(ws, MODEL_DIR, "latest").metrics
+            log.info("train-unet: run %s already finished its %d epochs; nothing to do", key, opts.epochs)
+            return {
+                "run": key,
+                "epochs": opts.epochs,
+                "resumed_at": opts.epochs,
+                "last": last,
+                "best_miou": float(meta.get("best", -1.0)),
+                "history": [],
+                "train_samples": len(train_x),
+                "val_images": len(val_x),
+                "already_done": True,
+            }
+        if meta.get("run") == key:
+            ckpt = load_checkpoint(ws, MODEL_DIR, "latest")
+            model.load_state_dict(load(ckpt.weights))
+            start = _load_state(optimizer, scheduler, ws.loc.read_bytes(f"{state_key}/optimizer.safetensors"), meta)
+            best = float(meta.get("best", -1.0))
+            log.info("resuming train-unet at epoch %d of %d (run %s)", start + 1, opts.epochs, key)
+    history: list[dict[str, Any]] = []
+    metrics: dict[str, Any] = {}
+    for epoch in range(start, opts.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(train_x))
+        total = 0.0
+        for b in range(steps):
+            idx = order[b * opts.batch_size : (b + 1) * opts.batch_size]
+            x = (train_x[idx].to(device).float() / 255).contiguous(memory_format=torch.channels_last)
+            y = train_y[idx].to(device).long()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits = model(x)
+            loss = loss_fn(logits.float(), y, weights, opts.dice_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += float(loss.detach())
+            if on_step:
+                on_step(epoch * steps + b + 1, opts.epochs * steps)
+        preds = predict(model, val_x, device)
+        metrics = iou_from_confusion(confusion(preds, val_y, len(classes)), classes) if len(val_x) else {}
+        metrics.update(epoch=epoch + 1, loss=round(total / steps, 4), seconds=round(time.perf_counter() - t0, 1))
+        miou = float(metrics.get("miou", -total))
+        tags = ("latest", "best") if miou > best else ("latest",)
+        best = max(best, miou)
+        name = f"epoch-{epoch + 1:04d}"
+        config = {
+            "model": opts.model,
+            "num_classes": len(classes),
+            "classes": classes,
+            "size": size,
+            "run": key,
+            "options": opts.model_dump(),
+            "train_parents": len(split.train_parents),
+            "val_parents": split.val_parents,
+            "encoder_weights": opts.encoder_weights,
+        }
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_checkpoint(ws, MODEL_DIR, name, save(state), config, metrics, tags=tags)
+        if len(val_x):
+            ws.loc.write_bytes(f"models/{MODEL_DIR}/{name}/validation.png", _preview(val_x, val_y, preds))
+        blob, meta = _state_bytes(optimizer, scheduler, epoch + 1)
+        ws.loc.write_bytes(f"{state_key}/optimizer.safetensors", blob)
+        ws.loc.write_json(f"{state_key}/meta.json", {**meta, "run": key, "best": best})
+        history.append(metrics)
+        log.info("epoch %d/%d: %s", epoch + 1, opts.epochs, {k: v for k, v in metrics.items() if k != "iou"})
+        if on_epoch:
+            on_epoch(metrics)
+    return {
+        "run": key,
+        "epochs": opts.epochs,
+        "resumed_at": start,
+        "last": metrics,
+        "best_miou": best,
+        "history": history,
+        "train_samples": len(train_x),
+        "val_images": len(val_x),
+        "already_done": False,
+    }
+
+
+def load_segmenter(
+    ws: Workspace, ref: str = "latest", device: str = "cpu"
+) -> tuple[torch.nn.Module, dict[str, Any], str]:
+    """The trained segmenter (eval mode), its config and its digest (the producer version)."""
+    from safetensors.torch import load
+
+    ckpt = load_checkpoint(ws, MODEL_DIR, ref)
+    cfg = ckpt.config
+    model = create("segmenter", cfg["model"], num_classes=cfg["num_classes"])
+    model.load_state_dict(load(ckpt.weights))
+    return model.to(pick_device(device)).eval(), cfg, ckpt.digest
