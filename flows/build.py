@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from flows.augment import augment
 from flows.ingest import ingest_images
 from flows.labelme import ingest_labelme
+from flows.pseudolabel import pseudolabel
 from flows.runtime import run_flow
 from flows.segment import train_unet_flow
 from flows.synth import synth
@@ -28,7 +29,7 @@ from tasks.report import contact_sheet
 from tasks.segment import TrainOptions
 from tasks.status import status_lines, workspace_status
 
-STAGES = ("ingest-labelme", "augment", "train-unet", "ingest-images")
+STAGES = ("ingest-labelme", "augment", "train-unet", "ingest-images", "pseudolabel")
 
 
 class DemoOptions(BaseModel):
@@ -98,13 +99,23 @@ def build(
             results["ingest-images"] = run_flow(
                 ingest_images, workspace=workspace, src=src, options=options, shard_size=shard_size
             )
+    if "pseudolabel" in stages:
+        if ws.loc.exists("models/unet/tags/latest.json") and len(item_table(ws, "corpus")):
+            results["pseudolabel"] = run_flow(pseudolabel, workspace=workspace)
+        else:
+            logger.info("pseudolabel: needs a trained segmenter and corpus images")
     return results
 
 
-def write_report(ws: Workspace) -> dict[str, str]:
-    """Write ``reports/status.{json,txt}`` and ``reports/contact_sheet.png``; return their paths."""
+def write_report(ws: Workspace, evaluation: dict[str, Any] | None = None) -> dict[str, str]:
+    """Write ``reports/status.{json,txt}`` and contact sheets; return their paths."""
     status = workspace_status(ws)
+    if evaluation:
+        status["evaluation"] = evaluation
     text = "\n".join(status_lines(status)) + "\n"
+    for name, ev in (evaluation or {}).items():
+        per_class = ", ".join(f"{c} {v:.3f}" for c, v in ev.get("iou", {}).items())
+        text += f"\n{name}: mIoU {ev['miou']:.4f} on {ev['images']} images ({per_class})\n"
     paths = {
         "status_json": ws.write_file("reports/status.json", json.dumps(status, indent=1).encode()),
         "status_txt": ws.write_file("reports/status.txt", text.encode()),
@@ -136,5 +147,26 @@ def demo(workspace: str, options: DemoOptions = DemoOptions()) -> dict[str, Any]
         size=options.size,
         shard_size=options.shard_size,
     )
-    report = write_report(ws)
-    return {"synth": drawn, "build": built, "report": report}
+    evaluation = {}
+    if ws.has_array("corpus/masks"):
+        evaluation["pseudo-labels vs synth truth"] = synth_truth_miou(ws, ws.sub_url("sources/synth/truth"))
+    report = write_report(ws, evaluation)
+    return {"synth": drawn, "build": built, "report": report, "evaluation": evaluation}
+
+
+def synth_truth_miou(ws: Workspace, truth_url: str) -> dict[str, Any]:
+    """Pseudo-label mIoU against the truth masks ``synth`` drew (for unlabelled corpus items)."""
+    import numpy as np
+    from PIL import Image
+
+    from storage.location import Location
+    from tasks.pseudolabel import miou_against
+
+    loc = Location(truth_url)
+    truth = {}
+    for item in item_table(ws, "corpus").by_id:
+        if loc.exists(f"{item}.png"):
+            import io
+
+            truth[item] = np.asarray(Image.open(io.BytesIO(loc.read_bytes(f"{item}.png"))))
+    return miou_against(ws, truth, ws.classes)

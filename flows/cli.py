@@ -84,6 +84,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--val-fraction", type=float, default=0.15)
     s.add_argument("--seed", type=int, default=0)
 
+    s = sub.add_parser("pseudolabel", help="corpus/masks + corpus/confidence for every corpus image")
+    s.add_argument("--model", default="latest", help="checkpoint tag (latest, best) or name")
+    s.add_argument("--shards", default=None, help="A:B, a range of shards (backfills)")
+    s.add_argument("--force", action="store_true", help="relabel even shards done with this model")
+    s.add_argument("--batch-size", type=_positive, default=16)
+    s.add_argument("--flip-tta", action="store_true", help="average with the mirrored prediction")
+
     s = sub.add_parser("annotate", help="open the labelme GUI on DIR with the workspace's labels")
     s.add_argument("dir")
 
@@ -244,6 +251,28 @@ def _cmd_train_unet(a: argparse.Namespace, config: RunConfig) -> int:
     return 0
 
 
+def _cmd_pseudolabel(a: argparse.Namespace, config: RunConfig) -> int:
+    from flows.pseudolabel import pseudolabel
+    from flows.runtime import run_flow
+    from storage.checkpoints import resolve
+    from storage.workspace import Workspace
+    from tasks.pseudolabel import PseudolabelOptions
+
+    if a.shards and not all(p.strip().isdigit() or not p.strip() for p in a.shards.split(":")):
+        raise UsageError(f"--shards takes A:B (shard numbers), not {a.shards!r}")
+    resolve(Workspace(config.workspace), "unet", a.model)  # a clear error before starting anything
+    options = PseudolabelOptions(model=a.model, batch_size=a.batch_size, flip_tta=a.flip_tta, device=config.device)
+    r = _run(
+        config,
+        lambda: run_flow(pseudolabel, workspace=config.workspace, options=options, shards=a.shards, force=a.force),
+    )
+    print(
+        f"labelled {r['labelled']} corpus images in {r['shards']} shard(s) with {r['checkpoint']} ({r['digest']}); "
+        f"{r['corpus_items']} corpus items in all"
+    )
+    return 0
+
+
 def _cmd_annotate(a: argparse.Namespace, config: RunConfig) -> int:
     import shutil
     import subprocess
@@ -306,6 +335,8 @@ def _cmd_demo(a: argparse.Namespace, config: RunConfig) -> int:
     options = DemoOptions.full() if a.full else DemoOptions()
     r = _run(config, lambda: demo(workspace=config.workspace, options=options))
     print("\n".join(_demo_lines(config.workspace)))
+    for name, ev in r.get("evaluation", {}).items():
+        print(f"{name}: mIoU {ev['miou']:.4f} on {ev['images']} images")
     print("report: " + ", ".join(r["report"].values()))
     return 0
 
@@ -324,6 +355,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, RunConfig], int]] = {
     "annotate": _cmd_annotate,
     "augment": _cmd_augment,
     "train-unet": _cmd_train_unet,
+    "pseudolabel": _cmd_pseudolabel,
     "export": _cmd_export,
     "status": _cmd_status,
     "build": _cmd_build,

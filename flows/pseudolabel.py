@@ -1,0 +1,76 @@
+"""The ``pseudolabel`` flow: the latest (or a named) segmenter over every corpus shard."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.shards import run_shards
+from storage.checkpoints import load_checkpoint
+from storage.items import item_table
+from storage.workspace import Workspace, WorkspaceError
+from tasks.ingest import ShardResult
+from tasks.pseudolabel import (
+    MASKS,
+    PseudolabelOptions,
+    PseudolabelShardSpec,
+    prepare_arrays,
+    producer_version,
+    pseudolabel_shard,
+)
+
+
+@task(name="pseudolabel-shard", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def pseudolabel_shard_task(spec: PseudolabelShardSpec) -> ShardResult:
+    return pseudolabel_shard(spec)
+
+
+@flow(name="pseudolabel")
+def pseudolabel(
+    workspace: str,
+    options: PseudolabelOptions = PseudolabelOptions(),  # noqa: B008
+    shards: str | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Label every corpus shard not yet labelled by this model (``shards`` "A:B" limits the range)."""
+    logger = get_run_logger()
+    ws = Workspace(workspace)
+    ckpt = load_checkpoint(ws, "unet", options.model)
+    version = producer_version(ckpt.digest, options)
+    table = item_table(ws, "corpus")
+    if not len(table):
+        raise WorkspaceError(f"{ws.url} has no corpus images: run ingest-images first")
+    prepare_arrays(ws)
+    lo, hi = 0, ws.shards_of(table.length)
+    if shards:
+        a, _, b = shards.partition(":")
+        lo, hi = int(a or lo), int(b or hi)
+    done = ws.markers(MASKS)
+    specs = []
+    for shard in range(lo, hi):
+        slots = [s for s, _ in table.slots_in(ws.shard_slots(shard, table.length))]
+        if not slots:
+            continue
+        if force:
+            ws.clear_markers(MASKS, [shard])
+        elif done.get(shard, {}).get("version") == version:
+            continue
+        specs.append(PseudolabelShardSpec(ws.url, shard, version, ckpt.name, slots, options.model_dump()))
+    logger.info("model %s (%s): %d shard task(s) of %d..%d", ckpt.name, ckpt.digest, len(specs), lo, hi)
+    results: list[ShardResult] = run_shards(pseudolabel_shard_task, specs, "pseudolabel")
+    summary = {
+        "checkpoint": ckpt.name,
+        "digest": ckpt.digest,
+        "labelled": sum(r.ok for r in results),
+        "shards": len(specs),
+        "corpus_items": len(table),
+    }
+    create_table_artifact(
+        key="pseudolabel-summary",
+        table=[{"what": k, "value": v} for k, v in summary.items()],
+        description=f"pseudolabel of {ws.url}",
+    )
+    return summary

@@ -1,0 +1,149 @@
+"""Pseudo-labels: the trained segmenter over ``corpus/images``, one shard per task.
+
+Writes ``corpus/masks`` (class ids, uint8) and ``corpus/confidence`` (per item, the mean
+over pixels of the top softmax probability, float32). The producer version is the
+checkpoint's content digest (plus the test-time augmentation switch), so a re-run with
+the same model does nothing and a new model relabels every shard.
+
+Inference: batches in ``torch.inference_mode``, channels-last, bf16 autocast on GPU, and
+optionally the mean of the image and its mirror (flip TTA). The model is loaded once per
+worker process and kept for the next shard with the same digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from storage.workspace import Workspace, mask_spec
+from tasks.ingest import ShardResult
+
+log = logging.getLogger(__name__)
+
+IMAGES, MASKS, CONFIDENCE = "corpus/images", "corpus/masks", "corpus/confidence"
+CODE_VERSION = "pseudolabel-1"
+_MODELS: dict[str, Any] = {}
+
+
+class PseudolabelOptions(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = Field("latest", description="checkpoint tag or name under models/unet")
+    batch_size: int = Field(16, ge=1)
+    flip_tta: bool = Field(False, description="average the prediction with its mirror's")
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class PseudolabelShardSpec:
+    workspace: str
+    shard: int
+    version: str
+    checkpoint: str  # resolved checkpoint name
+    slots: list[int]  # live corpus items in this shard
+    options: dict[str, Any]
+
+
+def producer_version(digest: str, options: PseudolabelOptions) -> str:
+    return hashlib.sha1(f"{CODE_VERSION}|{digest}|{options.flip_tta}".encode()).hexdigest()[:16]
+
+
+def prepare_arrays(ws: Workspace) -> None:
+    """Create or grow ``corpus/masks`` and ``corpus/confidence`` to the corpus's length."""
+    length = ws.length(IMAGES)
+    size = int(ws.array(IMAGES).shape[1])
+    ws.require_array(MASKS, mask_spec(size), length)
+    if not ws.has_array(CONFIDENCE):
+        ws.group().create_array(
+            CONFIDENCE,
+            shape=(length,),
+            chunks=(ws.shard_size,),
+            dtype="float32",
+            fill_value=float("nan"),
+            dimension_names=("item",),
+        )
+    else:
+        ws.grow(CONFIDENCE, length)
+
+
+def _model(ws: Workspace, checkpoint: str, device: str) -> tuple[torch.nn.Module, torch.device]:
+    from tasks.segment import load_segmenter, pick_device
+
+    key = f"{ws.url}|{checkpoint}|{device}"
+    if key not in _MODELS:
+        _MODELS.clear()
+        model, _, _ = load_segmenter(ws, checkpoint, device)
+        dev = pick_device(device)
+        _MODELS[key] = (model.to(memory_format=torch.channels_last), dev)
+    return _MODELS[key]
+
+
+def infer(
+    model: torch.nn.Module, images: np.ndarray, device: torch.device, batch: int, flip: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class ids ``(N, S, S)`` uint8 and confidences ``(N,)`` float32 for ``(N, S, S, 3)`` uint8."""
+    preds, confs = [], []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch):
+            x = torch.from_numpy(images[i : i + batch]).to(device).permute(0, 3, 1, 2).float().div_(255)
+            x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                probs = model(x).float().softmax(1)
+                if flip:
+                    probs = (probs + model(x.flip(-1)).float().softmax(1).flip(-1)) / 2
+            top, pred = probs.max(1)
+            preds.append(pred.byte().cpu().numpy())
+            confs.append(top.mean((1, 2)).cpu().numpy().astype(np.float32))
+    return np.concatenate(preds), np.concatenate(confs)
+
+
+def pseudolabel_shard(spec: PseudolabelShardSpec) -> ShardResult:
+    ws = Workspace(spec.workspace)
+    if ws.is_done(MASKS, spec.shard, spec.version):
+        return ShardResult(MASKS, spec.shard, skipped=True)
+    t0 = time.perf_counter()
+    opts = PseudolabelOptions(**spec.options)
+    model, device = _model(ws, spec.checkpoint, opts.device)
+    images = ws.read_shard(IMAGES, spec.shard)
+    start = spec.shard * ws.shard_size
+    n = len(images)
+    live = [s - start for s in spec.slots]
+    masks = np.zeros((n, *images.shape[1:3]), np.uint8)
+    conf = np.full(n, np.nan, np.float32)
+    if live:
+        pred, c = infer(model, images[live], device, opts.batch_size, opts.flip_tta)
+        masks[live], conf[live] = pred, c
+    holes = sorted(set(range(n)) - set(live))
+    ws.write_shard(MASKS, spec.shard, masks, holes)
+    ws.write_shard(CONFIDENCE, spec.shard, conf)
+    ws.write_marker(CONFIDENCE, spec.shard, spec.version)
+    ws.write_marker(MASKS, spec.shard, spec.version, checkpoint=spec.checkpoint)
+    dt = time.perf_counter() - t0
+    log.info("pseudolabel shard %d: %d images in %.1f s", spec.shard, len(live), dt)
+    return ShardResult(MASKS, spec.shard, False, len(live), 0, dt)
+
+
+def miou_against(ws: Workspace, truth: dict[str, np.ndarray], classes: list[str]) -> dict[str, Any]:
+    """mIoU of ``corpus/masks`` against truth masks by item id (items without truth are skipped)."""
+    from storage.items import item_table
+    from tasks.segment import confusion, iou_from_confusion
+
+    table = item_table(ws, "corpus")
+    masks = ws.array(MASKS)
+    done = set(ws.markers(MASKS))
+    conf = torch.zeros(len(classes), len(classes), dtype=torch.long)
+    n = 0
+    for item, e in table.by_id.items():
+        if item in truth and e["slot"] // ws.shard_size in done:
+            conf += confusion(
+                torch.from_numpy(np.array(masks[e["slot"]])), torch.from_numpy(np.array(truth[item])), len(classes)
+            )
+            n += 1
+    return {**iou_from_confusion(conf, classes), "images": n}

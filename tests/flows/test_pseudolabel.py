@@ -1,0 +1,38 @@
+"""pseudolabel on the real Prefect engine and Dask cluster: markers keyed by the model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from flows.ingest import ingest_images
+from flows.pseudolabel import pseudolabel
+from flows.runtime import run_flow
+from storage.items import item_table
+from tasks.ingest import IngestOptions
+from tasks.pseudolabel import miou_against
+from tasks.segment import TrainOptions, train_unet
+from tasks.synth import write_synth_shard
+from tests.tasks.test_segment import tiny_workspace
+
+
+def test_pseudolabels_follow_the_model(cluster: str, tmp_path: Path) -> None:
+    ws = tiny_workspace(tmp_path / "ws")
+    train_unet(ws, TrainOptions(epochs=2, batch_size=4, val_fraction=0.34))
+    write_synth_shard(str(tmp_path / "c"), seed=12, size=64, start=0, stop=12, annotated=0)
+    run_flow(ingest_images, workspace=ws.url, src=str(tmp_path / "c" / "images"), options=IngestOptions(size=64))
+    r = run_flow(pseudolabel, workspace=ws.url)
+    assert (r["labelled"], r["shards"], r["checkpoint"]) == (12, 2, "epoch-0002")
+    table = item_table(ws, "corpus")
+    masks, conf = ws.array("corpus/masks"), ws.array("corpus/confidence")
+    for e in table.by_id.values():
+        assert masks[e["slot"]].max() < 7 and 1 / 7 <= float(conf[e["slot"]]) <= 1
+    assert run_flow(pseudolabel, workspace=ws.url)["shards"] == 0  # same model: nothing to do
+    assert run_flow(pseudolabel, workspace=ws.url, shards="1:2", force=True)["shards"] == 1
+    assert run_flow(pseudolabel, workspace=ws.url, options={"model": "epoch-0001"})["shards"] == 2  # other model
+    truth_dir = tmp_path / "c" / "truth"
+    truth = {p.stem: np.asarray(Image.open(p)) for p in truth_dir.glob("*.png")}
+    m = miou_against(ws, truth, ws.classes)
+    assert m["images"] == 12 and 0 <= m["miou"] <= 1
