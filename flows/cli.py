@@ -91,6 +91,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=_positive, default=16)
     s.add_argument("--flip-tta", action="store_true", help="average with the mirrored prediction")
 
+    s = sub.add_parser("export-labelme", help="pseudo-labels as labelme files, to correct and ingest again")
+    s.add_argument("out")
+    s.add_argument(
+        "--lowest-confidence", type=_positive, default=None, metavar="K", help="only the K least confident images"
+    )
+
     s = sub.add_parser("annotate", help="open the labelme GUI on DIR with the workspace's labels")
     s.add_argument("dir")
 
@@ -273,6 +279,21 @@ def _cmd_pseudolabel(a: argparse.Namespace, config: RunConfig) -> int:
     return 0
 
 
+def _cmd_export_labelme(a: argparse.Namespace, config: RunConfig) -> int:
+    from flows.export import export_labelme
+    from flows.runtime import run_flow
+
+    r = _run(
+        config,
+        lambda: run_flow(export_labelme, workspace=config.workspace, out=a.out, lowest_confidence=a.lowest_confidence),
+    )
+    print(
+        f"wrote {r['exported']} labelme files (image + JSON) to {a.out} (confidence up to {r['max_confidence']}); "
+        f"correct them with `mangaka annotate {a.out}`, then `mangaka ingest-labelme {a.out}`"
+    )
+    return 0
+
+
 def _cmd_annotate(a: argparse.Namespace, config: RunConfig) -> int:
     import shutil
     import subprocess
@@ -356,6 +377,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, RunConfig], int]] = {
     "augment": _cmd_augment,
     "train-unet": _cmd_train_unet,
     "pseudolabel": _cmd_pseudolabel,
+    "export-labelme": _cmd_export_labelme,
     "export": _cmd_export,
     "status": _cmd_status,
     "build": _cmd_build,

@@ -8,7 +8,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.shards import run_shards
 from storage.items import item_table
 from storage.workspace import Workspace, WorkspaceError, family_of
-from tasks.export import ExportSpec, export_shard
+from tasks.export import ExportSpec, LabelmeExportSpec, export_labelme_shard, export_shard
 
 
 @task(name="export-shard", retries=2, cache_policy=NO_CACHE)
@@ -37,3 +37,34 @@ def export(workspace: str, array: str, out: str) -> dict[str, int]:
     written = sum(run_shards(export_shard_task, specs, f"export {array}"))
     get_run_logger().info("exported %d items of %s to %s", written, array, out)
     return {"exported": written}
+
+
+@task(name="export-labelme-shard", retries=2, cache_policy=NO_CACHE)
+def export_labelme_shard_task(spec: LabelmeExportSpec) -> int:
+    return export_labelme_shard(spec)
+
+
+@flow(name="export-labelme")
+def export_labelme(workspace: str, out: str, lowest_confidence: int | None = None) -> dict[str, int]:
+    """Pseudo-labelled corpus images as labelme files (the ``lowest_confidence`` least sure)."""
+    import math
+
+    ws = Workspace(workspace)
+    table = item_table(ws, "corpus")
+    done = set(ws.markers("corpus/masks"))
+    if not done:
+        raise WorkspaceError(f"{ws.url} has no pseudo-labels yet: run pseudolabel first")
+    conf = ws.array("corpus/confidence")[:]
+    labelled = [
+        (float(conf[e["slot"]]), e["slot"], i) for i, e in table.by_id.items() if e["slot"] // ws.shard_size in done
+    ]
+    labelled = [x for x in labelled if not math.isnan(x[0])]
+    labelled.sort()
+    chosen = labelled[:lowest_confidence] if lowest_confidence else labelled
+    by_shard: dict[int, list[tuple[int, str]]] = {}
+    for _, slot, item in chosen:
+        by_shard.setdefault(slot // ws.shard_size, []).append((slot, item))
+    specs = [LabelmeExportSpec(ws.url, s, out, sorted(items), ws.classes) for s, items in sorted(by_shard.items())]
+    written = sum(run_shards(export_labelme_shard_task, specs, "export-labelme"))
+    get_run_logger().info("wrote %d labelme files to %s", written, out)
+    return {"exported": written, "max_confidence": round(chosen[-1][0], 4) if chosen else 0}

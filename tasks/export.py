@@ -39,3 +39,27 @@ def export_shard(spec: ExportSpec) -> int:
             raise ValueError(f"{spec.array} holds {array.dtype}; only uint8 image arrays export to PNG")
         out.write_bytes(f"{item}.png", encode_png(array))
     return len(spec.items)
+
+
+@dataclass(frozen=True)
+class LabelmeExportSpec:
+    workspace: str
+    shard: int
+    out: str
+    items: list[tuple[int, str]]  # (slot, id)
+    classes: list[str]
+
+
+def export_labelme_shard(spec: LabelmeExportSpec) -> int:
+    """``OUT/<id>.png`` (the corpus image) and ``OUT/<id>.json`` (its pseudo-label as polygons)."""
+    from tasks.labelme import mask_to_json
+
+    ws = Workspace(spec.workspace)
+    images = ws.read_shard("corpus/images", spec.shard)
+    masks = ws.read_shard("corpus/masks", spec.shard)
+    start = spec.shard * ws.shard_size
+    out = Location(spec.out)
+    for slot, item in spec.items:
+        out.write_bytes(f"{item}.png", encode_png(np.ascontiguousarray(images[slot - start])))
+        out.write_bytes(f"{item}.json", mask_to_json(masks[slot - start], spec.classes, f"{item}.png"))
+    return len(spec.items)

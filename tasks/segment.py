@@ -293,7 +293,7 @@ def train_unet(
         miou = float(metrics.get("miou", -total))
         tags = ("latest", "best") if miou > best else ("latest",)
         best = max(best, miou)
-        name = f"epoch-{epoch + 1:04d}"
+        name = f"{key[:8]}-epoch-{epoch + 1:04d}"  # runs never overwrite each other
         config = {
             "model": opts.model,
             "num_classes": len(classes),

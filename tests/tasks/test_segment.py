@@ -42,14 +42,15 @@ def test_training_writes_checkpoints_metrics_and_is_idempotent(tmp_path: Path) -
     ws = tiny_workspace(tmp_path)
     r = train_unet(ws, OPTS)
     assert r["epochs"] == 3 and r["val_images"] >= 1 and len(r["history"]) == 3
-    assert list_checkpoints(ws, "unet") == ["epoch-0001", "epoch-0002", "epoch-0003"]
+    run = r["run"][:8]
+    assert list_checkpoints(ws, "unet") == [f"{run}-epoch-{i:04d}" for i in (1, 2, 3)]
     ckpt = load_checkpoint(ws, "unet")
-    assert ckpt.name == "epoch-0003" and 0 <= ckpt.metrics["miou"] <= 1 and "iou" in ckpt.metrics
+    assert ckpt.name == f"{run}-epoch-0003" and 0 <= ckpt.metrics["miou"] <= 1 and "iou" in ckpt.metrics
     assert ckpt.config["classes"][0] == "background" and ckpt.config["size"] == 64
-    assert ws.loc.exists("models/unet/epoch-0003/validation.png")
+    assert ws.loc.exists(f"models/unet/{run}-epoch-0003/validation.png")
     assert load_checkpoint(ws, "unet", "best").metrics["miou"] == pytest.approx(r["best_miou"])
     again = train_unet(ws, OPTS)
-    assert again["already_done"] and list_checkpoints(ws, "unet") == ["epoch-0001", "epoch-0002", "epoch-0003"]
+    assert again["already_done"] and len(list_checkpoints(ws, "unet")) == 3
     model, cfg, digest = load_segmenter(ws)
     assert cfg["num_classes"] == 7 and len(digest) == 16
     assert model(torch.rand(1, 3, 64, 64)).shape == (1, 7, 64, 64)
