@@ -19,16 +19,19 @@ from pathlib import Path
 import torch
 
 from models.registry import create
+from tasks.pseudolabel import cpu_has_bf16
 
 HERE = Path(__file__).resolve().parent
 
 
-def model_rate(model: torch.nn.Module, size: int, batch: int, channels_last: bool, reps: int = 3) -> float:
+def model_rate(
+    model: torch.nn.Module, size: int, batch: int, channels_last: bool, bf16: bool = False, reps: int = 3
+) -> float:
     x = torch.rand(batch, 3, size, size)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         model(x)
         t0 = time.perf_counter()
         for _ in range(reps):
@@ -84,7 +87,9 @@ def main() -> None:
         "model_only_images_per_s": {
             "eager_nchw_batch16": round(model_rate(model, a.size, 16, False), 2),
             "channels_last_batch16": round(model_rate(model, a.size, 16, True), 2),
+            "channels_last_bf16_batch16": round(model_rate(model, a.size, 16, True, bf16=True), 2),
         },
+        "cpu_has_bf16": cpu_has_bf16(),
         "end_to_end_images_per_s": round(end_to_end(a.size, a.count, a.model), 2),
     }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -90,6 +90,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="relabel even shards done with this model")
     s.add_argument("--batch-size", type=_positive, default=16)
     s.add_argument("--flip-tta", action="store_true", help="average with the mirrored prediction")
+    s.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="auto: bf16 on GPUs and on CPUs with native bf16",
+    )
 
     s = sub.add_parser("export-labelme", help="pseudo-labels as labelme files, to correct and ingest again")
     s.add_argument("out")
@@ -267,7 +273,9 @@ def _cmd_pseudolabel(a: argparse.Namespace, config: RunConfig) -> int:
     if a.shards and not all(p.strip().isdigit() or not p.strip() for p in a.shards.split(":")):
         raise UsageError(f"--shards takes A:B (shard numbers), not {a.shards!r}")
     resolve(Workspace(config.workspace), "unet", a.model)  # a clear error before starting anything
-    options = PseudolabelOptions(model=a.model, batch_size=a.batch_size, flip_tta=a.flip_tta, device=config.device)
+    options = PseudolabelOptions(
+        model=a.model, batch_size=a.batch_size, flip_tta=a.flip_tta, precision=a.precision, device=config.device
+    )
     r = _run(
         config,
         lambda: run_flow(pseudolabel, workspace=config.workspace, options=options, shards=a.shards, force=a.force),

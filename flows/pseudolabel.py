@@ -8,6 +8,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows.runtime import gpu_workers
 from flows.shards import run_shards
 from storage.checkpoints import load_checkpoint
 from storage.items import item_table
@@ -60,7 +61,11 @@ def pseudolabel(
             continue
         specs.append(PseudolabelShardSpec(ws.url, shard, version, ckpt.name, slots, options.model_dump()))
     logger.info("model %s (%s): %d shard task(s) of %d..%d", ckpt.name, ckpt.digest, len(specs), lo, hi)
-    results: list[ShardResult] = run_shards(pseudolabel_shard_task, specs, "pseudolabel")
+    gpus = gpu_workers()
+    if gpus:
+        logger.info("pinning pseudolabel tasks to the cluster's %d GPU worker(s)", gpus)
+    resources = {"GPU": 1} if gpus else None
+    results: list[ShardResult] = run_shards(pseudolabel_shard_task, specs, "pseudolabel", resources)
     summary = {
         "checkpoint": ckpt.name,
         "digest": ckpt.digest,

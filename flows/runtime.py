@@ -150,3 +150,19 @@ def run_flow(flow_obj, /, **params):  # noqa: ANN001, ANN201 - any Prefect flow
         )
     )
     return flow_obj.with_options(task_runner=runner)(**params)
+
+
+def gpu_workers() -> int:
+    """How many workers of the run's Dask cluster advertise a ``GPU`` resource.
+
+    GPU tasks are pinned to those (``dask worker --resources GPU=1``); on a cluster
+    without any, the same tasks run anywhere, on the CPU.
+    """
+    address = os.environ.get(DASK_ADDRESS_ENV)
+    if not address:
+        return 0
+    from distributed import Client
+
+    with Client(address, timeout=30) as client:
+        workers = client.scheduler_info(n_workers=-1)["workers"].values()
+        return sum(1 for w in workers if w.get("resources", {}).get("GPU", 0) > 0)

@@ -22,13 +22,22 @@ class ShardFailures(RuntimeError):
     """Some shards failed after their retries; the others are done and marked."""
 
 
-def run_shards(task: Task, specs: Sequence[Any], label: str) -> list[Any]:
-    """Run ``task`` on every spec; return the results; raise ShardFailures if any failed."""
+def run_shards(task: Task, specs: Sequence[Any], label: str, resources: dict[str, float] | None = None) -> list[Any]:
+    """Run ``task`` on every spec; return the results; raise ShardFailures if any failed.
+
+    ``resources`` (``{"GPU": 1}``) pins the tasks to Dask workers that advertise them.
+    """
     logger = get_run_logger()
     if not specs:
         logger.info("%s: nothing to do", label)
         return []
-    futures = task.map(list(specs))
+    if resources:
+        import dask
+
+        with dask.annotate(resources=resources):
+            futures = task.map(list(specs))
+    else:
+        futures = task.map(list(specs))
     results: list[Any] = []
     failures: list[str] = []
     columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())

@@ -63,3 +63,26 @@ def test_active_learning_loop_round_trips(cluster: str, tmp_path: Path) -> None:
     for item in lowest:
         back = ws.array("annotated/masks")[annotated.by_id[item]["slot"]]
         assert (back == ws.array("corpus/masks")[corpus.by_id[item]["slot"]]).all()
+
+
+def test_gpu_workers_are_counted_from_the_cluster(cluster: str) -> None:
+    from flows.runtime import gpu_workers
+
+    assert gpu_workers() == 0  # the test cluster's workers advertise no GPU
+
+
+def test_pseudolabel_tasks_run_on_gpu_workers(cluster: str, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """On a cluster whose worker advertises GPU=1, the pinned tasks are placed and run there."""
+    from distributed import LocalCluster
+
+    from flows.runtime import DASK_ADDRESS_ENV, gpu_workers
+
+    ws = tiny_workspace(tmp_path / "ws")
+    train_unet(ws, TrainOptions(epochs=1, batch_size=4, val_fraction=0.34))
+    write_synth_shard(str(tmp_path / "c"), seed=14, size=64, start=0, stop=4, annotated=0)
+    run_flow(ingest_images, workspace=ws.url, src=str(tmp_path / "c" / "images"), options=IngestOptions(size=64))
+    with LocalCluster(n_workers=1, threads_per_worker=1, resources={"GPU": 1}, dashboard_address=None) as gpu:
+        monkeypatch.setenv(DASK_ADDRESS_ENV, gpu.scheduler_address)
+        assert gpu_workers() == 1
+        r = run_flow(pseudolabel, workspace=ws.url)
+    assert r["labelled"] == 4
