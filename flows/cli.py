@@ -96,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="auto: bf16 on GPUs and on CPUs with native bf16",
     )
+    s.add_argument("--confidence-map", action="store_true", help="also write corpus/confidence_map (per pixel)")
 
     s = sub.add_parser("export-labelme", help="pseudo-labels as labelme files, to correct and ingest again")
     s.add_argument("out")
@@ -274,7 +275,12 @@ def _cmd_pseudolabel(a: argparse.Namespace, config: RunConfig) -> int:
         raise UsageError(f"--shards takes A:B (shard numbers), not {a.shards!r}")
     resolve(Workspace(config.workspace), "unet", a.model)  # a clear error before starting anything
     options = PseudolabelOptions(
-        model=a.model, batch_size=a.batch_size, flip_tta=a.flip_tta, precision=a.precision, device=config.device
+        model=a.model,
+        batch_size=a.batch_size,
+        flip_tta=a.flip_tta,
+        precision=a.precision,
+        confidence_map=a.confidence_map,
+        device=config.device,
     )
     r = _run(
         config,

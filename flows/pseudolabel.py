@@ -44,7 +44,7 @@ def pseudolabel(
     table = item_table(ws, "corpus")
     if not len(table):
         raise WorkspaceError(f"{ws.url} has no corpus images: run ingest-images first")
-    prepare_arrays(ws)
+    prepare_arrays(ws, options.confidence_map)
     lo, hi = 0, ws.shards_of(table.length)
     if shards:
         a, _, b = shards.partition(":")

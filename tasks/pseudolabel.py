@@ -31,6 +31,7 @@ from tasks.ingest import ShardResult
 log = logging.getLogger(__name__)
 
 IMAGES, MASKS, CONFIDENCE = "corpus/images", "corpus/masks", "corpus/confidence"
+CONFIDENCE_MAP = "corpus/confidence_map"  # optional: per pixel, top probability x 255 (uint8)
 CODE_VERSION = "pseudolabel-1"
 _MODELS: dict[str, Any] = {}
 
@@ -42,6 +43,7 @@ class PseudolabelOptions(BaseModel):
     batch_size: int = Field(16, ge=1)
     flip_tta: bool = Field(False, description="average the prediction with its mirror's")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 where the hardware has it")
+    confidence_map: bool = Field(False, description="also write corpus/confidence_map, per pixel")
     device: str = "auto"
 
 
@@ -56,7 +58,7 @@ class PseudolabelShardSpec:
 
 
 def producer_version(digest: str, options: PseudolabelOptions) -> str:
-    key = f"{CODE_VERSION}|{digest}|{options.flip_tta}|{options.precision}"
+    key = f"{CODE_VERSION}|{digest}|{options.flip_tta}|{options.precision}|{options.confidence_map}"
     return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
@@ -76,11 +78,13 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
 
 
-def prepare_arrays(ws: Workspace) -> None:
+def prepare_arrays(ws: Workspace, confidence_map: bool = False) -> None:
     """Create or grow ``corpus/masks`` and ``corpus/confidence`` to the corpus's length."""
     length = ws.length(IMAGES)
     size = int(ws.array(IMAGES).shape[1])
     ws.require_array(MASKS, mask_spec(size), length)
+    if confidence_map:
+        ws.require_array(CONFIDENCE_MAP, mask_spec(size), length)
     if not ws.has_array(CONFIDENCE):
         ws.group().create_array(
             CONFIDENCE,
@@ -108,9 +112,11 @@ def _model(ws: Workspace, checkpoint: str, device: str) -> tuple[torch.nn.Module
 
 def infer(
     model: torch.nn.Module, images: np.ndarray, device: torch.device, batch: int, flip: bool, bf16: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
-    """Class ids ``(N, S, S)`` uint8 and confidences ``(N,)`` float32 for ``(N, S, S, 3)`` uint8."""
-    preds, confs = [], []
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For ``(N, S, S, 3)`` uint8 images: class ids ``(N, S, S)`` uint8, confidences ``(N,)``
+    float32 (mean top probability) and the top probability per pixel ``(N, S, S)`` as uint8
+    (x 255)."""
+    preds, confs, maps = [], [], []
     with torch.inference_mode():
         for i in range(0, len(images), batch):
             x = torch.from_numpy(images[i : i + batch]).to(device).permute(0, 3, 1, 2).float().div_(255)
@@ -122,7 +128,8 @@ def infer(
             top, pred = probs.max(1)
             preds.append(pred.byte().cpu().numpy())
             confs.append(top.mean((1, 2)).cpu().numpy().astype(np.float32))
-    return np.concatenate(preds), np.concatenate(confs)
+            maps.append((top * 255).round().byte().cpu().numpy())
+    return np.concatenate(preds), np.concatenate(confs), np.concatenate(maps)
 
 
 def pseudolabel_shard(spec: PseudolabelShardSpec) -> ShardResult:
@@ -138,12 +145,16 @@ def pseudolabel_shard(spec: PseudolabelShardSpec) -> ShardResult:
     live = [s - start for s in spec.slots]
     masks = np.zeros((n, *images.shape[1:3]), np.uint8)
     conf = np.full(n, np.nan, np.float32)
+    cmap = np.zeros_like(masks)
     if live:
         bf16 = use_bf16(opts.precision, device)
-        pred, c = infer(model, images[live], device, opts.batch_size, opts.flip_tta, bf16)
-        masks[live], conf[live] = pred, c
+        pred, c, top = infer(model, images[live], device, opts.batch_size, opts.flip_tta, bf16)
+        masks[live], conf[live], cmap[live] = pred, c, top
     holes = sorted(set(range(n)) - set(live))
     ws.write_shard(MASKS, spec.shard, masks, holes)
+    if opts.confidence_map:
+        ws.write_shard(CONFIDENCE_MAP, spec.shard, cmap, holes)
+        ws.write_marker(CONFIDENCE_MAP, spec.shard, spec.version)
     ws.write_shard(CONFIDENCE, spec.shard, conf)
     ws.write_marker(CONFIDENCE, spec.shard, spec.version)
     ws.write_marker(MASKS, spec.shard, spec.version, checkpoint=spec.checkpoint)

@@ -33,6 +33,11 @@ def test_pseudolabels_follow_the_model(cluster: str, tmp_path: Path) -> None:
     assert run_flow(pseudolabel, workspace=ws.url)["shards"] == 0  # same model: nothing to do
     assert run_flow(pseudolabel, workspace=ws.url, shards="1:2", force=True)["shards"] == 1
     assert run_flow(pseudolabel, workspace=ws.url, options={"model": first})["shards"] == 2  # other model
+    r = run_flow(pseudolabel, workspace=ws.url, options={"confidence_map": True})
+    assert r["shards"] == 2
+    e = next(iter(table.by_id.values()))
+    per_pixel = ws.array("corpus/confidence_map")[e["slot"]]
+    assert abs(per_pixel.mean() / 255 - float(ws.array("corpus/confidence")[e["slot"]])) < 0.01
     truth_dir = tmp_path / "c" / "truth"
     truth = {p.stem: np.asarray(Image.open(p)) for p in truth_dir.glob("*.png")}
     m = miou_against(ws, truth, ws.classes)
