@@ -13,9 +13,9 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.shards import run_shards
-from storage.items import Journal, item_table, write_item_index
+from storage.items import item_table, write_item_index
 from storage.sources import list_sources
-from storage.workspace import DEFAULT_SHARD_SIZE, Workspace
+from storage.workspace import Workspace
 from tasks.ingest import (
     ARRAY,
     FAMILY,
@@ -23,11 +23,11 @@ from tasks.ingest import (
     IngestOptions,
     ShardResult,
     ShardSpec,
+    fix_shard_size,
     ingest_shard,
-    plan_ingest,
     prepare_array,
     shard_specs,
-    source_record,
+    start_batches,
 )
 
 
@@ -50,20 +50,9 @@ def ingest_images(
     """
     logger = get_run_logger()
     ws = Workspace(workspace)
-    if shard_size is None and "shard_size" not in ws.config():
-        shard_size = DEFAULT_SHARD_SIZE
-    ws.ensure_config(shard_size=shard_size)
+    fix_shard_size(ws, shard_size)
     listing = list_sources(src)
-    plan = plan_ingest(ws, listing)
-    for source, reason in plan.refused:
-        ws.quarantine(source, STAGE, reason)
-    batches = list(plan.open_batches)
-    if batches:
-        logger.info("resuming %d unfinished batch(es) of an earlier run", len(batches))
-    if plan.new:
-        batches.append(
-            Journal(ws, FAMILY).add(options.version, options.model_dump(), [source_record(r) for r in plan.new])
-        )
+    plan, batches = start_batches(ws, listing, FAMILY, ARRAY, STAGE, options.version, options.model_dump())
     for b in batches:
         prepare_array(ws, IngestOptions(**b.options), b.end)
     specs = [s for b in batches for s in shard_specs(ws, b)]

@@ -10,9 +10,9 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.shards import run_shards
-from storage.items import Journal, item_table, write_item_index
+from storage.items import item_table, write_item_index
 from storage.sources import list_sources
-from storage.workspace import DEFAULT_SHARD_SIZE, Workspace
+from storage.workspace import Workspace
 from tasks.annotations import (
     FAMILY,
     IMAGES,
@@ -23,7 +23,7 @@ from tasks.annotations import (
     ingest_labelme_shard,
     prepare_arrays,
 )
-from tasks.ingest import ShardResult, plan_ingest, shard_specs, source_record
+from tasks.ingest import ShardResult, fix_shard_size, shard_specs, start_batches
 
 
 @task(name="ingest-labelme-shard", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
@@ -42,17 +42,10 @@ def ingest_labelme(
     logger = get_run_logger()
     root = os.path.abspath(src)
     ws = Workspace(workspace)
-    if shard_size is None and "shard_size" not in ws.config():
-        shard_size = DEFAULT_SHARD_SIZE
-    ws.ensure_config(shard_size=shard_size, classes=list(options.classes))
+    fix_shard_size(ws, shard_size, classes=list(options.classes))
     listing = list_sources(root, JSON_SUFFIXES)
-    plan = plan_ingest(ws, listing, FAMILY, IMAGES)
-    for source, reason in plan.refused:
-        ws.quarantine(source, STAGE, reason)
-    batches = list(plan.open_batches)
-    if plan.new:
-        records = [source_record(r) for r in plan.new]
-        batches.append(Journal(ws, FAMILY).add(options.version, {**options.model_dump(), "root": root}, records))
+    record = {**options.model_dump(), "root": root}
+    plan, batches = start_batches(ws, listing, FAMILY, IMAGES, STAGE, options.version, record)
     for b in batches:
         opts = {k: v for k, v in b.options.items() if k != "root"}
         prepare_arrays(ws, LabelmeOptions(**opts), b.end)

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from storage.items import REPLACE_BY_ID, Batch, Journal, item_table
 from storage.sources import Listing, SourceReader, SourceRef
-from storage.workspace import Workspace, image_spec
+from storage.workspace import DEFAULT_SHARD_SIZE, Workspace, image_spec
 from tasks.imageio import DEFAULT_MAX_PIXELS, BadImage, load_square_into
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,32 @@ def plan_ingest(ws: Workspace, listing: Listing, family: str = FAMILY, array: st
         id_source[ref.id] = ref.source
         new.append(ref)
     return IngestPlan(open_batches, new, known, refused, listing.skipped_names)
+
+
+def start_batches(
+    ws: Workspace, listing: Listing, family: str, array: str, stage: str, version: str, options: dict[str, Any]
+) -> tuple[IngestPlan, list[Batch]]:
+    """Plan a run: quarantine what planning refused, journal a batch for the new sources.
+
+    Returns the plan and the batches to run: open ones of earlier runs first, then the new.
+    Call from one process only (the flow): it is the journal's single writer.
+    """
+    plan = plan_ingest(ws, listing, family, array)
+    for source, reason in plan.refused:
+        ws.quarantine(source, stage, reason)
+    batches = list(plan.open_batches)
+    if batches:
+        log.info("resuming %d unfinished batch(es) of an earlier run", len(batches))
+    if plan.new:
+        batches.append(Journal(ws, family).add(version, options, [source_record(r) for r in plan.new]))
+    return plan, batches
+
+
+def fix_shard_size(ws: Workspace, shard_size: int | None, **settings: Any) -> None:
+    """Record the workspace's shard size (``None``: keep it, or the default for a new one)."""
+    if shard_size is None and "shard_size" not in ws.config():
+        shard_size = DEFAULT_SHARD_SIZE
+    ws.ensure_config(shard_size=shard_size, **settings)
 
 
 def ref_fields(record: dict[str, Any]) -> dict[str, Any]:
