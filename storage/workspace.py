@@ -260,6 +260,16 @@ class Workspace:
             data[j] = arr.fill_value
         arr[start : start + len(data)] = data
 
+    def read_items(self, array: str, slots: list[int]) -> np.ndarray:
+        """The items at ``slots`` (reads only their inner chunks), stacked on axis 0."""
+        arr = self.array(array)
+        if not slots:
+            return np.zeros((0, *arr.shape[1:]), dtype=arr.dtype)
+        lo, hi = min(slots), max(slots) + 1
+        if hi - lo == len(slots):
+            return np.asarray(arr[lo:hi])[np.asarray(slots) - lo]
+        return np.asarray(arr.get_orthogonal_selection((np.asarray(slots),)))
+
     def read_shard(self, array: str, shard: int) -> np.ndarray:
         arr = self.array(array)
         start = shard * self.shard_size

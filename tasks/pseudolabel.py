@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, Literal
@@ -139,17 +140,25 @@ def pseudolabel_shard(spec: PseudolabelShardSpec) -> ShardResult:
     t0 = time.perf_counter()
     opts = PseudolabelOptions(**spec.options)
     model, device = _model(ws, spec.checkpoint, opts.device)
-    images = ws.read_shard(IMAGES, spec.shard)
     start = spec.shard * ws.shard_size
-    n = len(images)
+    n = len(ws.shard_slots(spec.shard, ws.length(IMAGES)))
+    size = int(ws.array(IMAGES).shape[1])
     live = [s - start for s in spec.slots]
-    masks = np.zeros((n, *images.shape[1:3]), np.uint8)
+    masks = np.zeros((n, size, size), np.uint8)
     conf = np.full(n, np.nan, np.float32)
     cmap = np.zeros_like(masks)
-    if live:
-        bf16 = use_bf16(opts.precision, device)
-        pred, c, top = infer(model, images[live], device, opts.batch_size, opts.flip_tta, bf16)
-        masks[live], conf[live], cmap[live] = pred, c, top
+    bf16 = use_bf16(opts.precision, device)
+    batches = [live[i : i + opts.batch_size] for i in range(0, len(live), opts.batch_size)]
+    # Decode prefetching: the next batch is read and decompressed while this one is inferred.
+    with ThreadPoolExecutor(1) as reader:
+        pending = reader.submit(ws.read_items, IMAGES, [start + j for j in batches[0]]) if batches else None
+        for k, batch in enumerate(batches):
+            assert pending is not None
+            images = pending.result()
+            if k + 1 < len(batches):
+                pending = reader.submit(ws.read_items, IMAGES, [start + j for j in batches[k + 1]])
+            pred, c, top = infer(model, images, device, opts.batch_size, opts.flip_tta, bf16)
+            masks[batch], conf[batch], cmap[batch] = pred, c, top
     holes = sorted(set(range(n)) - set(live))
     ws.write_shard(MASKS, spec.shard, masks, holes)
     if opts.confidence_map:

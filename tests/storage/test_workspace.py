@@ -93,3 +93,15 @@ def test_keys_never_escape_the_root(tmp_path: Path) -> None:
     loc.write_json("a/b.json", {"k": 1})
     assert loc.read_json("a/b.json") == {"k": 1} and loc.list("a") == ["a/b.json"]
     assert loc.read_json_many(["a/b.json", "a/missing.json"]) == {"a/b.json": {"k": 1}}
+
+
+def test_read_items_by_slot(tmp_path: Path) -> None:
+    ws = Workspace(str(tmp_path))
+    ws.ensure_config(shard_size=4)
+    ws.require_array("corpus/images", image_spec(4), length=8)
+    data = np.arange(8 * 48, dtype=np.uint8).reshape(8, 4, 4, 3)
+    ws.write_shard("corpus/images", 0, data[:4].copy())
+    ws.write_shard("corpus/images", 1, data[4:].copy())
+    assert (ws.read_items("corpus/images", [2, 3, 4]) == data[2:5]).all()
+    assert (ws.read_items("corpus/images", [6, 1]) == data[[6, 1]]).all()
+    assert ws.read_items("corpus/images", []).shape == (0, 4, 4, 3)
