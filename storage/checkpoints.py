@@ -80,6 +80,12 @@ def resolve(ws: Workspace, model: str, ref: str = "latest") -> str:
     raise WorkspaceError(f"no checkpoint {ref!r} of model {model!r} in {ws.url}: train it first")
 
 
+def checkpoint_metrics(ws: Workspace, model: str, ref: str = "latest") -> dict[str, Any]:
+    """The metrics of a checkpoint, without reading its weights."""
+    key = f"{_dir(model, resolve(ws, model, ref))}/metrics.json"
+    return ws.loc.read_json(key) if ws.loc.exists(key) else {}
+
+
 def load_checkpoint(ws: Workspace, model: str, ref: str = "latest") -> Checkpoint:
     name = resolve(ws, model, ref)
     base = _dir(model, name)

@@ -133,9 +133,6 @@ class ItemTable:
     def by_slot(self) -> dict[int, str]:
         return {e["slot"]: i for i, e in self.by_id.items()}
 
-    def hashes(self) -> set[str]:
-        return {e["sha256"] for e in self.by_id.values()}
-
     def slots_in(self, slots: range) -> list[tuple[int, str]]:
         """(slot, id) of the live items inside ``slots``, in slot order."""
         lo, hi = slots.start, slots.stop
@@ -208,7 +205,7 @@ def derived_table(ws: Workspace, family: str) -> ItemTable:
         for k in range(m):
             slot = pe["slot"] * m + k
             marker = done.get(slot // s)
-            if marker is not None and pe["sha256"] in marker.get("parents", {}).get(str(pe["slot"]), ""):
+            if marker is not None and marker.get("parents", {}).get(str(pe["slot"])) == pe["sha256"]:
                 table.by_id[f"{pid}-a{k:02d}"] = {"slot": slot, "parent": pid, "source": pid, "sha256": pe["sha256"]}
     return table
 

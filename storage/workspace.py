@@ -169,17 +169,9 @@ class Workspace:
         return self._group
 
     def has_array(self, array: str) -> bool:
-        import zarr
-
-        try:
-            zarr.open_array(self.loc.zarr_store(read_only=True), path=_key_of(array), mode="r")
-        except (FileNotFoundError, KeyError, zarr.errors.NodeTypeValidationError):
-            return False
-        except Exception as exc:  # zarr raises its own "not found" types across versions
-            if "not found" in str(exc).lower() or "nothing found" in str(exc).lower():
-                return False
-            raise
-        return True
+        """Whether a Zarr v3 array (not a group) exists at ``array``: its ``zarr.json`` says so."""
+        meta = f"{_key_of(array)}/zarr.json"
+        return self.loc.exists(meta) and self.loc.read_json(meta).get("node_type") == "array"
 
     def array(self, array: str, mode: str = "r"):  # noqa: ANN201
         """Open an existing array (``mode`` ``"r"`` or ``"r+"``)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from storage.checkpoints import list_checkpoints, list_models, load_checkpoint
+from storage.checkpoints import checkpoint_metrics, list_checkpoints, list_models
 from storage.items import ItemTable, is_index_array, item_table
 from storage.workspace import Workspace, family_of
 
@@ -36,7 +36,7 @@ def workspace_status(ws: Workspace) -> dict[str, Any]:
         has_latest = ws.loc.exists(f"models/{model}/tags/latest.json")
         stages[model] = {"done": int(has_latest), "total": 1, "checkpoints": n}
         if has_latest:
-            metrics = load_checkpoint(ws, model).metrics
+            metrics = checkpoint_metrics(ws, model)
             stages[model].update({k: metrics[k] for k in ("miou", "pixel_accuracy", "epoch") if k in metrics})
     duplicates = sum(len(t.duplicates) for t in tables.values())
     return {
