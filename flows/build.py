@@ -14,6 +14,7 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
 from flows.augment import augment
+from flows.gaugan import eval_gaugan_flow, generate_flow, train_gaugan_flow
 from flows.ingest import ingest_images
 from flows.labelme import ingest_labelme
 from flows.pseudolabel import pseudolabel
@@ -24,12 +25,13 @@ from storage.items import item_table
 from storage.workspace import Workspace
 from tasks.annotations import LabelmeOptions
 from tasks.augment import AugmentOptions
+from tasks.gaugan import GauganOptions
 from tasks.ingest import IngestOptions
 from tasks.report import contact_sheet
 from tasks.segment import TrainOptions
 from tasks.status import status_lines, workspace_status
 
-STAGES = ("ingest-labelme", "augment", "train-unet", "ingest-images", "pseudolabel")
+STAGES = ("ingest-labelme", "augment", "train-unet", "ingest-images", "pseudolabel", "train-gaugan")
 
 
 class DemoOptions(BaseModel):
@@ -41,10 +43,32 @@ class DemoOptions(BaseModel):
     seed: int = 0
     shard_size: int = Field(64, ge=1)
     unet_epochs: int = Field(10, ge=1)
+    gaugan_size: int = Field(128, ge=64)
+    gaugan_steps: int = Field(300, ge=1)
+    gaugan_vae_steps: int = Field(150, ge=0)
+    gaugan_checkpoint_every: int = Field(100, ge=1)
+
+    def gaugan(self) -> GauganOptions:
+        return GauganOptions(
+            size=self.gaugan_size,
+            steps=self.gaugan_steps,
+            vae_steps=self.gaugan_vae_steps,
+            checkpoint_every=self.gaugan_checkpoint_every,
+        )
 
     @classmethod
     def full(cls) -> DemoOptions:
-        return cls(count=5000, annotated=200, size=512, shard_size=256, unet_epochs=30)
+        return cls(
+            count=5000,
+            annotated=200,
+            size=512,
+            shard_size=256,
+            unet_epochs=30,
+            gaugan_size=256,
+            gaugan_steps=2000,
+            gaugan_vae_steps=400,
+            gaugan_checkpoint_every=200,
+        )
 
 
 @flow(name="build-dataset")
@@ -57,6 +81,7 @@ def build(
     shard_size: int | None = None,
     augment_options: AugmentOptions | None = None,
     train_options: TrainOptions | None = None,
+    gaugan_options: GauganOptions | None = None,
 ) -> dict[str, Any]:
     """Run the chain's stages in order on ``workspace``.
 
@@ -104,18 +129,30 @@ def build(
             results["pseudolabel"] = run_flow(pseudolabel, workspace=workspace)
         else:
             logger.info("pseudolabel: needs a trained segmenter and corpus images")
+    if "train-gaugan" in stages:
+        if len(item_table(ws, "annotated")) or ws.has_array("corpus/masks"):
+            opts = gaugan_options or GauganOptions(size=min(256, size))
+            results["train-gaugan"] = train_gaugan_flow(workspace=workspace, options=opts)
+        else:
+            logger.info("train-gaugan: needs annotations or pseudo-labelled corpus images")
     return results
 
 
-def write_report(ws: Workspace, evaluation: dict[str, Any] | None = None) -> dict[str, str]:
+def write_report(
+    ws: Workspace, evaluation: dict[str, Any] | None = None, gaugan: dict[str, Any] | None = None
+) -> dict[str, str]:
     """Write ``reports/status.{json,txt}`` and contact sheets; return their paths."""
     status = workspace_status(ws)
     if evaluation:
         status["evaluation"] = evaluation
+    if gaugan:
+        status["gaugan"] = gaugan
     text = "\n".join(status_lines(status)) + "\n"
     for name, ev in (evaluation or {}).items():
         per_class = ", ".join(f"{c} {v:.3f}" for c, v in ev.get("iou", {}).items())
         text += f"\n{name}: mIoU {ev['miou']:.4f} on {ev['images']} images ({per_class})\n"
+    if gaugan:
+        text += "\n" + "\n".join(gaugan_lines(gaugan)) + "\n"
     paths = {
         "status_json": ws.write_file("reports/status.json", json.dumps(status, indent=1).encode()),
         "status_txt": ws.write_file("reports/status.txt", text.encode()),
@@ -127,6 +164,12 @@ def write_report(ws: Workspace, evaluation: dict[str, Any] | None = None) -> dic
     ):
         if len(item_table(ws, family)):
             paths[name] = ws.write_file(f"reports/{name}.png", contact_sheet(ws, family))
+    if gaugan and gaugan.get("checkpoint"):
+        key = f"models/gaugan/{gaugan['checkpoint']}/samples.png"
+        if ws.loc.exists(key):
+            paths["gaugan_samples"] = ws.write_file("reports/gaugan_samples.png", ws.loc.read_bytes(key))
+        if (gaugan.get("generate") or {}).get("strip"):
+            paths["gaugan_attribute_strip"] = gaugan["generate"]["strip"]
     create_markdown_artifact(key="mangaka-status", markdown=f"```\n{text}```", description=f"status of {ws.url}")
     return paths
 
@@ -144,14 +187,60 @@ def demo(workspace: str, options: DemoOptions = DemoOptions()) -> dict[str, Any]
         src=ws.sub_url("sources/synth/images"),
         labelme=ws.sub_url("sources/synth/labelme"),
         train_options=TrainOptions(epochs=options.unet_epochs),
+        gaugan_options=options.gaugan(),
         size=options.size,
         shard_size=options.shard_size,
     )
-    evaluation = {}
+    evaluation: dict[str, Any] = {}
     if ws.has_array("corpus/masks"):
         evaluation["pseudo-labels vs synth truth"] = synth_truth_miou(ws, ws.sub_url("sources/synth/truth"))
-    report = write_report(ws, evaluation)
-    return {"synth": drawn, "build": built, "report": report, "evaluation": evaluation}
+    gaugan: dict[str, Any] = {}
+    if ws.loc.exists("models/gaugan/tags/latest.json"):
+        gaugan = eval_gaugan_flow(workspace=workspace)
+        gaugan["schedule"] = [
+            {"step": h["step"], "semantic_miou": h["semantic_miou"]}
+            for h in built["train-gaugan"]["history"]
+            if "semantic_miou" in h
+        ]
+        if not ws.loc.remote:
+            attribute = _demo_attribute(ws)
+            gaugan["generate"] = generate_flow(
+                workspace=workspace,
+                masks=ws.sub_url("sources/synth/truth"),
+                out=ws.loc.path("reports/generated"),
+                seed=options.seed,
+                attribute=attribute,
+                strength=3.0,
+            )
+    report = write_report(ws, evaluation, gaugan)
+    return {"synth": drawn, "build": built, "report": report, "evaluation": evaluation, "gaugan": gaugan}
+
+
+def _demo_attribute(ws: Workspace) -> str | None:
+    """A hair colour with a direction in the latest GauGAN: blonde, else the most common one."""
+    from tasks.gaugan import load_gaugan
+    from tasks.generate import attributes_for
+
+    attrs = attributes_for(ws, load_gaugan(ws))
+    if "blonde" in attrs.directions:
+        return "hair=blonde"
+    ranked = sorted(attrs.directions, key=lambda k: -attrs.counts[k])
+    return f"hair={ranked[0]}" if ranked else None
+
+
+def gaugan_lines(gaugan: dict[str, Any]) -> list[str]:
+    """GauGAN's evaluation as text: the schedule's semantic consistency, then the final figures."""
+    lines = []
+    if gaugan.get("schedule"):
+        series = ", ".join(f"step {h['step']}: {h['semantic_miou']:.3f}" for h in gaugan["schedule"])
+        lines.append(f"GauGAN semantic mIoU over training: {series}")
+    real = gaugan["real"]
+    lines.append(
+        f"GauGAN {gaugan['checkpoint']}: semantic mIoU {gaugan['semantic_miou']:.4f}, pixel accuracy "
+        f"{gaugan['pixel_accuracy']:.4f} on {gaugan['images']} held-out masks "
+        f"(real images: {real['semantic_miou']:.4f} / {real['pixel_accuracy']:.4f})"
+    )
+    return lines
 
 
 def synth_truth_miou(ws: Workspace, truth_url: str) -> dict[str, Any]:

@@ -104,6 +104,39 @@ def _parser() -> argparse.ArgumentParser:
         "--lowest-confidence", type=_positive, default=None, metavar="K", help="only the K least confident images"
     )
 
+    s = sub.add_parser("train-gaugan", help="train GauGAN (VAE encoder first, then SPADE G + D); resumes")
+    s.add_argument("--size", type=_positive, default=256, help="training side (multiple of 32 for normal upsampling)")
+    s.add_argument("--steps", type=_positive, default=2000, help="GAN steps; a larger number continues the run")
+    s.add_argument("--vae-steps", type=int, default=400, help="encoder pretraining steps (phase 1)")
+    s.add_argument("--batch-size", type=_positive, default=4)
+    s.add_argument("--ngf", type=_positive, default=16, help="generator width (SPADE's own default: 64)")
+    s.add_argument("--ndf", type=_positive, default=64)
+    s.add_argument("--num-upsampling", choices=("normal", "more", "most"), default="normal")
+    s.add_argument("--spade-hidden", type=_positive, default=128)
+    s.add_argument("--lr-g", type=float, default=1e-4)
+    s.add_argument("--lr-d", type=float, default=4e-4)
+    s.add_argument("--lambda-vgg", type=float, default=10.0, help="0 turns the perceptual loss off")
+    s.add_argument("--min-confidence", type=float, default=0.8, help="corpus pseudo-labels at least this confident")
+    s.add_argument("--checkpoint-every", type=_positive, default=200, metavar="N")
+    s.add_argument("--eval-count", type=int, default=32, help="held-out masks scored at every checkpoint")
+    s.add_argument("--vgg-weights", default=None, help="local file of ImageNet VGG19 weights")
+    s.add_argument("--seed", type=int, default=0)
+
+    s = sub.add_parser("generate", help="one portrait per class-id mask PNG in --masks")
+    s.add_argument("out")
+    s.add_argument("--masks", required=True, help="folder of class-id PNG masks")
+    style = s.add_mutually_exclusive_group()
+    style.add_argument("--style-image", default=None, help="reference image whose style to copy")
+    style.add_argument("--seed", type=int, default=0, help="random latents (per mask id) from this seed")
+    s.add_argument("--attribute", default=None, help="NAME=VALUE, e.g. hair=blonde")
+    s.add_argument("--strength", type=float, default=1.0)
+    s.add_argument("--model", default="latest", help="checkpoint tag or name")
+
+    s = sub.add_parser("eval-gaugan", help="semantic mIoU and pixel accuracy of generated images (SPADE protocol)")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--model", default="latest")
+    s.add_argument("--count", type=int, default=0, help="held-out masks to use (default: all)")
+
     s = sub.add_parser("annotate", help="open the labelme GUI on DIR with the workspace's labels")
     s.add_argument("dir")
 
@@ -264,6 +297,102 @@ def _cmd_train_unet(a: argparse.Namespace, config: RunConfig) -> int:
     return 0
 
 
+def _cmd_train_gaugan(a: argparse.Namespace, config: RunConfig) -> int:
+    from flows.gaugan import train_gaugan_flow
+    from flows.runtime import prefect_api
+    from tasks.gaugan import GauganOptions
+
+    if a.vgg_weights and not os.path.isfile(a.vgg_weights):
+        raise UsageError(f"{a.vgg_weights} does not exist")
+    n_up = {"normal": 5, "more": 6, "most": 7}[a.num_upsampling]
+    if a.size % 2**n_up:
+        raise UsageError(f"--size must be a multiple of {2**n_up} with --num-upsampling {a.num_upsampling}")
+    options = GauganOptions(
+        size=a.size,
+        steps=a.steps,
+        vae_steps=a.vae_steps,
+        batch_size=a.batch_size,
+        ngf=a.ngf,
+        ndf=a.ndf,
+        num_upsampling=a.num_upsampling,
+        spade_hidden=a.spade_hidden,
+        lr_g=a.lr_g,
+        lr_d=a.lr_d,
+        lambda_vgg=a.lambda_vgg,
+        min_confidence=a.min_confidence,
+        checkpoint_every=a.checkpoint_every,
+        eval_count=a.eval_count,
+        vgg_weights=a.vgg_weights,
+        seed=a.seed,
+        device=config.device,
+    )
+    with prefect_api():
+        r = train_gaugan_flow(workspace=config.workspace, options=options)
+    if r["resumed_at"]:
+        at = r["resumed_at"]
+        print(f"resumed run {r['run']} from its checkpoint at {at['phase']} step {at['step']}")
+    if r["already_done"]:
+        print(f"run {r['run']} already finished its {r['step']} steps: nothing to do (--steps N continues it)")
+    pairs = ", ".join(f"{v} {k}" for k, v in r["train_pairs"].items())
+    m = r["metrics"]
+    sem = (
+        f"; semantic mIoU {m['semantic_miou']:.4f} on {m['eval_images']} held-out masks" if "semantic_miou" in m else ""
+    )
+    print(f"trained GauGAN to step {r['step']} on {pairs} pairs{sem}; checkpoint {r['checkpoint']} in models/gaugan")
+    if r["vgg"].startswith("random"):
+        print("note: no --vgg-weights given, the perceptual loss used fixed-seed random VGG19 features")
+    return 0
+
+
+def _cmd_generate(a: argparse.Namespace, config: RunConfig) -> int:
+    from flows.gaugan import generate_flow, parse_attribute
+    from flows.runtime import prefect_api
+
+    if not os.path.isdir(a.masks):
+        raise UsageError(f"{a.masks} is not a folder")
+    if a.style_image and not os.path.isfile(a.style_image):
+        raise UsageError(f"{a.style_image} does not exist")
+    if a.attribute:
+        parse_attribute(a.attribute)
+    with prefect_api():
+        r = generate_flow(
+            workspace=config.workspace,
+            masks=a.masks,
+            out=a.out,
+            style_image=a.style_image,
+            seed=a.seed,
+            attribute=a.attribute,
+            strength=a.strength,
+            model=a.model,
+            device=config.device,
+        )
+    print(
+        f"generated {r['generated']} portraits ({r['style']}) into {a.out} and generated/images with {r['checkpoint']}"
+    )
+    if r["refused"]:
+        print(f"{r['refused']} mask(s) refused: see `mangaka status`")
+    if r["strip"]:
+        print(f"interpolation strip: {r['strip']}")
+    return 0
+
+
+def _cmd_eval_gaugan(a: argparse.Namespace, config: RunConfig) -> int:
+    from flows.gaugan import eval_gaugan_flow
+    from flows.runtime import prefect_api
+
+    with prefect_api():
+        r = eval_gaugan_flow(workspace=config.workspace, model=a.model, count=a.count, device=config.device)
+    if a.json:
+        print(json.dumps(r, indent=1))
+    else:
+        print(
+            f"{r['checkpoint']}: semantic mIoU {r['semantic_miou']:.4f}, pixel accuracy {r['pixel_accuracy']:.4f} "
+            f"on {r['images']} held-out masks (real images: {r['real']['semantic_miou']:.4f} / "
+            f"{r['real']['pixel_accuracy']:.4f})"
+        )
+    return 0
+
+
 def _cmd_pseudolabel(a: argparse.Namespace, config: RunConfig) -> int:
     from flows.pseudolabel import pseudolabel
     from flows.runtime import run_flow
@@ -370,8 +499,12 @@ def _cmd_demo(a: argparse.Namespace, config: RunConfig) -> int:
     options = DemoOptions.full() if a.full else DemoOptions()
     r = _run(config, lambda: demo(workspace=config.workspace, options=options))
     print("\n".join(_demo_lines(config.workspace)))
+    from flows.build import gaugan_lines
+
     for name, ev in r.get("evaluation", {}).items():
         print(f"{name}: mIoU {ev['miou']:.4f} on {ev['images']} images")
+    if r.get("gaugan"):
+        print("\n".join(gaugan_lines(r["gaugan"])))
     print("report: " + ", ".join(r["report"].values()))
     return 0
 
@@ -392,6 +525,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, RunConfig], int]] = {
     "train-unet": _cmd_train_unet,
     "pseudolabel": _cmd_pseudolabel,
     "export-labelme": _cmd_export_labelme,
+    "train-gaugan": _cmd_train_gaugan,
+    "generate": _cmd_generate,
+    "eval-gaugan": _cmd_eval_gaugan,
     "export": _cmd_export,
     "status": _cmd_status,
     "build": _cmd_build,

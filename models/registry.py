@@ -44,4 +44,5 @@ def list_models(kind: str) -> list[str]:
 
 def _load_builtin() -> None:
     # Importing the model modules registers them; kept lazy so importing the registry is cheap.
+    import models.spade  # noqa: F401
     import models.unet  # noqa: F401

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 # Families where a new file with an item's id replaces that item whatever its source: a
 # corrected annotation comes back from wherever the annotator saved it.
-REPLACE_BY_ID = frozenset({"annotated"})
+REPLACE_BY_ID = frozenset({"annotated", "generated"})
 
 
 @dataclass

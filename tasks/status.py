@@ -37,7 +37,9 @@ def workspace_status(ws: Workspace) -> dict[str, Any]:
         stages[model] = {"done": int(has_latest), "total": 1, "checkpoints": n}
         if has_latest:
             metrics = checkpoint_metrics(ws, model)
-            stages[model].update({k: metrics[k] for k in ("miou", "pixel_accuracy", "epoch") if k in metrics})
+            stages[model].update(
+                {k: metrics[k] for k in ("miou", "semantic_miou", "pixel_accuracy", "epoch", "step") if k in metrics}
+            )
     duplicates = sum(len(t.duplicates) for t in tables.values())
     return {
         "workspace": ws.url,
@@ -53,6 +55,8 @@ def status_lines(status: dict[str, Any]) -> list[str]:
     for name, st in sorted(status["stages"].items()):
         pct = 100.0 * st["done"] / st["total"] if st["total"] else 0.0
         extra = f"  validation mIoU {st['miou']:.3f}" if "miou" in st else ""
+        if "semantic_miou" in st:
+            extra = f"  step {st.get('step')}, semantic mIoU {st['semantic_miou']:.3f}"
         lines.append(f"{name:<28} {st['done']:>9} {st['total']:>9}  {pct:6.1f}%{extra}")
     if not status["stages"]:
         lines.append("(nothing yet: run `mangaka ingest-images SRC`)")

@@ -131,3 +131,44 @@ def test_killed_run_resumes_to_the_same_result(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert digest(tmp_path / "killed") == digest(tmp_path / "whole")
+
+
+def test_gaugan_commands_end_to_end(tmp_path: Path) -> None:
+    """train-gaugan (then more steps: it resumes and says so), generate, eval-gaugan, status."""
+    from tasks.segment import TrainOptions, train_unet
+    from tasks.synth import draw_portrait
+    from tests.tasks.test_segment import tiny_workspace
+
+    ws = tiny_workspace(tmp_path / "ws", n=8)
+    train_unet(ws, TrainOptions(epochs=1, batch_size=4, val_fraction=0.3))
+    small = ["--size", "64", "--ngf", "4", "--ndf", "8", "--spade-hidden", "8", "--batch-size", "2"]
+    small += ["--vae-steps", "2", "--checkpoint-every", "2", "--lambda-vgg", "0", "--eval-count", "4"]
+    base = ["--workspace", "ws", "--device", "cpu"]
+    r = run([*base, "train-gaugan", *small, "--steps", "2"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "trained GauGAN to step 2" in r.stdout and "resumed" not in r.stdout
+    r = run([*base, "train-gaugan", *small, "--steps", "4"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "resumed run" in r.stdout and "at gan step 2" in r.stdout and "to step 4" in r.stdout
+    r = run([*base, "train-gaugan", *small, "--steps", "4"], tmp_path)
+    assert r.returncode == 0 and "nothing to do" in r.stdout
+
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for i in range(2):
+        Image.fromarray(draw_portrait(4, i, 80).mask).save(masks / f"x{i}.png")
+    r = run([*base, "generate", "out", "--masks", "masks", "--seed", "7"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["x0.png", "x1.png"]
+    assert Image.open(tmp_path / "out" / "x0.png").size == (64, 64)
+    r = run([*base, "generate", "out", "--masks", "masks", "--attribute", "hair"], tmp_path)
+    assert r.returncode == 2 and "NAME=VALUE" in r.stderr
+
+    r = run([*base, "eval-gaugan", "--json"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    ev = json.loads(r.stdout)
+    assert 0 <= ev["semantic_miou"] <= 1 and 0 <= ev["real"]["pixel_accuracy"] <= 1 and ev["images"] >= 1
+    r = run([*base, "status", "--json"], tmp_path)
+    status = json.loads(r.stdout)
+    assert status["stages"]["gaugan"]["done"] == 1 and status["stages"]["gaugan"]["step"] == 4
+    assert status["stages"]["generated/images"] == {"done": 2, "total": 2}

@@ -1,0 +1,326 @@
+"""Generating portraits from masks with a trained GauGAN, and latent attribute directions.
+
+Style comes from a reference image (the encoder's mean latent of it) or from a seed: the
+latent of mask ``<id>`` under seed ``S`` is drawn from a generator seeded by ``(S, id)``,
+so an item's image does not depend on which other masks were in the folder.
+
+Attribute directions (hair colour): every training image gets a hair-colour label from
+the median hue, saturation and value of the pixels its mask calls ``hair`` (no tagger);
+the direction of label L is the mean encoder latent of L's images minus the mean of all
+the others. ``--attribute hair=blonde --strength S`` adds ``S`` times it to the latent.
+The labels, directions and a PCA plot of the latents coloured by label are stored beside
+the checkpoint (``attributes.json``, ``attributes.safetensors``, ``latents-pca.png``).
+"""
+
+from __future__ import annotations
+
+import colorsys
+import hashlib
+import io
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from storage.items import Journal, item_table, write_item_index
+from storage.workspace import IGNORE_INDEX, Workspace, WorkspaceError, image_spec
+from tasks.gaugan import MODEL_DIR, GauganOptions, Trained, collect_pairs, generate_images
+from tasks.imageio import BadImage, encode_png, load_square, square_mask
+
+log = logging.getLogger(__name__)
+
+STAGE = "generate"
+ARRAY = "generated/images"
+HAIR_COLOURS = {
+    "black": (25, 25, 30),
+    "brown": (120, 70, 35),
+    "blonde": (235, 205, 90),
+    "red": (215, 40, 40),
+    "pink": (245, 140, 190),
+    "purple": (140, 70, 200),
+    "blue": (50, 100, 230),
+    "green": (50, 170, 70),
+    "white": (200, 200, 210),
+    "grey": (128, 128, 128),
+}
+
+
+def hair_label(image: np.ndarray, mask: np.ndarray, hair_id: int, min_pixels: int = 64) -> str | None:
+    """A hair-colour bucket from the median HSV of the hair pixels, or None with too few of them."""
+    px = image[mask == hair_id]
+    if len(px) < min_pixels:
+        return None
+    r, g, b = (float(np.median(px[:, c])) / 255 for c in range(3))
+    h, s, v = colorsys.rgb_to_hsv(r, g, b)
+    hue = h * 360
+    if v < 0.22:
+        return "black"
+    if s < 0.18:
+        return "white" if v > 0.75 else ("black" if v < 0.35 else "grey")
+    if hue < 15 or hue >= 345:
+        return "pink" if s < 0.5 and v > 0.7 else "red"
+    if hue < 50:
+        return "blonde" if v > 0.7 and s < 0.75 else "brown"
+    if hue < 70:
+        return "blonde"
+    if hue < 165:
+        return "green"
+    if hue < 255:
+        return "blue"
+    if hue < 290:
+        return "purple"
+    return "pink"
+
+
+@dataclass
+class Attributes:
+    """Hair labels of the encoded training images, their latents, and a direction per label."""
+
+    labels: list[str]
+    latents: torch.Tensor
+    directions: dict[str, torch.Tensor]
+    counts: dict[str, int]
+
+    def direction(self, name: str, value: str) -> torch.Tensor:
+        if name != "hair":
+            raise WorkspaceError(f"unknown attribute {name!r}: the attributes are hair=<colour>")
+        if value not in self.directions:
+            have = ", ".join(f"{k} ({self.counts[k]})" for k in sorted(self.directions)) or "none"
+            raise WorkspaceError(f"no direction for hair={value}: training images had too few; available: {have}")
+        return self.directions[value]
+
+
+def compute_attributes(ws: Workspace, model: Trained, limit: int = 2000, min_count: int = 2) -> Attributes:
+    """Encode up to ``limit`` training images, label their hair, take label-mean directions."""
+    opts = GauganOptions(**{**model.config["options"], "device": "cpu"})
+    pairs = collect_pairs(ws, opts)
+    entries = pairs.train
+    if len(entries) > limit:
+        step = len(entries) / limit
+        entries = [entries[int(i * step)] for i in range(limit)]
+    hair_id = ws.classes.index("hair") if "hair" in ws.classes else -1
+    labels: list[str] = []
+    latents = []
+    for i in range(0, len(entries), 32):
+        x, y = pairs.read(entries[i : i + 32])
+        with torch.inference_mode():
+            mu, _ = model.encoder(x.to(model.device))
+        latents.append(mu.float().cpu())
+        imgs = ((x + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+        labels += [hair_label(imgs[k], y[k].numpy(), hair_id) or "" for k in range(len(imgs))]
+    z = torch.cat(latents)
+    counts: dict[str, int] = {}
+    for lab in labels:
+        if lab:
+            counts[lab] = counts.get(lab, 0) + 1
+    directions = {}
+    known = torch.tensor([bool(lab) for lab in labels])
+    for lab, n in counts.items():
+        if n < min_count:
+            continue
+        inside = torch.tensor([x == lab for x in labels])
+        others = known & ~inside
+        if others.any():
+            directions[lab] = z[inside].mean(0) - z[others].mean(0)
+    return Attributes(labels, z, directions, counts)
+
+
+def attributes_for(ws: Workspace, model: Trained) -> Attributes:
+    """The checkpoint's attributes, computed (and stored beside it with a PCA plot) on first use."""
+    from safetensors.torch import load, save
+
+    base = f"models/{MODEL_DIR}/{model.checkpoint}"
+    if ws.loc.exists(f"{base}/attributes.json"):
+        meta = ws.loc.read_json(f"{base}/attributes.json")
+        tensors = load(ws.loc.read_bytes(f"{base}/attributes.safetensors"))
+        directions = {k.removeprefix("hair="): v for k, v in tensors.items() if k.startswith("hair=")}
+        return Attributes(meta["labels"], tensors["latents"], directions, meta["counts"])
+    attrs = compute_attributes(ws, model)
+    tensors = {f"hair={k}": v.contiguous() for k, v in attrs.directions.items()}
+    tensors["latents"] = attrs.latents.contiguous()
+    ws.loc.write_bytes(f"{base}/attributes.safetensors", save(tensors))
+    ws.loc.write_bytes(f"{base}/latents-pca.png", pca_plot(attrs.latents, attrs.labels))
+    ws.loc.write_json(f"{base}/attributes.json", {"attribute": "hair", "counts": attrs.counts, "labels": attrs.labels})
+    return attrs
+
+
+def pca_plot(latents: torch.Tensor, labels: list[str], side: int = 560) -> bytes:
+    """PNG scatter of the latents' first two principal components, coloured by hair label."""
+    from PIL import Image, ImageDraw
+
+    z = latents.double().numpy()
+    z = z - z.mean(0)
+    if len(z) >= 2:
+        _, _, vt = np.linalg.svd(z, full_matrices=False)
+        xy = z @ vt[:2].T
+    else:
+        xy = np.zeros((len(z), 2))
+    lo, hi = xy.min(0), xy.max(0)
+    span = np.where(hi - lo > 0, hi - lo, 1)
+    plot = side - 140
+    pts = 20 + (xy - lo) / span * (plot - 40)
+    im = Image.new("RGB", (side, plot), (255, 255, 255))
+    draw = ImageDraw.Draw(im)
+    for (x, y), lab in zip(pts, labels, strict=True):
+        colour = HAIR_COLOURS.get(lab, (200, 200, 200))
+        draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colour, outline=(0, 0, 0) if lab == "white" else None)
+    draw.text((plot + 10, 10), "hair (PCA of\nencoder latents)", fill=(0, 0, 0))
+    present = sorted({lab for lab in labels if lab})
+    for k, lab in enumerate(present):
+        y = 50 + 18 * k
+        draw.rectangle((plot + 10, y, plot + 22, y + 12), fill=HAIR_COLOURS[lab], outline=(0, 0, 0))
+        draw.text((plot + 28, y), f"{lab} ({labels.count(lab)})", fill=(0, 0, 0))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# -- generate ----------------------------------------------------------------------------------
+def read_masks(mask_dir: str, size: int, num_classes: int) -> tuple[list[str], list[np.ndarray], list[tuple[str, str]]]:
+    """Class-id PNG masks of ``mask_dir`` (not recursive), squared to ``size``; and the refused ones."""
+    from PIL import Image
+
+    from storage.sources import item_id
+
+    if not os.path.isdir(mask_dir):
+        raise FileNotFoundError(f"{mask_dir} is not a folder")
+    root = os.path.realpath(mask_dir)
+    ids, masks, refused = [], [], []
+    for name in sorted(os.listdir(mask_dir)):
+        full = os.path.join(mask_dir, name)
+        if not name.lower().endswith(".png") or not os.path.isfile(full):
+            continue
+        if os.path.commonpath([root, os.path.realpath(full)]) != root:
+            refused.append((full, "symlink points outside the mask folder"))
+            continue
+        try:
+            with Image.open(full) as im:
+                if im.mode not in ("L", "P", "I;16", "I"):
+                    raise ValueError(f"a mask must be a single-channel class-id PNG, not mode {im.mode}")
+                if im.width * im.height > 8192 * 8192:
+                    raise ValueError(f"{im.width}x{im.height} is too large for a mask")
+                arr = np.asarray(im).astype(np.int64)
+            bad = (arr >= num_classes) & (arr != IGNORE_INDEX)
+            if bad.any():
+                raise ValueError(f"class ids {sorted(set(np.unique(arr[bad]).tolist()))[:5]} >= {num_classes} classes")
+            masks.append(square_mask(arr.astype(np.uint8), size, "crop"))
+            ids.append(item_id(name))
+        except Exception as exc:  # one bad mask must not stop the others
+            refused.append((full, f"unreadable mask: {exc}"))
+    return ids, masks, refused
+
+
+def mask_latents(ids: list[str], z_dim: int, seed: int) -> torch.Tensor:
+    rows = []
+    for item in ids:
+        digest = hashlib.sha256(f"{seed}\0{item}".encode()).digest()
+        g = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+        rows.append(torch.randn(z_dim, generator=g))
+    return torch.stack(rows) if rows else torch.zeros(0, z_dim)
+
+
+def style_latent(model: Trained, style_image: str) -> torch.Tensor:
+    """The encoder's mean latent of a reference image (any size; squared and resized)."""
+    with open(style_image, "rb") as f:
+        data = f.read()
+    try:
+        rgb = load_square(data, model.encoder.size)
+    except BadImage as exc:
+        raise WorkspaceError(f"--style-image {style_image}: {exc}") from None
+    x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    with torch.inference_mode():
+        mu, _ = model.encoder(x.to(model.device))
+    return mu.float().cpu()[0]
+
+
+def generate(
+    ws: Workspace,
+    model: Trained,
+    mask_dir: str,
+    out: str,
+    style_image: str | None = None,
+    seed: int = 0,
+    attribute: tuple[str, str] | None = None,
+    strength: float = 1.0,
+) -> dict[str, Any]:
+    """One image per mask into ``out`` (``<id>.png``) and ``generated/images``."""
+    size, z_dim = model.generator.size, model.generator.z_dim
+    ids, masks, refused = read_masks(mask_dir, size, model.generator.label_nc)
+    for source, reason in refused:
+        ws.quarantine(source, STAGE, reason)
+    if not ids:
+        raise WorkspaceError(f"no usable class-id PNG masks in {mask_dir}")
+    if style_image:
+        z = style_latent(model, style_image).expand(len(ids), z_dim).clone()
+    else:
+        z = mask_latents(ids, z_dim, seed)
+    direction = None
+    if attribute:
+        direction = attributes_for(ws, model).direction(*attribute)
+        z = z + strength * direction
+    m = torch.from_numpy(np.stack(masks)).long()
+    images = generate_images(model.generator, m, z, model.device).permute(0, 2, 3, 1).numpy()
+    os.makedirs(out, exist_ok=True)
+    for item, img in zip(ids, images, strict=True):
+        with open(os.path.join(out, f"{item}.png"), "wb") as f:
+            f.write(encode_png(np.ascontiguousarray(img)))
+    style = f"image:{os.path.basename(style_image)}" if style_image else f"seed:{seed}"
+    if attribute:
+        style += f"+{attribute[0]}={attribute[1]}*{strength}"
+    store_generated(ws, ids, images, [os.path.join(mask_dir, f"{i}.png") for i in ids], model.digest, style)
+    strip = None
+    if direction is not None and attribute is not None:
+        strip = os.path.join(out, f"attribute-{attribute[0]}-{attribute[1]}.png")
+        with open(strip, "wb") as f:
+            f.write(interpolation_strip(model, m[:4], z[:4] - strength * direction, direction, strength))
+    return {"generated": len(ids), "refused": len(refused), "out": out, "style": style, "strip": strip}
+
+
+def interpolation_strip(
+    model: Trained, masks: torch.Tensor, z: torch.Tensor, direction: torch.Tensor, strength: float, steps: int = 6
+) -> bytes:
+    """Rows (one per mask) of images at strengths 0 .. ``strength`` along ``direction``."""
+    rows = []
+    alphas = np.linspace(0, strength, steps)
+    for i in range(len(masks)):
+        zs = torch.stack([z[i] + float(a) * direction for a in alphas])
+        imgs = generate_images(model.generator, masks[i : i + 1].expand(steps, -1, -1), zs, model.device)
+        rows.append(np.concatenate(list(imgs.permute(0, 2, 3, 1).numpy()), axis=1))
+    return encode_png(np.concatenate(rows, axis=0))
+
+
+def store_generated(
+    ws: Workspace, ids: list[str], images: np.ndarray, sources: list[str], digest: str, style: str
+) -> None:
+    """Append the images to ``generated/images`` (a newer image of an id replaces the older)."""
+    size = images.shape[1]
+    version = f"gaugan:{digest}:{style}"
+    batch = Journal(ws, "generated").add(
+        version, {"style": style}, [{"id": i, "source": s} for i, s in zip(ids, sources, strict=True)]
+    )
+    arr = ws.require_array(ARRAY, image_spec(size), batch.end)
+    if arr.shape[0] < batch.end:
+        ws.grow(ARRAY, batch.end)
+    k = 0
+    for shard in batch.shard_indices():
+        srcs = batch.sources_of(shard)
+        data = np.ascontiguousarray(images[k : k + len(srcs)])
+        start = shard * ws.shard_size
+        entries = [
+            {
+                "slot": start + j,
+                "id": s["id"],
+                "source": s["source"],
+                "sha256": hashlib.sha256(data[j].tobytes() + style.encode()).hexdigest(),
+                "style": style,
+                "status": "ok",
+            }
+            for j, s in enumerate(srcs)
+        ]
+        ws.write_shard(ARRAY, shard, data)
+        ws.write_marker(ARRAY, shard, version, entries=entries)
+        k += len(srcs)
+    write_item_index(ws, item_table(ws, "generated"))
