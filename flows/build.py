@@ -17,6 +17,7 @@ from flows.augment import augment
 from flows.gaugan import eval_gaugan_flow, generate_flow, train_gaugan_flow
 from flows.ingest import ingest_images
 from flows.labelme import ingest_labelme
+from flows.lineart import render_lineart, train_lineart_flow
 from flows.pseudolabel import pseudolabel
 from flows.runtime import run_flow
 from flows.segment import train_unet_flow
@@ -24,6 +25,7 @@ from flows.synth import synth
 from storage.items import item_table
 from storage.workspace import Workspace
 from tasks.annotations import LabelmeOptions
+from tasks.artline import LineartTrainOptions
 from tasks.augment import AugmentOptions
 from tasks.gaugan import GauganOptions
 from tasks.ingest import IngestOptions
@@ -31,7 +33,16 @@ from tasks.report import contact_sheet
 from tasks.segment import TrainOptions
 from tasks.status import status_lines, workspace_status
 
-STAGES = ("ingest-labelme", "augment", "train-unet", "ingest-images", "pseudolabel", "train-gaugan")
+STAGES = (
+    "ingest-labelme",
+    "augment",
+    "train-unet",
+    "ingest-images",
+    "pseudolabel",
+    "train-gaugan",
+    "train-lineart",
+    "render-lineart",
+)
 
 
 class DemoOptions(BaseModel):
@@ -47,6 +58,11 @@ class DemoOptions(BaseModel):
     gaugan_steps: int = Field(300, ge=1)
     gaugan_vae_steps: int = Field(150, ge=0)
     gaugan_checkpoint_every: int = Field(100, ge=1)
+    lineart_size: int = Field(128, ge=32)
+    lineart_epochs: tuple[int, ...] = (4, 3, 4)
+
+    def lineart(self) -> LineartTrainOptions:
+        return LineartTrainOptions(size=self.lineart_size, epochs=self.lineart_epochs)
 
     def gaugan(self) -> GauganOptions:
         return GauganOptions(
@@ -68,6 +84,7 @@ class DemoOptions(BaseModel):
             gaugan_steps=2000,
             gaugan_vae_steps=400,
             gaugan_checkpoint_every=200,
+            lineart_size=256,
         )
 
 
@@ -82,6 +99,7 @@ def build(
     augment_options: AugmentOptions | None = None,
     train_options: TrainOptions | None = None,
     gaugan_options: GauganOptions | None = None,
+    lineart_options: LineartTrainOptions | None = None,
 ) -> dict[str, Any]:
     """Run the chain's stages in order on ``workspace``.
 
@@ -135,6 +153,16 @@ def build(
             results["train-gaugan"] = train_gaugan_flow(workspace=workspace, options=opts)
         else:
             logger.info("train-gaugan: needs annotations or pseudo-labelled corpus images")
+    if "train-lineart" in stages:
+        results["train-lineart"] = train_lineart_flow(
+            workspace=workspace, options=lineart_options or LineartTrainOptions()
+        )
+    if "render-lineart" in stages:
+        if len(item_table(ws, "corpus")):
+            methods = ["canny", "xdog"] + (["artline"] if ws.loc.exists("models/artline/tags/latest.json") else [])
+            results["render-lineart"] = {m: run_flow(render_lineart, workspace=workspace, method=m) for m in methods}
+        else:
+            logger.info("render-lineart: no corpus images yet")
     return results
 
 
@@ -149,8 +177,7 @@ def write_report(
         status["gaugan"] = gaugan
     text = "\n".join(status_lines(status)) + "\n"
     for name, ev in (evaluation or {}).items():
-        per_class = ", ".join(f"{c} {v:.3f}" for c, v in ev.get("iou", {}).items())
-        text += f"\n{name}: mIoU {ev['miou']:.4f} on {ev['images']} images ({per_class})\n"
+        text += "\n" + "\n".join(evaluation_lines(name, ev)) + "\n"
     if gaugan:
         text += "\n" + "\n".join(gaugan_lines(gaugan)) + "\n"
     paths = {
@@ -188,12 +215,16 @@ def demo(workspace: str, options: DemoOptions = DemoOptions()) -> dict[str, Any]
         labelme=ws.sub_url("sources/synth/labelme"),
         train_options=TrainOptions(epochs=options.unet_epochs),
         gaugan_options=options.gaugan(),
+        lineart_options=options.lineart(),
         size=options.size,
         shard_size=options.shard_size,
     )
     evaluation: dict[str, Any] = {}
     if ws.has_array("corpus/masks"):
         evaluation["pseudo-labels vs synth truth"] = synth_truth_miou(ws, ws.sub_url("sources/synth/truth"))
+    lineart = synth_truth_lineart(ws, ws.sub_url("sources/synth/lines"))
+    if lineart:
+        evaluation["line art vs synth truth"] = lineart
     gaugan: dict[str, Any] = {}
     if ws.loc.exists("models/gaugan/tags/latest.json"):
         gaugan = eval_gaugan_flow(workspace=workspace)
@@ -228,6 +259,20 @@ def _demo_attribute(ws: Workspace) -> str | None:
     return f"hair={ranked[0]}" if ranked else None
 
 
+def evaluation_lines(name: str, ev: dict[str, Any]) -> list[str]:
+    """One evaluation as text: an mIoU with its classes, or line-art F1 per method."""
+    if "miou" in ev:
+        per_class = ", ".join(f"{c} {v:.3f}" for c, v in ev.get("iou", {}).items())
+        return [f"{name}: mIoU {ev['miou']:.4f} on {ev['images']} images ({per_class})"]
+    lines = [f"{name} (boundary F1 at 2 px):"]
+    for method, r in ev.items():
+        lines.append(
+            f"  {method:<8} F1 {r['f1']:.4f} (precision {r['precision']:.4f}, recall {r['recall']:.4f}) "
+            f"on {r['images']} images"
+        )
+    return lines
+
+
 def gaugan_lines(gaugan: dict[str, Any]) -> list[str]:
     """GauGAN's evaluation as text: the schedule's semantic consistency, then the final figures."""
     lines = []
@@ -241,6 +286,27 @@ def gaugan_lines(gaugan: dict[str, Any]) -> list[str]:
         f"(real images: {real['semantic_miou']:.4f} / {real['pixel_accuracy']:.4f})"
     )
     return lines
+
+
+def synth_truth_lineart(ws: Workspace, lines_url: str) -> dict[str, Any]:
+    """Boundary F1 (2 px) of every rendered line-art method against synth's truth lines."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from storage.location import Location
+    from tasks.lineart import METHODS, array_name, lineart_against
+
+    methods = [m for m in METHODS if ws.has_array(array_name(m))]
+    if not methods:
+        return {}
+    loc = Location(lines_url)
+    truth = {}
+    for item in item_table(ws, "corpus").by_id:
+        if loc.exists(f"{item}.png"):
+            truth[item] = np.asarray(Image.open(io.BytesIO(loc.read_bytes(f"{item}.png"))).convert("L"))
+    return {m: lineart_against(ws, m, truth) for m in methods}
 
 
 def synth_truth_miou(ws: Workspace, truth_url: str) -> dict[str, Any]:

@@ -137,6 +137,29 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default="latest")
     s.add_argument("--count", type=int, default=0, help="held-out masks to use (default: all)")
 
+    s = sub.add_parser("train-lineart", help="train the ArtLine-style line-art model; checkpoints in models/artline")
+    s.add_argument("--size", type=_positive, default=256, help="final training side (multiple of 16)")
+    s.add_argument("--pairs", default=None, help="folder of pairs in synth's layout (default: drawn by synth)")
+    s.add_argument("--count", type=_positive, default=320, help="pairs to draw when no --pairs")
+    s.add_argument("--epochs", default="4,3,4", help="epochs at size/4, size/2, size (progressive resizing)")
+    s.add_argument("--batch-size", type=_positive, default=8)
+    s.add_argument("--lr", type=float, default=2e-3)
+    s.add_argument("--model", default="artline-unet-small", help="a registered line-art network")
+    s.add_argument(
+        "--feature-weight",
+        type=float,
+        default=None,
+        help="VGG16 feature + Gram loss scale (default: 1 with --vgg-weights, else 0)",
+    )
+    s.add_argument("--vgg-weights", default=None, help="local file of ImageNet VGG16 weights")
+    s.add_argument("--seed", type=int, default=0)
+
+    s = sub.add_parser("render-lineart", help="corpus/lineart/<method> for every corpus image")
+    s.add_argument("--method", choices=("canny", "xdog", "artline"), required=True)
+    s.add_argument("--model", default="latest", help="artline checkpoint tag or name")
+    s.add_argument("--shards", default=None, help="A:B, a range of shards (backfills)")
+    s.add_argument("--force", action="store_true", help="render again even shards done with this version")
+
     s = sub.add_parser("annotate", help="open the labelme GUI on DIR with the workspace's labels")
     s.add_argument("dir")
 
@@ -393,6 +416,77 @@ def _cmd_eval_gaugan(a: argparse.Namespace, config: RunConfig) -> int:
     return 0
 
 
+def _cmd_train_lineart(a: argparse.Namespace, config: RunConfig) -> int:
+    from flows.lineart import train_lineart_flow
+    from flows.runtime import prefect_api
+    from tasks.artline import LineartTrainOptions
+
+    if a.pairs and not os.path.isdir(a.pairs):
+        raise UsageError(f"{a.pairs} is not a folder")
+    if a.vgg_weights and not os.path.isfile(a.vgg_weights):
+        raise UsageError(f"{a.vgg_weights} does not exist")
+    try:
+        epochs = tuple(int(e) for e in a.epochs.split(","))
+    except ValueError:
+        raise UsageError(f"--epochs takes comma-separated counts (6,3,1), not {a.epochs!r}") from None
+    sizes = tuple(s for s in (a.size // 4, a.size // 2, a.size) if s >= 32)[-len(epochs) :]
+    options = LineartTrainOptions(
+        model=a.model,
+        size=a.size,
+        sizes=sizes,
+        epochs=epochs,
+        pairs=a.pairs,
+        count=a.count,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        feature_weight=a.feature_weight,
+        vgg_weights=a.vgg_weights,
+        seed=a.seed,
+        device=config.device,
+    )
+    with prefect_api():
+        r = train_lineart_flow(workspace=config.workspace, options=options)
+    if r["already_done"]:
+        print(f"run {r['run']} already finished its {r['epochs']} epochs: nothing to do")
+    elif r["resumed_at"]:
+        print(f"resumed run {r['run']} after epoch {r['resumed_at']} of {r['epochs']}")
+    last = r["last"]
+    print(
+        f"trained the line-art model {r['epochs']} epochs on {r['pairs']}; held-out boundary F1 {last.get('f1')} "
+        f"at {last.get('size')} px; checkpoint {r['checkpoint']} in models/artline"
+    )
+    return 0
+
+
+def _cmd_render_lineart(a: argparse.Namespace, config: RunConfig) -> int:
+    from flows.lineart import render_lineart
+    from flows.runtime import run_flow
+    from storage.checkpoints import resolve
+    from storage.workspace import Workspace
+
+    if a.shards and not all(p.strip().isdigit() or not p.strip() for p in a.shards.split(":")):
+        raise UsageError(f"--shards takes A:B (shard numbers), not {a.shards!r}")
+    if a.method == "artline":
+        resolve(Workspace(config.workspace), "artline", a.model)  # a clear error before starting anything
+    r = _run(
+        config,
+        lambda: run_flow(
+            render_lineart,
+            workspace=config.workspace,
+            method=a.method,
+            model=a.model,
+            shards=a.shards,
+            force=a.force,
+            device=config.device,
+        ),
+    )
+    print(
+        f"rendered {r['rendered']} corpus images with {a.method} in {r['shards']} shard(s) into "
+        f"corpus/lineart/{a.method}; {r['corpus_items']} corpus items in all"
+    )
+    return 0
+
+
 def _cmd_pseudolabel(a: argparse.Namespace, config: RunConfig) -> int:
     from flows.pseudolabel import pseudolabel
     from flows.runtime import run_flow
@@ -499,10 +593,10 @@ def _cmd_demo(a: argparse.Namespace, config: RunConfig) -> int:
     options = DemoOptions.full() if a.full else DemoOptions()
     r = _run(config, lambda: demo(workspace=config.workspace, options=options))
     print("\n".join(_demo_lines(config.workspace)))
-    from flows.build import gaugan_lines
+    from flows.build import evaluation_lines, gaugan_lines
 
     for name, ev in r.get("evaluation", {}).items():
-        print(f"{name}: mIoU {ev['miou']:.4f} on {ev['images']} images")
+        print("\n".join(evaluation_lines(name, ev)))
     if r.get("gaugan"):
         print("\n".join(gaugan_lines(r["gaugan"])))
     print("report: " + ", ".join(r["report"].values()))
@@ -526,6 +620,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, RunConfig], int]] = {
     "pseudolabel": _cmd_pseudolabel,
     "export-labelme": _cmd_export_labelme,
     "train-gaugan": _cmd_train_gaugan,
+    "train-lineart": _cmd_train_lineart,
+    "render-lineart": _cmd_render_lineart,
     "generate": _cmd_generate,
     "eval-gaugan": _cmd_eval_gaugan,
     "export": _cmd_export,

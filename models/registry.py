@@ -44,5 +44,6 @@ def list_models(kind: str) -> list[str]:
 
 def _load_builtin() -> None:
     # Importing the model modules registers them; kept lazy so importing the registry is cheap.
+    import models.artline  # noqa: F401
     import models.spade  # noqa: F401
     import models.unet  # noqa: F401

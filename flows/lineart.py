@@ -1,0 +1,106 @@
+"""The line-art flows: ``train-lineart`` (in process) and ``render-lineart`` (shards on Dask)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from flows.runtime import gpu_workers
+from flows.shards import run_shards
+from storage.checkpoints import load_checkpoint
+from storage.items import item_table
+from storage.workspace import Workspace, WorkspaceError
+from tasks.artline import MODEL_DIR, LineartTrainOptions, train_lineart
+from tasks.ingest import ShardResult
+from tasks.lineart import METHODS, LineartShardSpec, array_name, lineart_shard, method_version, prepare_array
+
+
+@flow(name="train-lineart")
+def train_lineart_flow(workspace: str, options: LineartTrainOptions = LineartTrainOptions()) -> dict[str, Any]:  # noqa: B008
+    """Train the ArtLine-style model with progressive resizing; checkpoints in ``models/artline``."""
+    logger = get_run_logger()
+    ws = Workspace(workspace)
+    rows: list[dict[str, Any]] = []
+
+    def on_epoch(m: dict[str, Any]) -> None:
+        rows.append(m)
+        create_table_artifact(key="train-lineart-metrics", table=rows, description=f"train-lineart on {ws.url}")
+        logger.info("epoch %s at %s px: F1 %s (%s s)", m["epoch"], m["size"], m["f1"], m["seconds"])
+
+    columns = (TextColumn("train-lineart"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=True, disable=not sys.stderr.isatty()) as bar:
+        job = bar.add_task("steps", total=None)
+        result = train_lineart(ws, options, on_epoch, lambda d, t: bar.update(job, completed=d, total=t))
+    if result["resumed_at"] and not result["already_done"]:
+        logger.info("resumed after epoch %d", result["resumed_at"])
+    return result
+
+
+@task(name="lineart-shard", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def lineart_shard_task(spec: LineartShardSpec) -> ShardResult:
+    return lineart_shard(spec)
+
+
+@flow(name="render-lineart")
+def render_lineart(
+    workspace: str,
+    method: str = "xdog",
+    model: str = "latest",
+    shards: str | None = None,
+    force: bool = False,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Fill ``corpus/lineart/<method>`` for every corpus shard not yet rendered by this version."""
+    logger = get_run_logger()
+    if method not in METHODS:
+        raise WorkspaceError(f"--method must be one of {', '.join(METHODS)}, not {method!r}")
+    ws = Workspace(workspace)
+    table = item_table(ws, "corpus")
+    if not len(table):
+        raise WorkspaceError(f"{ws.url} has no corpus images: run ingest-images first")
+    checkpoint, digest = "", ""
+    if method == "artline":
+        ckpt = load_checkpoint(ws, MODEL_DIR, model)
+        checkpoint, digest = ckpt.name, ckpt.digest
+    version = method_version(method, digest)
+    array = array_name(method)
+    prepare_array(ws, method)
+    lo, hi = 0, ws.shards_of(table.length)
+    if shards:
+        a, _, b = shards.partition(":")
+        lo, hi = int(a or lo), int(b or hi)
+    done = ws.markers(array)
+    specs = []
+    for shard in range(lo, hi):
+        slots = [s for s, _ in table.slots_in(ws.shard_slots(shard, table.length))]
+        if not slots:
+            continue
+        if force:
+            ws.clear_markers(array, [shard])
+        elif done.get(shard, {}).get("version") == version:
+            continue
+        specs.append(LineartShardSpec(ws.url, shard, method, version, checkpoint, slots, device))
+    logger.info("render-lineart %s (version %s): %d shard task(s) of %d..%d", method, version, len(specs), lo, hi)
+    resources = {"GPU": 1} if method == "artline" and gpu_workers() else None
+    results: list[ShardResult] = run_shards(lineart_shard_task, specs, f"lineart-{method}", resources)
+    seconds = sum(r.seconds for r in results)
+    summary = {
+        "method": method,
+        "version": version,
+        "checkpoint": checkpoint or None,
+        "rendered": sum(r.ok for r in results),
+        "shards": len(specs),
+        "corpus_items": len(table),
+        "task_seconds": round(seconds, 1),
+    }
+    create_table_artifact(
+        key=f"render-lineart-{method}",
+        table=[{"what": k, "value": v} for k, v in summary.items()],
+        description=f"render-lineart {method} of {ws.url}",
+    )
+    return summary
