@@ -31,6 +31,11 @@ test-slow: setup
 
 bench: setup
 	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench.augment
+	$(BIN)/python -m bench.pseudolabel
+	$(BIN)/python -m bench.gaugan
+	$(BIN)/python -m bench.lineart
+	$(BIN)/python -m bench.styles
 
 clean:
 	rm -rf $(VENV) .prefect workspace .pytest_cache .mypy_cache .ruff_cache

@@ -21,12 +21,15 @@ from flows.lineart import render_lineart, train_lineart_flow
 from flows.pseudolabel import pseudolabel
 from flows.runtime import run_flow
 from flows.segment import train_unet_flow
+from flows.style import render_style, train_colorizer_flow
 from flows.synth import synth
 from storage.items import item_table
 from storage.workspace import Workspace
 from tasks.annotations import LabelmeOptions
 from tasks.artline import LineartTrainOptions
 from tasks.augment import AugmentOptions
+from tasks.colorizer import ColorizerOptions
+from tasks.fast_style import FastStyleOptions
 from tasks.gaugan import GauganOptions
 from tasks.ingest import IngestOptions
 from tasks.report import contact_sheet
@@ -42,6 +45,8 @@ STAGES = (
     "train-gaugan",
     "train-lineart",
     "render-lineart",
+    "train-colorizer",
+    "render-style",
 )
 
 
@@ -60,6 +65,10 @@ class DemoOptions(BaseModel):
     gaugan_checkpoint_every: int = Field(100, ge=1)
     lineart_size: int = Field(128, ge=32)
     lineart_epochs: tuple[int, ...] = (4, 3, 4)
+    colorizer_size: int = Field(128, ge=32)
+    colorizer_epochs: int = Field(6, ge=1)
+    fast_style_size: int = Field(128, ge=16)
+    fast_style_steps: int = Field(100, ge=1)
 
     def lineart(self) -> LineartTrainOptions:
         return LineartTrainOptions(size=self.lineart_size, epochs=self.lineart_epochs)
@@ -100,6 +109,9 @@ def build(
     train_options: TrainOptions | None = None,
     gaugan_options: GauganOptions | None = None,
     lineart_options: LineartTrainOptions | None = None,
+    colorizer_options: ColorizerOptions | None = None,
+    style_image: str | None = None,
+    fast_options: FastStyleOptions | None = None,
 ) -> dict[str, Any]:
     """Run the chain's stages in order on ``workspace``.
 
@@ -163,6 +175,33 @@ def build(
             results["render-lineart"] = {m: run_flow(render_lineart, workspace=workspace, method=m) for m in methods}
         else:
             logger.info("render-lineart: no corpus images yet")
+    if "train-colorizer" in stages:
+        if len(item_table(ws, "corpus")):
+            results["train-colorizer"] = train_colorizer_flow(
+                workspace=workspace, options=colorizer_options or ColorizerOptions(size=min(256, size))
+            )
+        else:
+            logger.info("train-colorizer: no corpus images yet")
+    if "render-style" in stages:
+        if len(item_table(ws, "corpus")):
+            rendered = {"toon": run_flow(render_style, workspace=workspace, method="npr", name="toon", style="toon")}
+            if style_image:
+                rendered["fast"] = run_flow(
+                    render_style,
+                    workspace=workspace,
+                    method="fast",
+                    name="fast",
+                    style_image=style_image,
+                    fast_options=fast_options or FastStyleOptions(),
+                )
+            if ws.loc.exists("models/colorizer/tags/latest.json"):
+                lines = "artline" if ws.has_array("corpus/lineart/artline") else "canny"
+                rendered["colorized"] = run_flow(
+                    render_style, workspace=workspace, method="colorize", name="colorized", lines=lines
+                )
+            results["render-style"] = rendered
+        else:
+            logger.info("render-style: no corpus images yet")
     return results
 
 
@@ -216,6 +255,9 @@ def demo(workspace: str, options: DemoOptions = DemoOptions()) -> dict[str, Any]
         train_options=TrainOptions(epochs=options.unet_epochs),
         gaugan_options=options.gaugan(),
         lineart_options=options.lineart(),
+        colorizer_options=ColorizerOptions(size=options.colorizer_size, epochs=options.colorizer_epochs),
+        style_image=demo_style_image(ws),
+        fast_options=FastStyleOptions(size=options.fast_style_size, steps=options.fast_style_steps),
         size=options.size,
         shard_size=options.shard_size,
     )
@@ -245,6 +287,22 @@ def demo(workspace: str, options: DemoOptions = DemoOptions()) -> dict[str, Any]
             )
     report = write_report(ws, evaluation, gaugan)
     return {"synth": drawn, "build": built, "report": report, "evaluation": evaluation, "gaugan": gaugan}
+
+
+def demo_style_image(ws: Workspace) -> str | None:
+    """A procedural style image for the demo (bold colour waves with dark strokes), in the workspace."""
+    import numpy as np
+
+    from tasks.imageio import encode_png
+
+    if ws.loc.remote:
+        return None
+    y, x = np.mgrid[0:256, 0:256].astype(np.float32) / 256
+    waves = np.sin(12 * x + 6 * np.sin(5 * y)) * np.cos(9 * y - 4 * np.cos(7 * x))
+    hue = (waves + 1) / 2
+    rgb = np.stack([np.sin(6.28 * (hue + k / 3)) * 0.5 + 0.5 for k in range(3)], axis=-1)
+    rgb[np.abs(waves) < 0.08] = 0.05
+    return ws.write_file("sources/style.png", encode_png((rgb * 255).astype(np.uint8)))
 
 
 def _demo_attribute(ws: Workspace) -> str | None:

@@ -160,6 +160,52 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--shards", default=None, help="A:B, a range of shards (backfills)")
     s.add_argument("--force", action="store_true", help="render again even shards done with this version")
 
+    s = sub.add_parser("stylize", help="one image, Gatys et al. with the options of the MXNet neural-art example")
+    s.add_argument("content")
+    s.add_argument("style")
+    s.add_argument("out")
+    s.add_argument("--content-weight", type=float, default=10.0)
+    s.add_argument("--style-weight", type=float, default=1.0)
+    s.add_argument("--tv-weight", type=float, default=1e-2)
+    s.add_argument("--stop-eps", type=float, default=0.005)
+    s.add_argument("--max-num-epochs", type=_positive, default=1000)
+    s.add_argument("--max-long-edge", type=_positive, default=512)
+    s.add_argument("--lr", type=float, default=None, help="default: 1 (lbfgs), 0.02 (adam), 10 (sgd)")
+    s.add_argument("--remove-noise", type=float, default=0.2, help="TV denoising of the result (0: none)")
+    s.add_argument("--save-epochs", type=int, default=50, help="intermediate images every N epochs (0: none)")
+    s.add_argument("--init", choices=("content", "noise"), default="content")
+    s.add_argument("--optimizer", choices=("lbfgs", "adam", "sgd"), default="lbfgs")
+    s.add_argument("--pool", choices=("max", "avg"), default="max")
+    s.add_argument("--vgg-weights", default=None, help="local file of ImageNet VGG19 weights")
+    s.add_argument("--seed", type=int, default=0)
+
+    s = sub.add_parser("train-style", help="train a fast (feed-forward) style model for a style image")
+    s.add_argument("--style-image", required=True)
+    s.add_argument("--size", type=_positive, default=256)
+    s.add_argument("--steps", type=_positive, default=300)
+    s.add_argument("--batch-size", type=_positive, default=4)
+    s.add_argument("--style-weight", type=float, default=5.0)
+    s.add_argument("--vgg-weights", default=None, help="local file of ImageNet VGG16 weights")
+
+    s = sub.add_parser("train-colorizer", help="train the line-drawing colouriser (palette classes per pixel)")
+    s.add_argument("--size", type=_positive, default=256)
+    s.add_argument("--num-values", type=_positive, default=3, help="levels per channel: num_values**3 colours")
+    s.add_argument("--epochs", type=_positive, default=8)
+    s.add_argument("--batch-size", type=_positive, default=8)
+    s.add_argument("--json", action="store_true", help='print {"palette_accuracy": ...}')
+
+    s = sub.add_parser("render-style", help="corpus/styled/NAME for every corpus image")
+    s.add_argument("--method", choices=("npr", "fast", "gatys", "colorize"), required=True)
+    s.add_argument("--name", required=True, help="the array: corpus/styled/NAME")
+    s.add_argument("--style", default="toon", help="npr style: stylization, pencil, oil, toon")
+    s.add_argument("--style-image", default=None, help="fast and gatys: the style image")
+    s.add_argument("--lines", default="canny", help="colorize: line art to colour (canny, xdog, artline)")
+    s.add_argument("--fast-size", type=_positive, default=256, help="fast: training side if it must train first")
+    s.add_argument("--fast-steps", type=_positive, default=300, help="fast: training steps if it must train first")
+    s.add_argument("--gatys-epochs", type=_positive, default=100, help="gatys: L-BFGS epochs per image at most")
+    s.add_argument("--shards", default=None, help="A:B, a range of shards (backfills)")
+    s.add_argument("--force", action="store_true")
+
     s = sub.add_parser("annotate", help="open the labelme GUI on DIR with the workspace's labels")
     s.add_argument("dir")
 
@@ -487,6 +533,121 @@ def _cmd_render_lineart(a: argparse.Namespace, config: RunConfig) -> int:
     return 0
 
 
+def _cmd_stylize(a: argparse.Namespace, config: RunConfig) -> int:
+    from flows.runtime import prefect_api
+    from flows.style import stylize_flow
+    from tasks.neural_style import StyleOptions
+
+    for path in (a.content, a.style, a.vgg_weights):
+        if path and not os.path.isfile(path):
+            raise UsageError(f"{path} does not exist")
+    options = StyleOptions(
+        content_weight=a.content_weight,
+        style_weight=a.style_weight,
+        tv_weight=a.tv_weight,
+        stop_eps=a.stop_eps,
+        max_num_epochs=a.max_num_epochs,
+        max_long_edge=a.max_long_edge,
+        lr=a.lr,
+        remove_noise=a.remove_noise,
+        save_epochs=a.save_epochs,
+        init=a.init,
+        optimizer=a.optimizer,
+        pool=a.pool,
+        vgg_weights=a.vgg_weights,
+        seed=a.seed,
+        device=config.device,
+    )
+    with prefect_api():
+        r = stylize_flow(content=a.content, style=a.style, out=a.out, options=options)
+    print(
+        f"stylized {a.content} ({r['size'][1]}x{r['size'][0]}) in {r['epochs']} epochs, {r['seconds']} s "
+        f"(stopped by {r['stopped']}); wrote {a.out}"
+    )
+    if r["vgg"].startswith("random"):
+        print("note: no --vgg-weights given: fixed-seed random VGG19 features were used (recorded in the metadata)")
+    return 0
+
+
+def _cmd_train_style(a: argparse.Namespace, config: RunConfig) -> int:
+    from flows.runtime import prefect_api
+    from flows.style import train_style_flow
+    from tasks.fast_style import FastStyleOptions
+
+    if not os.path.isfile(a.style_image):
+        raise UsageError(f"{a.style_image} does not exist")
+    options = FastStyleOptions(
+        size=a.size,
+        steps=a.steps,
+        batch_size=a.batch_size,
+        style_weight=a.style_weight,
+        vgg_weights=a.vgg_weights,
+        device=config.device,
+    )
+    with prefect_api():
+        r = train_style_flow(workspace=config.workspace, style_image=a.style_image, options=options)
+    print(f"trained fast style {r['style']} in {r['seconds']} s; checkpoint {r['checkpoint']} in models/fast-style")
+    return 0
+
+
+def _cmd_train_colorizer(a: argparse.Namespace, config: RunConfig) -> int:
+    from flows.runtime import prefect_api
+    from flows.style import train_colorizer_flow
+    from tasks.colorizer import ColorizerOptions
+
+    if a.size % 32:
+        raise UsageError(f"--size must be a multiple of 32, not {a.size}")
+    options = ColorizerOptions(
+        size=a.size, num_values=a.num_values, epochs=a.epochs, batch_size=a.batch_size, device=config.device
+    )
+    with prefect_api():
+        r = train_colorizer_flow(workspace=config.workspace, options=options)
+    if a.json:
+        print(json.dumps({"palette_accuracy": r["palette_accuracy"], "parameters": r["parameters"]}))
+    else:
+        print(
+            f"trained the colouriser ({r['parameters']:,} parameters, {a.num_values**3} colours): held-out palette "
+            f"accuracy {r['palette_accuracy']:.4f} on {r['held_out_images']} images; checkpoint {r['checkpoint']}"
+        )
+    return 0
+
+
+def _cmd_render_style(a: argparse.Namespace, config: RunConfig) -> int:
+    from flows.runtime import run_flow
+    from flows.style import render_style
+    from tasks.fast_style import FastStyleOptions
+    from tasks.neural_style import StyleOptions
+
+    if a.style_image and not os.path.isfile(a.style_image):
+        raise UsageError(f"{a.style_image} does not exist")
+    if a.method in ("fast", "gatys") and not a.style_image:
+        raise UsageError(f"--method {a.method} needs --style-image IMG")
+    if a.shards and not all(p.strip().isdigit() or not p.strip() for p in a.shards.split(":")):
+        raise UsageError(f"--shards takes A:B (shard numbers), not {a.shards!r}")
+    r = _run(
+        config,
+        lambda: run_flow(
+            render_style,
+            workspace=config.workspace,
+            method=a.method,
+            name=a.name,
+            style=a.style,
+            style_image=os.path.abspath(a.style_image) if a.style_image else None,
+            lines=a.lines,
+            fast_options=FastStyleOptions(size=a.fast_size, steps=a.fast_steps, device=config.device),
+            gatys_options=StyleOptions(max_num_epochs=a.gatys_epochs, save_epochs=0, device=config.device),
+            shards=a.shards,
+            force=a.force,
+            device=config.device,
+        ),
+    )
+    print(
+        f"rendered {r['rendered']} corpus images with {a.method} in {r['shards']} shard(s) into "
+        f"corpus/styled/{a.name}; {r['corpus_items']} corpus items in all"
+    )
+    return 0
+
+
 def _cmd_pseudolabel(a: argparse.Namespace, config: RunConfig) -> int:
     from flows.pseudolabel import pseudolabel
     from flows.runtime import run_flow
@@ -621,6 +782,10 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, RunConfig], int]] = {
     "export-labelme": _cmd_export_labelme,
     "train-gaugan": _cmd_train_gaugan,
     "train-lineart": _cmd_train_lineart,
+    "stylize": _cmd_stylize,
+    "train-style": _cmd_train_style,
+    "train-colorizer": _cmd_train_colorizer,
+    "render-style": _cmd_render_style,
     "render-lineart": _cmd_render_lineart,
     "generate": _cmd_generate,
     "eval-gaugan": _cmd_eval_gaugan,

@@ -46,4 +46,5 @@ def _load_builtin() -> None:
     # Importing the model modules registers them; kept lazy so importing the registry is cheap.
     import models.artline  # noqa: F401
     import models.spade  # noqa: F401
+    import models.transformer  # noqa: F401
     import models.unet  # noqa: F401

@@ -38,7 +38,11 @@ def workspace_status(ws: Workspace) -> dict[str, Any]:
         if has_latest:
             metrics = checkpoint_metrics(ws, model)
             stages[model].update(
-                {k: metrics[k] for k in ("miou", "semantic_miou", "pixel_accuracy", "epoch", "step") if k in metrics}
+                {
+                    k: metrics[k]
+                    for k in ("miou", "semantic_miou", "pixel_accuracy", "f1", "epoch", "step")
+                    if k in metrics
+                }
             )
     duplicates = sum(len(t.duplicates) for t in tables.values())
     return {
@@ -55,6 +59,8 @@ def status_lines(status: dict[str, Any]) -> list[str]:
     for name, st in sorted(status["stages"].items()):
         pct = 100.0 * st["done"] / st["total"] if st["total"] else 0.0
         extra = f"  validation mIoU {st['miou']:.3f}" if "miou" in st else ""
+        if "f1" in st:
+            extra = f"  held-out line F1 {st['f1']:.3f}"
         if "semantic_miou" in st:
             extra = f"  step {st.get('step')}, semantic mIoU {st['semantic_miou']:.3f}"
         lines.append(f"{name:<28} {st['done']:>9} {st['total']:>9}  {pct:6.1f}%{extra}")

@@ -172,3 +172,64 @@ def test_gaugan_commands_end_to_end(tmp_path: Path) -> None:
     status = json.loads(r.stdout)
     assert status["stages"]["gaugan"]["done"] == 1 and status["stages"]["gaugan"]["step"] == 4
     assert status["stages"]["generated/images"] == {"done": 2, "total": 2}
+
+
+def test_lineart_commands_end_to_end(cluster: str, tmp_path: Path) -> None:
+    """synth -> ingest-images -> train-lineart -> render-lineart with each method -> status."""
+    from tasks.synth import write_synth_shard
+
+    write_synth_shard(str(tmp_path / "c"), seed=8, size=64, start=0, stop=10, annotated=0)
+    base = ["--dask-address", cluster, "--workspace", "ws", "--device", "cpu"]
+    assert run([*base, "ingest-images", "c/images", "--size", "64"], tmp_path).returncode == 0
+    r = run([*base, "render-lineart", "--method", "artline"], tmp_path)
+    assert r.returncode == 2 and "train it first" in r.stderr
+    for method in ("canny", "xdog"):
+        r = run([*base, "render-lineart", "--method", method], tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert f"rendered 10 corpus images with {method}" in r.stdout
+    r = run([*base, "train-lineart", "--size", "32", "--epochs", "2", "--count", "8", "--batch-size", "4"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "trained the line-art model 2 epochs" in r.stdout and "held-out boundary F1" in r.stdout
+    r = run([*base, "train-lineart", "--size", "32", "--epochs", "2", "--count", "8", "--batch-size", "4"], tmp_path)
+    assert r.returncode == 0 and "nothing to do" in r.stdout
+    r = run([*base, "render-lineart", "--method", "artline"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    status = json.loads(run([*base, "status", "--json"], tmp_path).stdout)
+    for method in ("canny", "xdog", "artline"):
+        assert status["stages"][f"corpus/lineart/{method}"] == {"done": 10, "total": 10}
+    assert status["stages"]["artline"]["done"] == 1
+
+
+def test_style_commands_end_to_end(cluster: str, tmp_path: Path) -> None:
+    """stylize one image; train-colorizer --json; render-style npr, fast and colorize; status."""
+    from tasks.synth import draw_portrait, write_synth_shard
+
+    Image.fromarray(draw_portrait(3, 0, 64).image).save(tmp_path / "content.png")
+    Image.fromarray(draw_portrait(3, 1, 64).image).save(tmp_path / "style.png")
+    r = run(
+        ["stylize", "content.png", "style.png", "out/s.png", "--max-num-epochs", "3", "--max-long-edge", "32"], tmp_path
+    )
+    assert r.returncode == 0, r.stderr
+    assert "in 3 epochs" in r.stdout and Image.open(tmp_path / "out" / "s.png").size == (32, 32)
+    r = run(["stylize", "missing.png", "style.png", "out/s.png"], tmp_path)
+    assert r.returncode == 2 and "does not exist" in r.stderr
+
+    write_synth_shard(str(tmp_path / "c"), seed=9, size=32, start=0, stop=10, annotated=0)
+    base = ["--dask-address", cluster, "--workspace", "ws", "--device", "cpu"]
+    assert run([*base, "ingest-images", "c/images", "--size", "32"], tmp_path).returncode == 0
+    r = run([*base, "train-colorizer", "--size", "32", "--epochs", "1", "--json"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert 0 <= json.loads(r.stdout)["palette_accuracy"] <= 1
+    for args in (
+        ["--method", "npr", "--name", "pencil", "--style", "pencil"],
+        ["--method", "colorize", "--name", "colour"],
+        ["--method", "fast", "--name", "fast", "--style-image", "style.png", "--fast-size", "32", "--fast-steps", "2"],
+    ):
+        r = run([*base, "render-style", *args], tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert "rendered 10 corpus images" in r.stdout
+    r = run([*base, "render-style", "--method", "fast", "--name", "x"], tmp_path)
+    assert r.returncode == 2 and "--style-image" in r.stderr
+    status = json.loads(run([*base, "status", "--json"], tmp_path).stdout)
+    for name in ("pencil", "colour", "fast"):
+        assert status["stages"][f"corpus/styled/{name}"] == {"done": 10, "total": 10}

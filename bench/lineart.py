@@ -1,0 +1,120 @@
+"""Benchmark: line art at 512x512: throughput per method, and the render-lineart flow's overhead.
+
+    .venv/bin/python -m bench.lineart [--count 1024]
+
+1. Per method, one process, images already decoded in memory: ``canny``, ``xdog``
+   (mangaka's functions, which are plain OpenCV/NumPy), ``artline`` (the default network
+   with random weights, batch 8, inference mode; the cost does not depend on the weights).
+2. Pipeline overhead: ``render-lineart --method xdog`` (Prefect + a Dask LocalCluster of
+   one worker process per core, reading ``corpus/images`` from a Zarr workspace and
+   writing ``corpus/lineart/xdog`` with markers) against a bare OpenCV loop over the same
+   images on the same cores (decoded in memory, the loop spread over a process pool of
+   the same size, results kept in memory). Goal: the flow at least 0.8x the loop.
+
+Writes ``bench/results/lineart.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+
+
+def corpus_workspace(count: int, size: int) -> str:
+    from bench.ingest import make_corpus
+    from storage.items import Journal
+    from storage.sources import list_sources
+    from storage.workspace import Workspace
+    from tasks.ingest import IngestOptions, ingest_shard, plan_ingest, prepare_array, shard_specs, source_record
+
+    ws = Workspace(tempfile.mkdtemp(prefix="bench-lineart-"))
+    ws.ensure_config(shard_size=256)
+    listing = list_sources(str(make_corpus(count, size)))
+    listing.refs = listing.refs[:count]
+    opts = IngestOptions(size=size)
+    batch = Journal(ws, "corpus").add(
+        opts.version, opts.model_dump(), [source_record(r) for r in plan_ingest(ws, listing).new]
+    )
+    prepare_array(ws, opts, batch.end)
+    for spec in shard_specs(ws, batch):
+        ingest_shard(spec)
+    return ws.url
+
+
+def _xdog_chunk(images: np.ndarray) -> int:
+    from tasks.lineart import xdog
+
+    return sum(int(xdog(img)[0, 0]) for img in images)
+
+
+def method_rates(images: np.ndarray) -> dict[str, float]:
+    from models.registry import create
+    from tasks.artline import draw_lines
+    from tasks.lineart import auto_canny, xdog
+
+    rates = {}
+    for name, fn in (("canny", auto_canny), ("xdog", xdog)):
+        fn(images[0])
+        t0 = time.perf_counter()
+        for img in images:
+            fn(img)
+        rates[name] = round(len(images) / (time.perf_counter() - t0), 2)
+    model = create("lineart", "artline-unet-small").eval()
+    n = min(len(images), 32)
+    draw_lines(model, images[:8], torch.device("cpu"))
+    t0 = time.perf_counter()
+    draw_lines(model, images[:n], torch.device("cpu"), batch=8)
+    rates["artline"] = round(n / (time.perf_counter() - t0), 2)
+    return rates
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--count", type=int, default=1024)
+    ap.add_argument("--size", type=int, default=512)
+    args = ap.parse_args()
+    from flows.lineart import render_lineart
+    from flows.runtime import RunConfig, run_flow, session
+    from storage.workspace import Workspace
+
+    url = corpus_workspace(args.count, args.size)
+    ws = Workspace(url)
+    images = np.asarray(ws.array("corpus/images")[: args.count])
+    workers = os.cpu_count() or 1
+    rates = method_rates(images[:128])
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(workers) as pool:
+        chunks = np.array_split(images, workers * 4)
+        list(pool.map(_xdog_chunk, chunks))
+    bare = args.count / (time.perf_counter() - t0)
+    with session(RunConfig(url, None, "cpu", workers)):
+        run_flow(render_lineart, workspace=url, method="canny", shards="0:1")  # warm the workers and the server
+        t0 = time.perf_counter()
+        r = run_flow(render_lineart, workspace=url, method="xdog")
+        flow = r["rendered"] / (time.perf_counter() - t0)
+    result = {
+        "benchmark": "lineart",
+        "size": args.size,
+        "images": args.count,
+        "cores": workers,
+        "method_images_per_s_one_process": rates,
+        "xdog_bare_opencv_pool_images_per_s": round(bare, 2),
+        "xdog_render_lineart_flow_images_per_s": round(flow, 2),
+        "flow_vs_bare_ratio": round(flow / bare, 3),
+    }
+    print(json.dumps(result, indent=1))
+    (HERE / "results" / "lineart.json").write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""The style flows: ``stylize`` (one image), ``train-style``, ``train-colorizer``, ``render-style``."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.runtime import gpu_workers
+from flows.shards import run_shards
+from storage.items import item_table
+from storage.workspace import Workspace, WorkspaceError
+from tasks.colorizer import MODEL_DIR as COLORIZER_DIR
+from tasks.colorizer import ColorizerOptions, train_colorizer
+from tasks.fast_style import FastStyleOptions, has_model, style_key, train_fast_style
+from tasks.ingest import ShardResult
+from tasks.neural_style import StyleOptions
+from tasks.npr import NPR_STYLES
+from tasks.render_style import METHODS, StyleShardSpec, array_name, prepare_array, store_style_image, style_shard
+from tasks.render_style import style_version as version_of
+
+
+def _read_image(path: str) -> tuple[bytes, Any]:
+    import numpy as np
+
+    from tasks.imageio import BadImage, load_rgb
+
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data, np.asarray(load_rgb(data))
+    except BadImage as exc:
+        raise WorkspaceError(f"{path}: {exc}") from None
+
+
+@flow(name="stylize")
+def stylize_flow(content: str, style: str, out: str, options: StyleOptions = StyleOptions()) -> dict[str, Any]:  # noqa: B008
+    """Gatys et al. on one image; intermediate images every ``save_epochs`` beside ``out``."""
+    from tasks.neural_style import png_with_metadata, stylize
+
+    logger = get_run_logger()
+    _, content_rgb = _read_image(content)
+    _, style_rgb = _read_image(style)
+    stem, _ = os.path.splitext(out)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+
+    def on_save(epoch: int, image: Any) -> None:
+        from tasks.imageio import encode_png
+
+        with open(f"{stem}-epoch-{epoch:04d}.png", "wb") as f:
+            f.write(encode_png(image))
+
+    image, meta = stylize(content_rgb, style_rgb, options, on_save)
+    meta.update(content=os.path.basename(content), style=os.path.basename(style))
+    with open(out, "wb") as f:
+        f.write(png_with_metadata(image, meta))
+    with open(f"{stem}.json", "w", encoding="utf-8") as f:
+        import json
+
+        json.dump(meta, f, indent=1)
+    if meta["vgg"].startswith("random"):
+        logger.warning("stylize used fixed-seed random VGG19 features (no --vgg-weights): recorded in %s.json", stem)
+    return meta
+
+
+@flow(name="train-style")
+def train_style_flow(
+    workspace: str, style_image: str, options: FastStyleOptions = FastStyleOptions()
+) -> dict[str, Any]:  # noqa: B008
+    """Train the fast (feed-forward) style model for one style image on the corpus."""
+    ws = Workspace(workspace)
+    data, rgb = _read_image(style_image)
+    r = train_fast_style(ws, rgb, data, options)
+    create_table_artifact(key="train-style", table=r["history"], description=f"fast style {r['style']} on {ws.url}")
+    return r
+
+
+@flow(name="train-colorizer")
+def train_colorizer_flow(workspace: str, options: ColorizerOptions = ColorizerOptions()) -> dict[str, Any]:  # noqa: B008
+    """Train the line-drawing colouriser; held-out palette accuracy per epoch."""
+    ws = Workspace(workspace)
+    rows: list[dict[str, Any]] = []
+
+    def on_epoch(m: dict[str, Any]) -> None:
+        rows.append(m)
+        create_table_artifact(key="train-colorizer", table=rows, description=f"train-colorizer on {ws.url}")
+
+    return train_colorizer(ws, options, on_epoch)
+
+
+@task(name="style-shard", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def style_shard_task(spec: StyleShardSpec) -> ShardResult:
+    return style_shard(spec)
+
+
+@flow(name="render-style")
+def render_style(
+    workspace: str,
+    method: str,
+    name: str,
+    style: str = "toon",
+    style_image: str | None = None,
+    lines: str = "canny",
+    fast_options: FastStyleOptions = FastStyleOptions(),  # noqa: B008
+    gatys_options: StyleOptions = StyleOptions(max_num_epochs=100, save_epochs=0),  # noqa: B008
+    shards: str | None = None,
+    force: bool = False,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Fill ``corpus/styled/<name>`` for every corpus shard not yet rendered with these settings."""
+    from storage.checkpoints import load_checkpoint
+
+    logger = get_run_logger()
+    if method not in METHODS:
+        raise WorkspaceError(f"--method must be one of {', '.join(METHODS)}, not {method!r}")
+    ws = Workspace(workspace)
+    table = item_table(ws, "corpus")
+    if not len(table):
+        raise WorkspaceError(f"{ws.url} has no corpus images: run ingest-images first")
+    params: dict[str, Any]
+    digest = ""
+    if method == "npr":
+        if style not in NPR_STYLES:
+            raise WorkspaceError(f"--style must be one of {', '.join(NPR_STYLES)} for npr, not {style!r}")
+        params = {"style": style}
+    elif method in ("fast", "gatys"):
+        if not style_image:
+            raise WorkspaceError(f"--method {method} needs --style-image IMG")
+        data, _ = _read_image(style_image)
+        key = style_key(data)
+        if method == "fast":
+            if not has_model(ws, key):
+                logger.info("no fast-style model for %s in the workspace: training one first", style_image)
+                train_style_flow(workspace=workspace, style_image=style_image, options=fast_options)
+            digest = load_checkpoint(ws, f"fast-style/{key}").digest
+            params = {"style_key": key}
+        else:
+            params = {"style_image": store_style_image(ws, data, os.path.splitext(style_image)[1] or ".png")}
+            params["options"] = gatys_options.model_dump(exclude={"device"})
+    else:
+        if not ws.loc.exists(f"models/{COLORIZER_DIR}/tags/latest.json"):
+            raise WorkspaceError(f"{ws.url} has no colouriser: run train-colorizer first")
+        digest = load_checkpoint(ws, COLORIZER_DIR).digest
+        params = {"lines": lines}
+    version = version_of(method, params, digest)
+    array = array_name(name)
+    prepare_array(ws, name)
+    lo, hi = 0, ws.shards_of(table.length)
+    if shards:
+        a, _, b = shards.partition(":")
+        lo, hi = int(a or lo), int(b or hi)
+    done = ws.markers(array)
+    specs = []
+    for shard in range(lo, hi):
+        slots = [s for s, _ in table.slots_in(ws.shard_slots(shard, table.length))]
+        if not slots:
+            continue
+        if force:
+            ws.clear_markers(array, [shard])
+        elif done.get(shard, {}).get("version") == version:
+            continue
+        specs.append(StyleShardSpec(ws.url, shard, method, name, version, slots, params, device))
+    logger.info("render-style %s (%s, version %s): %d shard task(s)", name, method, version, len(specs))
+    resources = {"GPU": 1} if method != "npr" and gpu_workers() else None
+    results: list[ShardResult] = run_shards(style_shard_task, specs, f"style-{name}", resources)
+    summary = {
+        "name": name,
+        "method": method,
+        "version": version,
+        "rendered": sum(r.ok for r in results),
+        "shards": len(specs),
+        "corpus_items": len(table),
+    }
+    create_table_artifact(
+        key="render-style-" + re.sub(r"[^a-z0-9-]+", "-", name.lower()),
+        table=[{"what": k, "value": v} for k, v in summary.items()],
+        description=f"render-style {name} of {ws.url}",
+    )
+    return summary

@@ -1,0 +1,82 @@
+"""Styles: posterisation against the seed's loop, npr styles, Gatys, fast style, the colouriser."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from models.registry import create
+from storage.workspace import Workspace
+from tasks.colorizer import ColorizerOptions, colorize_lines, curves_png, load_colorizer, train_colorizer
+from tasks.fast_style import FastStyleOptions, apply_fast_style, has_model, load_fast_style, style_key, train_fast_style
+from tasks.neural_style import StyleOptions, png_with_metadata, stylize
+from tasks.npr import NPR_STYLES, kuwahara, npr, palette, posterize, posterize_classes, posterize_loop
+from tasks.synth import draw_portrait
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 6])
+def test_vectorised_posterisation_equals_the_seed_loop(n: int) -> None:
+    img = draw_portrait(5, 2, 48).image
+    assert np.array_equal(posterize(img, n), posterize_loop(img, n))
+    classes = posterize_classes(np.stack([img, img[::-1]]), n)
+    assert classes.shape == (2, 48, 48) and classes.max() < n**3
+    assert np.array_equal(palette(n)[classes[0]], posterize(img, n))
+    assert len(np.unique(palette(n), axis=0)) == n**3
+
+
+def test_npr_styles() -> None:
+    img = draw_portrait(5, 3, 64).image
+    for style in NPR_STYLES:
+        out = npr(img, style)
+        assert out.shape == img.shape and out.dtype == np.uint8 and not np.array_equal(out, img)
+    flat = np.full((20, 20, 3), 90, np.uint8)
+    assert np.array_equal(kuwahara(flat), flat)
+    with pytest.raises(ValueError, match="npr style"):
+        npr(img, "watercolour")
+
+
+def test_gatys_options_and_metadata() -> None:
+    content = draw_portrait(6, 0, 64).image
+    style = np.asarray(Image.fromarray(draw_portrait(6, 1, 96).image).rotate(45))
+    saved: list[int] = []
+    opts = StyleOptions(max_num_epochs=4, save_epochs=2, max_long_edge=40, remove_noise=0.1, stop_eps=0)
+    out, meta = stylize(content, style, opts, on_save=lambda e, im: saved.append(e))
+    assert out.shape == (40, 40, 3) and saved == [2, 4]
+    assert meta["epochs"] == 4 and meta["stopped"] == "max_num_epochs" and meta["vgg"].startswith("random-init")
+    assert not np.array_equal(out, np.asarray(Image.fromarray(content).resize((40, 40))))
+    for optimizer in ("adam", "sgd"):
+        _, m = stylize(content, style, opts.model_copy(update={"optimizer": optimizer, "init": "noise"}))
+        assert m["epochs"] == 4
+    _, m = stylize(content, style, opts.model_copy(update={"stop_eps": 1.0, "max_num_epochs": 50}))
+    assert m["stopped"] == "stop_eps" and m["epochs"] == 10  # checked from epoch 10 on
+    png = png_with_metadata(out, meta)
+    assert json.loads(Image.open(__import__("io").BytesIO(png)).text["mangaka"])["vgg"] == meta["vgg"]
+
+
+def test_fast_style_trains_per_style_image_and_applies(tmp_path: Path) -> None:
+    ws = Workspace(str(tmp_path / "ws"))
+    style = draw_portrait(7, 0, 32).image
+    key = style_key(b"style-bytes")
+    assert not has_model(ws, key)
+    r = train_fast_style(ws, style, b"style-bytes", FastStyleOptions(size=32, steps=3, batch_size=2))
+    assert has_model(ws, key) and r["style"] == key and r["history"]
+    net, digest = load_fast_style(ws, key)
+    out = apply_fast_style(net, np.stack([draw_portrait(7, 1, 32).image[:30, :30]]), torch.device("cpu"))
+    assert out.shape == (1, 30, 30, 3) and out.dtype == np.uint8
+    assert create("style", "johnson")(torch.rand(1, 3, 16, 16)).shape == (1, 3, 16, 16)
+
+
+def test_colorizer_trains_with_held_out_accuracy(tmp_path: Path) -> None:
+    ws = Workspace(str(tmp_path / "ws"))
+    r = train_colorizer(ws, ColorizerOptions(size=32, epochs=2, batch_size=16))
+    assert 0 <= r["palette_accuracy"] <= 1 and len(r["history"]) == 2 and r["parameters"] < 5_000_000
+    assert ws.loc.exists(f"models/colorizer/{r['checkpoint']}/curves.png")
+    model, n, _ = load_colorizer(ws)
+    out = colorize_lines(model, np.full((2, 40, 40), 255, np.uint8), n, torch.device("cpu"))
+    assert out.shape == (2, 40, 40, 3) and set(map(tuple, out.reshape(-1, 3))) <= set(map(tuple, palette(3)))
+    assert curves_png([{"loss": 1.0, "palette_accuracy": 0.5}]).startswith(b"\x89PNG")
