@@ -7,7 +7,7 @@
    16 images at 512x512). Goal: at least 1000x.
 2. Gatys at 512x512 (L-BFGS, the MXNet example's options, stop-eps 0.005 checked from
    epoch 10, at most ``--gatys-epochs``): seconds per image. Goal on 2 CPU cores: <= 5 min.
-3. Fast style (the default Johnson transformer, random weights: the cost does not depend
+3. Fast style (the default transformer, johnson-small, random weights: the cost does not depend
    on them): images/s at 512x512, and its ratio to Gatys. Goal: >= 100x.
 4. NPR styles: images/s at 512x512, one process.
 
@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512)
     args = ap.parse_args()
     from models.registry import create
-    from tasks.fast_style import apply_fast_style
+    from tasks.fast_style import FastStyleOptions, apply_fast_style
     from tasks.neural_style import StyleOptions, stylize
     from tasks.npr import NPR_STYLES, npr, posterize_classes, posterize_loop
     from tasks.synth import draw_portrait
@@ -57,7 +57,7 @@ def main() -> None:
             npr(img, style)
         npr_rates[style] = round(8 / (time.perf_counter() - t0), 2)
 
-    net = create("style", "johnson").to(device).eval()
+    net = create("style", FastStyleOptions().model).to(device).eval()
     apply_fast_style(net, images[:2], device)
     t0 = time.perf_counter()
     apply_fast_style(net, images, device, batch=8)

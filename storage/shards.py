@@ -82,3 +82,46 @@ def direct_writer(arr) -> Callable[[int, np.ndarray, Collection[int]], tuple[str
         return arr.metadata.encode_chunk_key((shard, *zeros)), encode_shard(items, shard_len, level, holes)
 
     return write
+
+
+def read_items(
+    read_range: Callable[[int | None, int | None], bytes],
+    shard_len: int,
+    positions: list[int],
+    out: np.ndarray,
+    fill_value: int | float,
+) -> None:
+    """Fill ``out`` (one row per position) with the items at ``positions`` (inner-chunk
+    indices) of one shard in mangaka's layout.
+
+    ``read_range(start, end)`` returns bytes of the shard file (negative ``start``: from
+    the end), or raises FileNotFoundError for a shard never written (all fill values). Two
+    reads: the index, then the span of the wanted chunks; the index's CRC32C is checked.
+    Chunks decompress straight into ``out``.
+    """
+    if not positions:
+        return
+    try:
+        tail = read_range(-(16 * shard_len + 4), None)
+    except FileNotFoundError:
+        out[...] = fill_value
+        return
+    table, crc = tail[:-4], tail[-4:]
+    if np.frombuffer(crc, "<u4")[0] != google_crc32c.value(table):
+        raise ValueError("shard index checksum mismatch: the shard is corrupt")
+    index = np.frombuffer(table, "<u8").reshape(shard_len, 2)
+    wanted = []
+    for k, p in enumerate(positions):
+        if index[p, 0] == EMPTY:
+            out[k] = fill_value
+        else:
+            wanted.append((k, int(index[p, 0]), int(index[p, 1])))
+    if not wanted:
+        return
+    lo = min(o for _, o, _ in wanted)
+    hi = max(o + n for _, o, n in wanted)
+    span = memoryview(read_range(lo, hi))
+    codec = Zstd()
+    for k, o, n in wanted:
+        row = out[k]
+        codec.decode(span[o - lo : o - lo + n], out=row.reshape(-1).view(np.uint8))

@@ -253,10 +253,40 @@ class Workspace:
         arr[start : start + len(data)] = data
 
     def read_items(self, array: str, slots: list[int]) -> np.ndarray:
-        """The items at ``slots`` (reads only their inner chunks), stacked on axis 0."""
+        """The items at ``slots`` (reads only their inner chunks), stacked on axis 0.
+
+        Arrays in mangaka's own layout are read straight from their shard files (two range
+        reads per shard: the index, then the span of the wanted chunks), which is several
+        times faster than zarr's per-chunk path; others go through zarr.
+        """
+        from storage import shards
+
         arr = self.array(array)
         if not slots:
             return np.zeros((0, *arr.shape[1:]), dtype=arr.dtype)
+        if shards.direct_writer(arr) is not None:
+            shard_len = arr.metadata.chunk_grid.chunk_shape[0]
+            out = np.empty((len(slots), *arr.shape[1:]), dtype=arr.dtype)
+            by_shard: dict[int, list[int]] = {}
+            for k, slot in enumerate(slots):
+                if not 0 <= slot < arr.shape[0]:
+                    raise IndexError(f"slot {slot} is outside {array} ({arr.shape[0]} slots)")
+                by_shard.setdefault(slot // shard_len, []).append(k)
+            zeros = (0,) * (len(arr.shape) - 1)
+            for shard, ks in by_shard.items():
+                key = self.loc.path(f"{_key_of(array)}/{arr.metadata.encode_chunk_key((shard, *zeros))}")
+
+                def read_range(start: int | None, end: int | None, key: str = key) -> bytes:
+                    return bytes(self.loc.fs.cat_file(key, start=start, end=end))
+
+                positions = [slots[k] % shard_len for k in ks]
+                if ks == list(range(ks[0], ks[0] + len(ks))):  # contiguous rows: decode in place
+                    shards.read_items(read_range, shard_len, positions, out[ks[0] : ks[0] + len(ks)], arr.fill_value)
+                else:
+                    part = np.empty((len(ks), *arr.shape[1:]), dtype=arr.dtype)
+                    shards.read_items(read_range, shard_len, positions, part, arr.fill_value)
+                    out[ks] = part
+            return out
         lo, hi = min(slots), max(slots) + 1
         if hi - lo == len(slots):
             return np.asarray(arr[lo:hi])[np.asarray(slots) - lo]

@@ -156,13 +156,20 @@ def load_fast_style(ws: Workspace, key: str, device: str = "cpu") -> tuple[torch
 
 @torch.inference_mode()
 def apply_fast_style(net: torch.nn.Module, images: np.ndarray, device: torch.device, batch: int = 8) -> np.ndarray:
-    """``(N, S, S, 3)`` uint8 -> stylised ``(N, S, S, 3)`` uint8 (sides padded to 4 inside)."""
+    """``(N, S, S, 3)`` uint8 -> stylised ``(N, S, S, 3)`` uint8 (sides padded to 4 inside).
+
+    bf16 autocast on GPUs and on CPUs with native bf16, channels-last.
+    """
+    from tasks.pseudolabel import use_bf16
+
+    bf16 = use_bf16("auto", device)
+    net = net.to(memory_format=torch.channels_last)
     out = []
     for i in range(0, len(images), batch):
         x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch])).to(device).permute(0, 3, 1, 2).float() / 255
         h, w = x.shape[2:]
-        x = F.pad(x, (0, (-w) % 4, 0, (-h) % 4), mode="replicate")
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        x = F.pad(x, (0, (-w) % 4, 0, (-h) % 4), mode="replicate").contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             y = net(x).float()[:, :, :h, :w]
         out.append((y.clamp(0, 1) * 255 + 0.5).byte().permute(0, 2, 3, 1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros_like(images)

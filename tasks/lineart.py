@@ -159,8 +159,20 @@ def _artline(ws: Workspace, checkpoint: str, device: str) -> tuple[Any, Any]:
     return _MODELS[key]
 
 
+def one_thread_per_worker() -> None:
+    """Inside a Dask worker (one per core), keep OpenCV to one thread: no oversubscription."""
+    try:
+        from distributed import get_worker
+
+        get_worker()
+    except (ImportError, ValueError):
+        return
+    cv2.setNumThreads(1)
+
+
 def lineart_shard(spec: LineartShardSpec) -> ShardResult:
     """Render one corpus shard with one method; the marker carries the method's version."""
+    one_thread_per_worker()
     ws = Workspace(spec.workspace)
     array = array_name(spec.method)
     if ws.is_done(array, spec.shard, spec.version):
@@ -171,16 +183,18 @@ def lineart_shard(spec: LineartShardSpec) -> ShardResult:
     size = int(ws.array(IMAGES).shape[1])
     live = [s - start for s in spec.slots]
     out = np.full((n, size, size), 255, np.uint8)
-    images = ws.read_items(IMAGES, spec.slots)
-    if spec.method == "artline":
-        from tasks.artline import draw_lines
+    step = 32  # a batch at a time: memory bounded by a batch, not a shard
+    for b in range(0, len(live), step):
+        rows = live[b : b + step]
+        images = ws.read_items(IMAGES, [start + j for j in rows])
+        if spec.method == "artline":
+            from tasks.artline import draw_lines
 
-        model, device = _artline(ws, spec.checkpoint, spec.device)
-        if live:
-            out[live] = draw_lines(model, images, device, spec.batch_size)
-    else:
-        for j, img in zip(live, images, strict=True):
-            out[j] = render(spec.method, img)
+            model, device = _artline(ws, spec.checkpoint, spec.device)
+            out[rows] = draw_lines(model, images, device, spec.batch_size)
+        else:
+            for j, img in zip(rows, images, strict=True):
+                out[j] = render(spec.method, img)
     ws.write_shard(array, spec.shard, out, sorted(set(range(n)) - set(live)))
     ws.write_marker(array, spec.shard, spec.version, checkpoint=spec.checkpoint or None)
     dt = time.perf_counter() - t0

@@ -118,6 +118,9 @@ def render_images(ws: Workspace, spec: StyleShardSpec, images: np.ndarray, live:
 
 
 def style_shard(spec: StyleShardSpec) -> ShardResult:
+    from tasks.lineart import one_thread_per_worker
+
+    one_thread_per_worker()
     ws = Workspace(spec.workspace)
     array = array_name(spec.name)
     if ws.is_done(array, spec.shard, spec.version):
