@@ -195,9 +195,9 @@ def build(
                     fast_options=fast_options or FastStyleOptions(),
                 )
             if ws.loc.exists("models/colorizer/tags/latest.json"):
-                lines = "artline" if ws.has_array("corpus/lineart/artline") else "canny"
+                # the colouriser learns from auto-Canny drawings: colour those (any line art works, less well)
                 rendered["colorized"] = run_flow(
-                    render_style, workspace=workspace, method="colorize", name="colorized", lines=lines
+                    render_style, workspace=workspace, method="colorize", name="colorized", lines="canny"
                 )
             results["render-style"] = rendered
         else:

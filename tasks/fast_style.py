@@ -105,7 +105,7 @@ def train_fast_style(
         torch.manual_seed(opts.seed)
         net = create("style", opts.model).to(device)
     vgg = VGGFeatures("vgg16", STYLE_LAYERS, opts.vgg_weights).to(device)
-    style = torch.from_numpy(np.ascontiguousarray(style_image)).permute(2, 0, 1)[None].float().div(255)
+    style = torch.from_numpy(np.array(style_image)).permute(2, 0, 1)[None].float().div(255)
     with torch.no_grad():
         targets = [gram(f) for f in vgg(_resize(style, opts.size).to(device))]
     optimizer = torch.optim.Adam(net.parameters(), lr=opts.lr)
@@ -130,7 +130,13 @@ def train_fast_style(
         loss.backward()
         optimizer.step()
         if step % 25 == 0 or step + 1 == opts.steps:
-            history.append({"step": step + 1, "content": float(l_content), "style": float(torch.as_tensor(l_style))})
+            history.append(
+                {
+                    "step": step + 1,
+                    "content": float(l_content.detach()),
+                    "style": float(torch.as_tensor(l_style).detach()),
+                }
+            )
         if on_step:
             on_step(step + 1, opts.steps)
     name = f"{key}-steps-{opts.steps:06d}"

@@ -34,13 +34,18 @@ def workspace_status(ws: Workspace) -> dict[str, Any]:
     for model in list_models(ws):
         n = len(list_checkpoints(ws, model))
         has_latest = ws.loc.exists(f"models/{model}/tags/latest.json")
+        if not has_latest and not n:  # a family of models, one per key (fast-style/<style digest>)
+            keys = [k for k in ws.loc.list(f"models/{model}") if ws.loc.exists(f"{k}/tags/latest.json")]
+            if keys:
+                stages[model] = {"done": len(keys), "total": len(keys), "models": len(keys)}
+                continue
         stages[model] = {"done": int(has_latest), "total": 1, "checkpoints": n}
         if has_latest:
             metrics = checkpoint_metrics(ws, model)
             stages[model].update(
                 {
                     k: metrics[k]
-                    for k in ("miou", "semantic_miou", "pixel_accuracy", "f1", "epoch", "step")
+                    for k in ("miou", "semantic_miou", "pixel_accuracy", "palette_accuracy", "f1", "epoch", "step")
                     if k in metrics
                 }
             )
@@ -59,6 +64,8 @@ def status_lines(status: dict[str, Any]) -> list[str]:
     for name, st in sorted(status["stages"].items()):
         pct = 100.0 * st["done"] / st["total"] if st["total"] else 0.0
         extra = f"  validation mIoU {st['miou']:.3f}" if "miou" in st else ""
+        if "palette_accuracy" in st:
+            extra = f"  held-out palette accuracy {st['palette_accuracy']:.3f}"
         if "f1" in st:
             extra = f"  held-out line F1 {st['f1']:.3f}"
         if "semantic_miou" in st:
