@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from flows.runtime import gpu_workers
-from flows.shards import run_shards
+from flows.shards import live_slots, pending_shards, run_shards
 from storage.checkpoints import load_checkpoint
 from storage.items import item_table
 from storage.workspace import Workspace, WorkspaceError
@@ -70,22 +70,9 @@ def render_lineart(
     version = method_version(method, digest)
     array = array_name(method)
     prepare_array(ws, method)
-    lo, hi = 0, ws.shards_of(table.length)
-    if shards:
-        a, _, b = shards.partition(":")
-        lo, hi = int(a or lo), int(b or hi)
-    done = ws.markers(array)
-    specs = []
-    for shard in range(lo, hi):
-        slots = [s for s, _ in table.slots_in(ws.shard_slots(shard, table.length))]
-        if not slots:
-            continue
-        if force:
-            ws.clear_markers(array, [shard])
-        elif done.get(shard, {}).get("version") == version:
-            continue
-        specs.append(LineartShardSpec(ws.url, shard, method, version, checkpoint, slots, device))
-    logger.info("render-lineart %s (version %s): %d shard task(s) of %d..%d", method, version, len(specs), lo, hi)
+    todo = pending_shards(ws, table.length, live_slots(table), array, version, shards, force)
+    specs = [LineartShardSpec(ws.url, s, method, version, checkpoint, slots, device) for s, slots in todo]
+    logger.info("render-lineart %s (version %s): %d shard task(s)", method, version, len(specs))
     resources = {"GPU": 1} if method == "artline" and gpu_workers() else None
     results: list[ShardResult] = run_shards(lineart_shard_task, specs, f"lineart-{method}", resources)
     seconds = sum(r.seconds for r in results)

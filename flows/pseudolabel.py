@@ -9,7 +9,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.runtime import gpu_workers
-from flows.shards import run_shards
+from flows.shards import live_slots, pending_shards, run_shards
 from storage.checkpoints import load_checkpoint
 from storage.items import item_table
 from storage.workspace import Workspace, WorkspaceError
@@ -45,22 +45,9 @@ def pseudolabel(
     if not len(table):
         raise WorkspaceError(f"{ws.url} has no corpus images: run ingest-images first")
     prepare_arrays(ws, options.confidence_map)
-    lo, hi = 0, ws.shards_of(table.length)
-    if shards:
-        a, _, b = shards.partition(":")
-        lo, hi = int(a or lo), int(b or hi)
-    done = ws.markers(MASKS)
-    specs = []
-    for shard in range(lo, hi):
-        slots = [s for s, _ in table.slots_in(ws.shard_slots(shard, table.length))]
-        if not slots:
-            continue
-        if force:
-            ws.clear_markers(MASKS, [shard])
-        elif done.get(shard, {}).get("version") == version:
-            continue
-        specs.append(PseudolabelShardSpec(ws.url, shard, version, ckpt.name, slots, options.model_dump()))
-    logger.info("model %s (%s): %d shard task(s) of %d..%d", ckpt.name, ckpt.digest, len(specs), lo, hi)
+    todo = pending_shards(ws, table.length, live_slots(table), MASKS, version, shards, force)
+    specs = [PseudolabelShardSpec(ws.url, s, version, ckpt.name, slots, options.model_dump()) for s, slots in todo]
+    logger.info("model %s (%s): %d shard task(s)", ckpt.name, ckpt.digest, len(specs))
     gpus = gpu_workers()
     if gpus:
         logger.info("pinning pseudolabel tasks to the cluster's %d GPU worker(s)", gpus)

@@ -52,3 +52,34 @@ def run_shards(task: Task, specs: Sequence[Any], label: str, resources: dict[str
     if failures:
         raise ShardFailures(f"{len(failures)} of {len(futures)} shards of {label} failed; first: {failures[0]}")
     return results
+
+
+def pending_shards(
+    ws: Any, length: int, slots_of: Any, array: str, version: str, shards: str | None, force: bool
+) -> list[tuple[int, list[int]]]:
+    """(shard, live slots) of every shard of ``array`` still to do for ``version``.
+
+    ``shards`` "A:B" limits the range (backfills); ``force`` clears the markers of the
+    range so every shard in it is done again. ``slots_of(range)`` lists the live slots.
+    """
+    lo, hi = 0, ws.shards_of(length)
+    if shards:
+        a, _, b = shards.partition(":")
+        lo, hi = int(a or lo), int(b or hi)
+    done = ws.markers(array)
+    todo = []
+    for shard in range(lo, hi):
+        slots = slots_of(ws.shard_slots(shard, length))
+        if not slots:
+            continue
+        if force:
+            ws.clear_markers(array, [shard])
+        elif done.get(shard, {}).get("version") == version:
+            continue
+        todo.append((shard, slots))
+    return todo
+
+
+def live_slots(table: Any) -> Any:
+    """``slots_of`` for :func:`pending_shards`: the live items of an item table in a slot range."""
+    return lambda slots: [s for s, _ in table.slots_in(slots)]

@@ -11,7 +11,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.runtime import gpu_workers
-from flows.shards import run_shards
+from flows.shards import live_slots, pending_shards, run_shards
 from storage.items import item_table
 from storage.workspace import Workspace, WorkspaceError
 from tasks.colorizer import MODEL_DIR as COLORIZER_DIR
@@ -149,21 +149,8 @@ def render_style(
     version = version_of(method, params, digest)
     array = array_name(name)
     prepare_array(ws, name)
-    lo, hi = 0, ws.shards_of(table.length)
-    if shards:
-        a, _, b = shards.partition(":")
-        lo, hi = int(a or lo), int(b or hi)
-    done = ws.markers(array)
-    specs = []
-    for shard in range(lo, hi):
-        slots = [s for s, _ in table.slots_in(ws.shard_slots(shard, table.length))]
-        if not slots:
-            continue
-        if force:
-            ws.clear_markers(array, [shard])
-        elif done.get(shard, {}).get("version") == version:
-            continue
-        specs.append(StyleShardSpec(ws.url, shard, method, name, version, slots, params, device))
+    todo = pending_shards(ws, table.length, live_slots(table), array, version, shards, force)
+    specs = [StyleShardSpec(ws.url, s, method, name, version, slots, params, device) for s, slots in todo]
     logger.info("render-style %s (%s, version %s): %d shard task(s)", name, method, version, len(specs))
     resources = {"GPU": 1} if method != "npr" and gpu_workers() else None
     results: list[ShardResult] = run_shards(style_shard_task, specs, f"style-{name}", resources)
