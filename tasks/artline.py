@@ -42,6 +42,7 @@ from storage.checkpoints import load_checkpoint, resolve, save_checkpoint
 from storage.workspace import Workspace, WorkspaceError
 from tasks.lineart import dataset_f1
 from tasks.segment import pick_device
+from tasks.training import load_optimizer_state, optimizer_state, seeded_generator
 
 log = logging.getLogger(__name__)
 
@@ -246,32 +247,6 @@ def draw_lines(model: torch.nn.Module, images: np.ndarray, device: torch.device,
     return np.concatenate(out) if out else np.zeros((0, *images.shape[1:3]), np.uint8)
 
 
-def _state(optimizer: torch.optim.Optimizer, scheduler: Any) -> tuple[bytes, dict[str, Any]]:
-    from safetensors.torch import save
-
-    state = optimizer.state_dict()
-    tensors = {
-        f"{pid}.{k}": torch.as_tensor(v).contiguous() for pid, st in state["state"].items() for k, v in st.items()
-    }
-    return save(tensors), {"param_groups": state["param_groups"], "scheduler": scheduler.state_dict()}
-
-
-def _load_state(optimizer: torch.optim.Optimizer, scheduler: Any, blob: bytes, meta: dict[str, Any]) -> None:
-    from safetensors.torch import load
-
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for name, value in load(blob).items():
-        pid, key = name.split(".", 1)
-        state.setdefault(int(pid), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    scheduler.load_state_dict(meta["scheduler"])
-
-
-def _generator(seed: int, stage: int, epoch: int) -> torch.Generator:
-    digest = hashlib.sha256(f"{seed}\0{stage}\0{epoch}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
-
-
 def train_lineart(
     ws: Workspace,
     opts: LineartTrainOptions,
@@ -323,11 +298,12 @@ def train_lineart(
             )
             if k == start and epoch > 0 and meta:
                 blob = ws.loc.read_bytes(f"models/{MODEL_DIR}/{meta['checkpoint']}/optimizer.safetensors")
-                _load_state(optimizer, scheduler, blob, meta)
+                load_optimizer_state({"opt": optimizer}, blob, meta["param_groups"])
+                scheduler.load_state_dict(meta["scheduler"])
         assert scheduler is not None
         t0 = time.perf_counter()
         x_all, y_all = _to_tensors(train_img, train_lines, size)
-        order = torch.randperm(len(x_all), generator=_generator(opts.seed, stage, epoch))
+        order = torch.randperm(len(x_all), generator=seeded_generator(opts.seed, stage, epoch))
         model.train()
         sums: dict[str, float] = {}
         for b in range(steps):
@@ -358,7 +334,8 @@ def train_lineart(
         best_f1 = _tag_metric(ws, "best", "f1") if best else -1.0
         tags = ("latest", "best") if f1["f1"] > best_f1 else ("latest",)
         save_checkpoint(ws, MODEL_DIR, name, save(state), config, metrics, tags=tags)
-        blob, extra = _state(optimizer, scheduler)
+        blob, groups = optimizer_state({"opt": optimizer})
+        extra = {"param_groups": groups, "scheduler": scheduler.state_dict()}
         ws.loc.write_bytes(f"models/{MODEL_DIR}/{name}/optimizer.safetensors", blob)
         ws.loc.write_json(STATE_KEY, {"run": key, "done": k + 1, "checkpoint": name, **extra})
         if previous and previous != name:

@@ -49,6 +49,7 @@ from storage.items import item_table
 from storage.workspace import Workspace, WorkspaceError
 from tasks.augment import validation_split
 from tasks.segment import pick_device
+from tasks.training import load_optimizer_state, optimizer_state, seeded_generator
 
 log = logging.getLogger(__name__)
 
@@ -260,41 +261,10 @@ def _load_weights(nets: dict[str, torch.nn.Module], blob: bytes) -> None:
             net.load_state_dict(part)
 
 
-def _optim_blob(optimizers: dict[str, torch.optim.Optimizer]) -> tuple[bytes, dict[str, Any]]:
-    from safetensors.torch import save
-
-    tensors, groups = {}, {}
-    for name, opt in optimizers.items():
-        state = opt.state_dict()
-        for pid, st in state["state"].items():
-            for key, value in st.items():
-                tensors[f"{name}.{pid}.{key}"] = torch.as_tensor(value).cpu().contiguous()
-        groups[name] = state["param_groups"]
-    return save(tensors), groups
-
-
-def _load_optim(optimizers: dict[str, torch.optim.Optimizer], blob: bytes, groups: dict[str, Any]) -> None:
-    from safetensors.torch import load
-
-    tensors = load(blob)
-    for name, opt in optimizers.items():
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in tensors.items():
-            owner, pid, what = key.split(".", 2)
-            if owner == name:
-                state.setdefault(int(pid), {})[what] = value
-        opt.load_state_dict({"state": state, "param_groups": groups[name]})
-
-
-def _step_generator(seed: int, phase: str, step: int) -> torch.Generator:
-    digest = hashlib.sha256(f"{seed}\0{phase}\0{step}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
-
-
 def _batch(
     pairs: Pairs, opts: GauganOptions, phase: str, step: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
-    g = _step_generator(opts.seed, phase, step)
+    g = seeded_generator(opts.seed, phase, step)
     idx = torch.randint(len(pairs.train), (opts.batch_size,), generator=g).tolist()
     flips = (torch.rand(opts.batch_size, generator=g) < 0.5).tolist()
     x, y = pairs.read([pairs.train[i] for i in idx], flips)
@@ -467,7 +437,9 @@ def train_gaugan(
         _load_weights(nets.named(), ckpt.weights)
         phase, step = meta["phase"], int(meta["step"])
         blob = ws.loc.read_bytes(f"models/{MODEL_DIR}/{meta['checkpoint']}/optimizer.safetensors")
-        _load_optim({"vae": opt_vae} if phase == "vae" else {"G": opt_g, "D": opt_d}, blob, meta["param_groups"])
+        load_optimizer_state(
+            {"vae": opt_vae} if phase == "vae" else {"G": opt_g, "D": opt_d}, blob, meta["param_groups"]
+        )
         resumed = {"phase": phase, "step": step}
         if ckpt.config.get("data_digest") != pairs.digest():
             log.warning("the training data changed since step %d of run %s: continuing on the current data", step, key)
@@ -496,7 +468,7 @@ def train_gaugan(
         optimizers: dict[str, torch.optim.Optimizer] = (
             {"vae": opt_vae} if phase_now == "vae" else {"G": opt_g, "D": opt_d}
         )
-        blob, groups = _optim_blob(optimizers)
+        blob, groups = optimizer_state(optimizers)
         ws.loc.write_bytes(f"models/{MODEL_DIR}/{name}/optimizer.safetensors", blob)
         if phase_now == "gan":
             ws.loc.write_bytes(

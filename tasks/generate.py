@@ -29,6 +29,7 @@ from storage.items import Journal, item_table, write_item_index
 from storage.workspace import IGNORE_INDEX, Workspace, WorkspaceError, image_spec
 from tasks.gaugan import MODEL_DIR, GauganOptions, Trained, collect_pairs, generate_images
 from tasks.imageio import BadImage, encode_png, load_square, square_mask
+from tasks.training import seeded_generator
 
 log = logging.getLogger(__name__)
 
@@ -216,9 +217,7 @@ def read_masks(mask_dir: str, size: int, num_classes: int) -> tuple[list[str], l
 def mask_latents(ids: list[str], z_dim: int, seed: int) -> torch.Tensor:
     rows = []
     for item in ids:
-        digest = hashlib.sha256(f"{seed}\0{item}".encode()).digest()
-        g = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
-        rows.append(torch.randn(z_dim, generator=g))
+        rows.append(torch.randn(z_dim, generator=seeded_generator(seed, item)))
     return torch.stack(rows) if rows else torch.zeros(0, z_dim)
 
 
