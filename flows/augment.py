@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NO_CACHE
 
+from flows.ops import mangaka_flow, shard_task
 from flows.shards import run_shards
 from storage.items import item_table, write_item_index
 from storage.workspace import Workspace, WorkspaceError
@@ -15,12 +15,12 @@ from tasks.augment import IMAGES, AugmentOptions, AugmentShardSpec, augment_shar
 from tasks.ingest import ShardResult
 
 
-@task(name="augment-shard", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@shard_task("augment-shard")
 def augment_shard_task(spec: AugmentShardSpec) -> ShardResult:
     return augment_shard(spec)
 
 
-@flow(name="augment")
+@mangaka_flow("augment")
 def augment(workspace: str, options: AugmentOptions = AugmentOptions()) -> dict[str, Any]:  # noqa: B008
     """Write ``options.multiplier`` variants of every annotated item (the original first)."""
     logger = get_run_logger()

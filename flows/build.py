@@ -7,10 +7,13 @@ one Dask cluster. Stages added by later work register in ``STAGES``.
 from __future__ import annotations
 
 import json
-from typing import Any
+import os
+import time
+from collections.abc import Callable
+from typing import Any, Literal
 
-from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
+from prefect import get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, Field
 
 from flows.augment import augment
@@ -18,6 +21,7 @@ from flows.gaugan import eval_gaugan_flow, generate_flow, train_gaugan_flow
 from flows.ingest import ingest_images
 from flows.labelme import ingest_labelme
 from flows.lineart import render_lineart, train_lineart_flow
+from flows.ops import mangaka_flow
 from flows.pseudolabel import pseudolabel
 from flows.runtime import run_flow
 from flows.segment import train_unet_flow
@@ -32,11 +36,23 @@ from tasks.colorizer import ColorizerOptions
 from tasks.fast_style import FastStyleOptions
 from tasks.gaugan import GauganOptions
 from tasks.ingest import IngestOptions
-from tasks.report import contact_sheet
+from tasks.report import contact_sheet, sheet_columns
 from tasks.segment import TrainOptions
 from tasks.status import status_lines, workspace_status
 
-STAGES = (
+Stage = Literal[
+    "ingest-labelme",
+    "augment",
+    "train-unet",
+    "ingest-images",
+    "pseudolabel",
+    "train-gaugan",
+    "train-lineart",
+    "render-lineart",
+    "train-colorizer",
+    "render-style",
+]
+STAGES: tuple[Stage, ...] = (
     "ingest-labelme",
     "augment",
     "train-unet",
@@ -97,12 +113,12 @@ class DemoOptions(BaseModel):
         )
 
 
-@flow(name="build-dataset")
+@mangaka_flow("build-dataset")
 def build(
     workspace: str,
     src: str | None = None,
     labelme: str | None = None,
-    stages: list[str] = list(STAGES),  # noqa: B006 - Prefect copies parameters
+    stages: list[Stage] = list(STAGES),  # noqa: B006 - Prefect copies parameters
     size: int | None = None,
     shard_size: int | None = None,
     augment_options: AugmentOptions | None = None,
@@ -112,8 +128,9 @@ def build(
     colorizer_options: ColorizerOptions | None = None,
     style_image: str | None = None,
     fast_options: FastStyleOptions | None = None,
+    report: bool = True,
 ) -> dict[str, Any]:
-    """Run the chain's stages in order on ``workspace``.
+    """Run the chain's stages in order on ``workspace``; write ``reports/<run>/index.html``.
 
     ``src``: new corpus images, if any; ``labelme``: a folder of labelme annotations.
     """
@@ -122,94 +139,157 @@ def build(
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
     results: dict[str, Any] = {}
+    timings: dict[str, float] = {}
     ws = Workspace(workspace)
     size = size or ws.config().get("image_size", 512)
+
+    def run(stage: str, fn: Callable[[], Any]) -> None:
+        t0 = time.perf_counter()
+        results[stage] = fn()
+        timings[stage] = round(time.perf_counter() - t0, 2)
+
     if "ingest-labelme" in stages:
         if labelme is None:
             logger.info("ingest-labelme: no labelme folder given, nothing new to ingest")
         else:
-            classes = tuple(ws.classes)
-            results["ingest-labelme"] = run_flow(
-                ingest_labelme,
-                workspace=workspace,
-                src=labelme,
-                options=LabelmeOptions(size=size, classes=classes),
-                shard_size=shard_size,
+            opts = LabelmeOptions(size=size, classes=tuple(ws.classes))
+            run(
+                "ingest-labelme",
+                lambda: ingest_labelme(workspace=workspace, src=labelme, options=opts, shard_size=shard_size),
             )
     if "augment" in stages:
         if item_table(ws, "annotated").by_id:
-            results["augment"] = run_flow(augment, workspace=workspace, options=augment_options or AugmentOptions())
+            run("augment", lambda: augment(workspace=workspace, options=augment_options or AugmentOptions()))
         else:
             logger.info("augment: no annotated items yet, nothing to augment")
     if "train-unet" in stages:
         if len(item_table(ws, "annotated")) >= 2:
-            results["train-unet"] = train_unet_flow(workspace=workspace, options=train_options or TrainOptions())
+            run("train-unet", lambda: train_unet_flow(workspace=workspace, options=train_options or TrainOptions()))
         else:
             logger.info("train-unet: fewer than 2 annotated items, nothing to train on")
     if "ingest-images" in stages:
         if src is None:
             logger.info("ingest-images: no src given, nothing new to ingest")
         else:
-            options = IngestOptions(size=size)
-            results["ingest-images"] = run_flow(
-                ingest_images, workspace=workspace, src=src, options=options, shard_size=shard_size
+            iopts = IngestOptions(size=size)
+            run(
+                "ingest-images",
+                lambda: ingest_images(workspace=workspace, src=src, options=iopts, shard_size=shard_size),
             )
     if "pseudolabel" in stages:
         if ws.loc.exists("models/unet/tags/latest.json") and len(item_table(ws, "corpus")):
-            results["pseudolabel"] = run_flow(pseudolabel, workspace=workspace)
+            run("pseudolabel", lambda: pseudolabel(workspace=workspace))
         else:
             logger.info("pseudolabel: needs a trained segmenter and corpus images")
     if "train-gaugan" in stages:
         if len(item_table(ws, "annotated")) or ws.has_array("corpus/masks"):
-            opts = gaugan_options or GauganOptions(size=min(256, size))
-            results["train-gaugan"] = train_gaugan_flow(workspace=workspace, options=opts)
+            gopts = gaugan_options or GauganOptions(size=min(256, size))
+            run("train-gaugan", lambda: train_gaugan_flow(workspace=workspace, options=gopts))
         else:
             logger.info("train-gaugan: needs annotations or pseudo-labelled corpus images")
     if "train-lineart" in stages:
-        results["train-lineart"] = train_lineart_flow(
-            workspace=workspace, options=lineart_options or LineartTrainOptions()
-        )
+        lopts = lineart_options or LineartTrainOptions()
+        run("train-lineart", lambda: train_lineart_flow(workspace=workspace, options=lopts))
     if "render-lineart" in stages:
         if len(item_table(ws, "corpus")):
             methods = ["canny", "xdog"] + (["artline"] if ws.loc.exists("models/artline/tags/latest.json") else [])
-            results["render-lineart"] = {m: run_flow(render_lineart, workspace=workspace, method=m) for m in methods}
+            run("render-lineart", lambda: {m: render_lineart(workspace=workspace, method=m) for m in methods})
         else:
             logger.info("render-lineart: no corpus images yet")
     if "train-colorizer" in stages:
         if len(item_table(ws, "corpus")):
-            results["train-colorizer"] = train_colorizer_flow(
-                workspace=workspace, options=colorizer_options or ColorizerOptions(size=min(256, size))
-            )
+            copts = colorizer_options or ColorizerOptions(size=min(256, size))
+            run("train-colorizer", lambda: train_colorizer_flow(workspace=workspace, options=copts))
         else:
             logger.info("train-colorizer: no corpus images yet")
     if "render-style" in stages:
         if len(item_table(ws, "corpus")):
-            rendered = {"toon": run_flow(render_style, workspace=workspace, method="npr", name="toon", style="toon")}
-            if style_image:
-                rendered["fast"] = run_flow(
-                    render_style,
-                    workspace=workspace,
-                    method="fast",
-                    name="fast",
-                    style_image=style_image,
-                    fast_options=fast_options or FastStyleOptions(),
-                )
-            if ws.loc.exists("models/colorizer/tags/latest.json"):
-                # the colouriser learns from auto-Canny drawings: colour those (any line art works, less well)
-                rendered["colorized"] = run_flow(
-                    render_style, workspace=workspace, method="colorize", name="colorized", lines="canny"
-                )
-            results["render-style"] = rendered
+            run("render-style", lambda: _render_styles(ws, workspace, style_image, fast_options))
         else:
             logger.info("render-style: no corpus images yet")
+    rows = stage_rows(results, timings)
+    results["seconds"] = timings
+    if report:
+        results["report"] = write_report(ws, rows)
     return results
 
 
+def _render_styles(
+    ws: Workspace, workspace: str, style_image: str | None, fast_options: FastStyleOptions | None
+) -> dict[str, Any]:
+    rendered = {"toon": render_style(workspace=workspace, method="npr", name="toon", style="toon")}
+    if style_image:
+        rendered["fast"] = render_style(
+            workspace=workspace,
+            method="fast",
+            name="fast",
+            style_image=style_image,
+            fast_options=fast_options or FastStyleOptions(),
+        )
+    if ws.loc.exists("models/colorizer/tags/latest.json"):
+        # the colouriser learns from auto-Canny drawings: colour those (any line art works, less well)
+        rendered["colorized"] = render_style(workspace=workspace, method="colorize", name="colorized", lines="canny")
+    return rendered
+
+
+COUNT_KEYS = ("stored", "labelled", "rendered", "made", "augmented", "ingested", "quarantined", "shards")
+
+
+def stage_rows(results: dict[str, Any], timings: dict[str, float]) -> list[dict[str, Any]]:
+    """One row per stage run (per method for multi-method stages): counts, seconds, items/s."""
+    rows: list[dict[str, Any]] = []
+
+    def row(stage: str, r: Any, seconds: float | None) -> None:
+        out: dict[str, Any] = {"stage": stage, "seconds": seconds}
+        if isinstance(r, dict):
+            out.update({k: r[k] for k in COUNT_KEYS if isinstance(r.get(k), int)})
+            for k in ("miou", "f1", "semantic_miou", "palette_accuracy"):
+                if isinstance(r.get(k), float):
+                    out[k] = r[k]
+        items = next((out[k] for k in ("stored", "labelled", "rendered", "made", "augmented") if k in out), None)
+        if items and seconds:
+            out["items_per_second"] = round(items / seconds, 2)
+        rows.append(out)
+
+    for stage, r in results.items():
+        if stage in ("report", "seconds"):
+            continue
+        if stage in ("render-lineart", "render-style") and isinstance(r, dict):
+            for method, sub in r.items():
+                row(f"{stage} {method}", sub, None)
+            rows[-len(r)]["seconds"] = timings.get(stage)  # the stage's time, on its first row
+        else:
+            row(stage, r, timings.get(stage))
+    return rows
+
+
+def run_key() -> str:
+    """The report folder of this run: ``<UTC time>-<run id>``, sortable and unique."""
+    import datetime as dt
+
+    from prefect.runtime import flow_run
+
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{str(flow_run.id or 'local')[:8]}"
+
+
 def write_report(
-    ws: Workspace, evaluation: dict[str, Any] | None = None, gaugan: dict[str, Any] | None = None
+    ws: Workspace,
+    stages: list[dict[str, Any]] | None = None,
+    evaluation: dict[str, Any] | None = None,
+    gaugan: dict[str, Any] | None = None,
 ) -> dict[str, str]:
-    """Write ``reports/status.{json,txt}`` and contact sheets; return their paths."""
+    """``reports/<run>/index.html`` with contact sheets, metrics, timings and the quarantine.
+
+    Also ``status.json``/``status.txt`` beside it, and the run's Prefect artifacts: a table
+    of the stages and a markdown summary with the quality figures and links to the sheets.
+    Returns the paths written.
+    """
+    from tasks.report import html_figure, html_page, html_table
+
+    base = f"reports/{run_key()}"
     status = workspace_status(ws)
+    status["runs"] = ws.runs(limit=20)
     if evaluation:
         status["evaluation"] = evaluation
     if gaugan:
@@ -220,27 +300,101 @@ def write_report(
     if gaugan:
         text += "\n" + "\n".join(gaugan_lines(gaugan)) + "\n"
     paths = {
-        "status_json": ws.write_file("reports/status.json", json.dumps(status, indent=1).encode()),
-        "status_txt": ws.write_file("reports/status.txt", text.encode()),
+        "status_json": ws.write_file(f"{base}/status.json", json.dumps(status, indent=1, default=str).encode()),
+        "status_txt": ws.write_file(f"{base}/status.txt", text.encode()),
     }
-    for family, name in (
-        ("corpus", "contact_sheet"),
-        ("annotated", "annotated_sheet"),
-        ("augmented", "augmented_sheet"),
+    figures: list[str] = []
+    for family, caption in (
+        ("corpus", "corpus portraits"),
+        ("annotated", "annotations"),
+        ("augmented", "augmented annotations"),
+        ("generated", "portraits generated by GauGAN"),
     ):
         if len(item_table(ws, family)):
-            paths[name] = ws.write_file(f"reports/{name}.png", contact_sheet(ws, family))
+            paths[f"{family}_sheet"] = ws.write_file(f"{base}/{family}.png", contact_sheet(ws, family))
+            shown = ", ".join(
+                c.split("/", 1)[1] + (" (overlay)" if "mask" in c else "") for c in sheet_columns(ws, family)
+            )
+            figures.append(html_figure(f"{family}.png", f"{caption}, each item left to right: {shown}"))
     if gaugan and gaugan.get("checkpoint"):
         key = f"models/gaugan/{gaugan['checkpoint']}/samples.png"
         if ws.loc.exists(key):
-            paths["gaugan_samples"] = ws.write_file("reports/gaugan_samples.png", ws.loc.read_bytes(key))
-        if (gaugan.get("generate") or {}).get("strip"):
-            paths["gaugan_attribute_strip"] = gaugan["generate"]["strip"]
-    create_markdown_artifact(key="mangaka-status", markdown=f"```\n{text}```", description=f"status of {ws.url}")
+            paths["gaugan_samples"] = ws.write_file(f"{base}/gaugan-samples.png", ws.loc.read_bytes(key))
+            figures.append(html_figure("gaugan-samples.png", f"GauGAN samples at {gaugan['checkpoint']}"))
+        strip = (gaugan.get("generate") or {}).get("strip")
+        if strip and os.path.exists(strip):
+            with open(strip, "rb") as f:
+                paths["gaugan_attribute_strip"] = ws.write_file(f"{base}/attribute-strip.png", f.read())
+            figures.append(html_figure("attribute-strip.png", "latent attribute direction (hair colour)"))
+    metrics = quality_rows(status, evaluation, gaugan)
+    coverage = [{"array or model": k, **v} for k, v in sorted(status["stages"].items())]
+    quarantine = status["quarantine"]
+    runs = [{k: r.get(k) for k in ("name", "flow", "state", "start", "seconds", "message")} for r in status["runs"]]
+    page = html_page(
+        f"mangaka report: {ws.url}",
+        [
+            ("Quality", html_table(metrics)),
+            ("Stages of this run", html_table(stages or [])),
+            ("Contact sheets", "\n".join(figures) or "<p>(no items yet)</p>"),
+            ("Coverage", html_table(coverage)),
+            (f"Quarantine ({len(quarantine)})", html_table(quarantine[:500])),
+            ("Recent runs", html_table(runs)),
+        ],
+    )
+    paths["index"] = ws.write_file(f"{base}/index.html", page)
+    _artifacts(ws, paths, stages or [], metrics, len(quarantine))
     return paths
 
 
-@flow(name="demo")
+def quality_rows(
+    status: dict[str, Any], evaluation: dict[str, Any] | None, gaugan: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    """The quality figures a report leads with: pseudo-label mIoU, line-art F1, GauGAN consistency."""
+    rows: list[dict[str, Any]] = []
+    for name, ev in (evaluation or {}).items():
+        if "miou" in ev:
+            rows.append({"metric": f"{name}: mIoU", "value": ev["miou"], "images": ev.get("images")})
+        else:
+            for method, r in ev.items():
+                rows.append({"metric": f"{name}: {method} F1", "value": r["f1"], "images": r.get("images")})
+    labels = {
+        "miou": "validation mIoU",
+        "f1": "held-out line F1",
+        "semantic_miou": "semantic mIoU",
+        "palette_accuracy": "held-out palette accuracy",
+    }
+    for model, st in sorted(status["stages"].items()):
+        for k, label in labels.items():
+            if k in st:
+                rows.append({"metric": f"{model}: {label}", "value": st[k], "images": None})
+    if gaugan and "semantic_miou" in gaugan:
+        rows.append(
+            {"metric": "GauGAN semantic mIoU (held-out)", "value": gaugan["semantic_miou"], "images": gaugan["images"]}
+        )
+        rows.append({"metric": "real images, same segmenter", "value": gaugan["real"]["semantic_miou"], "images": None})
+    return rows
+
+
+def _artifacts(
+    ws: Workspace, paths: dict[str, str], stages: list[dict[str, Any]], metrics: list[dict[str, Any]], quarantined: int
+) -> None:
+    def link(path: str) -> str:
+        return path if "://" in path else f"file://{path}"
+
+    if stages:
+        create_table_artifact(
+            key="build-stages",
+            table=[{**r, "quarantine_total": quarantined} for r in stages],
+            description=f"stages of this run on {ws.url}: counts, seconds, throughput",
+        )
+    lines = [f"# mangaka run on `{ws.url}`", "", "| metric | value |", "| --- | --- |"]
+    lines += [f"| {m['metric']} | {m['value']:.4f} |" for m in metrics]
+    lines += ["", f"Quarantined items: {quarantined}", "", f"- [report]({link(paths['index'])})"]
+    lines += [f"- [{k.replace('_', ' ')}]({link(v)})" for k, v in paths.items() if v.endswith(".png")]
+    create_markdown_artifact(key="mangaka-report", markdown="\n".join(lines), description=f"report of {ws.url}")
+
+
+@mangaka_flow("demo")
 def demo(workspace: str, options: DemoOptions = DemoOptions()) -> dict[str, Any]:  # noqa: B008
     """Draw a synthetic corpus into the workspace, build every stage on it, write a report."""
     ws = Workspace(workspace)
@@ -260,6 +414,7 @@ def demo(workspace: str, options: DemoOptions = DemoOptions()) -> dict[str, Any]
         fast_options=FastStyleOptions(size=options.fast_style_size, steps=options.fast_style_steps),
         size=options.size,
         shard_size=options.shard_size,
+        report=False,
     )
     evaluation: dict[str, Any] = {}
     if ws.has_array("corpus/masks"):
@@ -285,7 +440,8 @@ def demo(workspace: str, options: DemoOptions = DemoOptions()) -> dict[str, Any]
                 attribute=attribute,
                 strength=3.0,
             )
-    report = write_report(ws, evaluation, gaugan)
+    rows = stage_rows(built, built.get("seconds", {}))
+    report = write_report(ws, rows, evaluation, gaugan)
     return {"synth": drawn, "build": built, "report": report, "evaluation": evaluation, "gaugan": gaugan}
 
 

@@ -222,6 +222,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--labelme", default=None, help="a folder of labelme annotations to ingest")
     s.add_argument("--size", type=_positive, default=None, help="default: the workspace's, else 512")
 
+    s = sub.add_parser("serve", help="serve the nightly build and every flow's backfill (needs PREFECT_API_URL)")
+    s.add_argument("--cron", default="0 3 * * *", help="the nightly build's schedule (default 0 3 * * *)")
+    s.add_argument("--timezone", default="UTC", help="the schedule's time zone (default UTC)")
+    s.add_argument("--src", default=None, help="the nightly build's corpus source (new files are ingested)")
+    s.add_argument("--labelme", default=None, help="the nightly build's labelme folder (corrections are ingested)")
+    s.add_argument("--gpu-limit", type=int, default=1, help="GPU shard tasks at once, all runs (0: no limit)")
+    s.add_argument("--limit", type=_positive, default=None, help="flow runs at once from this process")
+
     s = sub.add_parser("demo", help="synth + build on the embedded default, then a report")
     s.add_argument("--full", action="store_true", help="real sizes (512 px, thousands of portraits)")
     return p
@@ -744,7 +752,9 @@ def _cmd_build(a: argparse.Namespace, config: RunConfig) -> int:
         config,
         lambda: build(workspace=config.workspace, src=a.src, labelme=a.labelme, stages=stages, size=a.size),
     )
-    print(json.dumps(r, indent=1))
+    print(json.dumps(r, indent=1, default=str))
+    if r.get("report"):
+        print(f"report: {r['report']['index']}", file=sys.stderr)
     return 0
 
 
@@ -760,7 +770,7 @@ def _cmd_demo(a: argparse.Namespace, config: RunConfig) -> int:
         print("\n".join(evaluation_lines(name, ev)))
     if r.get("gaugan"):
         print("\n".join(gaugan_lines(r["gaugan"])))
-    print("report: " + ", ".join(r["report"].values()))
+    print(f"report: {r['report']['index']}")
     return 0
 
 
@@ -769,6 +779,35 @@ def _demo_lines(workspace: str) -> list[str]:
     from tasks.status import status_lines, workspace_status
 
     return status_lines(workspace_status(Workspace(workspace)))
+
+
+def _cmd_serve(a: argparse.Namespace, config: RunConfig) -> int:
+    from flows.runtime import _ensure_prefect_home
+    from flows.serve import serve
+
+    if not os.environ.get("PREFECT_API_URL"):
+        raise UsageError(
+            "serve needs a Prefect server: start one (`prefect server start`) and set PREFECT_API_URL, "
+            "e.g. http://127.0.0.1:4200/api"
+        )
+    try:
+        from prefect.client.schemas.schedules import CronSchedule
+
+        CronSchedule(cron=a.cron, timezone=a.timezone)
+    except ValueError as exc:
+        raise UsageError(f"invalid --cron/--timezone: {str(exc).splitlines()[0]}") from None
+    _ensure_prefect_home()
+    serve(
+        config.workspace if "://" in config.workspace else os.path.abspath(config.workspace),
+        cron=a.cron,
+        timezone=a.timezone,
+        src=a.src if a.src is None or "://" in a.src else os.path.abspath(a.src),
+        labelme=a.labelme if a.labelme is None or "://" in a.labelme else os.path.abspath(a.labelme),
+        gpu_limit=a.gpu_limit,
+        limit=a.limit,
+        dask_address=config.dask_address,
+    )
+    return 0
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, RunConfig], int]] = {
@@ -793,6 +832,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, RunConfig], int]] = {
     "status": _cmd_status,
     "build": _cmd_build,
     "demo": _cmd_demo,
+    "serve": _cmd_serve,
 }
 
 

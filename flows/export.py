@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 
+from flows.ops import mangaka_flow, shard_task
 from flows.shards import run_shards
 from storage.items import item_table
 from storage.workspace import Workspace, WorkspaceError, family_of
 from tasks.export import ExportSpec, LabelmeExportSpec, export_labelme_shard, export_shard
 
 
-@task(name="export-shard", retries=2, cache_policy=NO_CACHE)
+@shard_task("export-shard")
 def export_shard_task(spec: ExportSpec) -> int:
     return export_shard(spec)
 
 
-@flow(name="export")
+@mangaka_flow("export", "{array} to {out}")
 def export(workspace: str, array: str, out: str) -> dict[str, int]:
     """Write ``out/<id>.png`` for every item of ``array`` that has been produced."""
     ws = Workspace(workspace)
@@ -39,12 +39,12 @@ def export(workspace: str, array: str, out: str) -> dict[str, int]:
     return {"exported": written}
 
 
-@task(name="export-labelme-shard", retries=2, cache_policy=NO_CACHE)
+@shard_task("export-labelme-shard")
 def export_labelme_shard_task(spec: LabelmeExportSpec) -> int:
     return export_labelme_shard(spec)
 
 
-@flow(name="export-labelme")
+@mangaka_flow("export-labelme", "to {out}")
 def export_labelme(workspace: str, out: str, lowest_confidence: int | None = None) -> dict[str, int]:
     """Pseudo-labelled corpus images as labelme files (the ``lowest_confidence`` least sure)."""
     import math

@@ -10,10 +10,11 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from flows.ops import mangaka_flow
 from storage.workspace import Workspace, WorkspaceError
 from tasks.gaugan import MODEL_DIR, GauganOptions, collect_pairs, evaluate, load_gaugan, train_gaugan
 
@@ -23,7 +24,7 @@ def _file_url(ws: Workspace, key: str) -> str:
     return path if "://" in path else f"file://{path}"
 
 
-@flow(name="train-gaugan")
+@mangaka_flow("train-gaugan")
 def train_gaugan_flow(workspace: str, options: GauganOptions = GauganOptions()) -> dict[str, Any]:  # noqa: B008
     """Pretrain the encoder as a VAE, then train GauGAN; checkpoints land in ``models/gaugan``."""
     logger = get_run_logger()
@@ -56,7 +57,7 @@ def train_gaugan_flow(workspace: str, options: GauganOptions = GauganOptions()) 
     return result.to_dict()
 
 
-@flow(name="generate")
+@mangaka_flow("generate", "to {out}")
 def generate_flow(
     workspace: str,
     masks: str,
@@ -88,7 +89,7 @@ def parse_attribute(text: str) -> tuple[str, str]:
     return name.strip(), value.strip()
 
 
-@flow(name="eval-gaugan")
+@mangaka_flow("eval-gaugan")
 def eval_gaugan_flow(
     workspace: str, model: str = "latest", count: int = 0, seed: int = 0, device: str = "auto"
 ) -> dict[str, Any]:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NO_CACHE
 
+from flows.ops import mangaka_flow, shard_task
 from flows.shards import run_shards
 from storage.items import item_table, write_item_index
 from storage.sources import list_sources
@@ -31,12 +31,12 @@ from tasks.ingest import (
 )
 
 
-@task(name="ingest-shard", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@shard_task("ingest-shard")
 def ingest_shard_task(spec: ShardSpec) -> ShardResult:
     return ingest_shard(spec)
 
 
-@flow(name="ingest-images", log_prints=False)
+@mangaka_flow("ingest-images", "from {src}", log_prints=False)
 def ingest_images(
     workspace: str,
     src: str,

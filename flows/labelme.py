@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NO_CACHE
 
+from flows.ops import mangaka_flow, shard_task
 from flows.shards import run_shards
 from storage.items import item_table, write_item_index
 from storage.sources import list_sources
@@ -26,12 +26,12 @@ from tasks.annotations import (
 from tasks.ingest import ShardResult, fix_shard_size, shard_specs, start_batches
 
 
-@task(name="ingest-labelme-shard", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@shard_task("ingest-labelme-shard")
 def ingest_labelme_shard_task(spec: LabelmeShardSpec) -> ShardResult:
     return ingest_labelme_shard(spec)
 
 
-@flow(name="ingest-labelme")
+@mangaka_flow("ingest-labelme", "from {src}")
 def ingest_labelme(
     workspace: str,
     src: str,

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, Literal
 
-from prefect import flow, get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NO_CACHE
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from flows.ops import mangaka_flow, shard_task
 from flows.runtime import gpu_workers
 from flows.shards import live_slots, pending_shards, run_shards
 from storage.checkpoints import load_checkpoint
@@ -20,7 +20,7 @@ from tasks.ingest import ShardResult
 from tasks.lineart import METHODS, LineartShardSpec, array_name, lineart_shard, method_version, prepare_array
 
 
-@flow(name="train-lineart")
+@mangaka_flow("train-lineart")
 def train_lineart_flow(workspace: str, options: LineartTrainOptions = LineartTrainOptions()) -> dict[str, Any]:  # noqa: B008
     """Train the ArtLine-style model with progressive resizing; checkpoints in ``models/artline``."""
     logger = get_run_logger()
@@ -41,15 +41,15 @@ def train_lineart_flow(workspace: str, options: LineartTrainOptions = LineartTra
     return result
 
 
-@task(name="lineart-shard", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@shard_task("lineart-shard")
 def lineart_shard_task(spec: LineartShardSpec) -> ShardResult:
     return lineart_shard(spec)
 
 
-@flow(name="render-lineart")
+@mangaka_flow("render-lineart", "{method}")
 def render_lineart(
     workspace: str,
-    method: str = "xdog",
+    method: Literal["canny", "xdog", "artline"] = "xdog",
     model: str = "latest",
     shards: str | None = None,
     force: bool = False,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NO_CACHE
 
+from flows.ops import mangaka_flow, shard_task
 from flows.runtime import gpu_workers
 from flows.shards import live_slots, pending_shards, run_shards
 from storage.checkpoints import load_checkpoint
@@ -24,12 +24,12 @@ from tasks.pseudolabel import (
 )
 
 
-@task(name="pseudolabel-shard", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@shard_task("pseudolabel-shard")
 def pseudolabel_shard_task(spec: PseudolabelShardSpec) -> ShardResult:
     return pseudolabel_shard(spec)
 
 
-@flow(name="pseudolabel")
+@mangaka_flow("pseudolabel")
 def pseudolabel(
     workspace: str,
     options: PseudolabelOptions = PseudolabelOptions(),  # noqa: B008

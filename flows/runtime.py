@@ -18,6 +18,9 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from prefect_dask import DaskTaskRunner
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,54 @@ def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
+def local_gpus() -> int:
+    """GPUs this process can use (0 without CUDA); torch is imported only to ask."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
+        return 0
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return 0
+    return int(torch.cuda.device_count())
+
+
+def local_cluster(n_workers: int | None = None, gpus: int | None = None) -> Any:
+    """A LocalCluster of single-threaded worker processes; the first ``gpus`` own a GPU each.
+
+    A GPU worker advertises the Dask resource ``GPU=1`` and sees only its own device
+    (``CUDA_VISIBLE_DEVICES``), so GPU-annotated tasks land only there; on a machine without
+    a GPU every worker is a CPU worker and the same flows run on the CPU. ``gpus`` defaults
+    to the GPUs of this machine (tests pass a fake count).
+    """
+    import copy
+
+    from distributed import LocalCluster
+
+    quiet_dask()
+    n = n_workers or default_workers()
+    gpus = local_gpus() if gpus is None else gpus
+    n = max(n, gpus)
+    cluster = LocalCluster(
+        n_workers=0,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        silence_logs=logging.WARNING,
+        # A worker must never be killed for memory mid-shard on a small laptop: shards are
+        # sized so that a task's peak is bounded (see docs/ARCHITECTURE.md).
+        memory_limit=0,
+    )
+    for i in range(n):
+        spec = copy.deepcopy(cluster.new_spec)
+        if i < gpus:
+            spec["options"]["resources"] = {"GPU": 1}
+            spec["options"]["env"] = {"CUDA_VISIBLE_DEVICES": str(i)}
+        cluster.worker_spec[f"{'gpu' if i < gpus else 'cpu'}-{i}"] = spec
+    cluster.sync(cluster._correct_state)
+    cluster.wait_for_workers(n)
+    return cluster
+
+
 @contextlib.contextmanager
 def dask_address(config: RunConfig) -> Iterator[str]:
     """Yield a Dask scheduler address: the given one, or a LocalCluster's for this run.
@@ -98,20 +149,7 @@ def dask_address(config: RunConfig) -> Iterator[str]:
     if config.dask_address:
         yield config.dask_address
         return
-    from distributed import LocalCluster
-
-    quiet_dask()
-    n = config.n_workers or default_workers()
-    cluster = LocalCluster(
-        n_workers=n,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-        silence_logs=logging.WARNING,
-        # A worker must never be killed for memory mid-shard on a small laptop: shards are
-        # sized so that a task's peak is bounded (see docs/ARCHITECTURE.md).
-        memory_limit=0,
-    )
+    cluster = local_cluster(config.n_workers)
     try:
         yield cluster.scheduler_address
     finally:
@@ -133,23 +171,42 @@ DASK_ADDRESS_ENV = "MANGAKA_DASK_ADDRESS"
 
 
 def run_flow(flow_obj, /, **params):  # noqa: ANN001, ANN201 - any Prefect flow
-    """Call ``flow_obj`` with the run's Dask cluster as its task runner.
+    """Call a flow; its :class:`MangakaTaskRunner` finds the run's cluster by itself."""
+    return flow_obj(**params)
 
-    The address comes from ``session`` (via ``MANGAKA_DASK_ADDRESS``), so sub-flows of
-    ``build`` share the one cluster; without it (a served deployment) Prefect's
-    DaskTaskRunner starts a LocalCluster for the flow run.
+
+class MangakaTaskRunner(DaskTaskRunner):
+    """Prefect's DaskTaskRunner on the run's one cluster, found when the first task is submitted.
+
+    The cluster is the one named by ``MANGAKA_DASK_ADDRESS`` (``--dask-address``, or the
+    command's LocalCluster); without it (a served deployment run) the first flow that
+    submits a task starts a :func:`local_cluster`, publishes its address for the sub-flows
+    of the same run, and closes it when it ends. Flows that submit no task start nothing.
     """
-    from prefect_dask import DaskTaskRunner
 
-    address = os.environ.get(DASK_ADDRESS_ENV)
-    runner = (
-        DaskTaskRunner(address=address)
-        if address
-        else DaskTaskRunner(
-            cluster_kwargs={"n_workers": default_workers(), "threads_per_worker": 1, "dashboard_address": None}
-        )
-    )
-    return flow_obj.with_options(task_runner=runner)(**params)
+    def __init__(self) -> None:
+        super().__init__(cluster_class=local_cluster)
+
+    def duplicate(self) -> MangakaTaskRunner:
+        return type(self)()
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self)
+
+    __hash__ = object.__hash__
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            address = os.environ.get(DASK_ADDRESS_ENV)
+            if address:
+                self.address, self.cluster_class, self.resolved_cluster_class = address, None, None
+            else:
+                cluster = self._exit_stack.enter_context(local_cluster())
+                self._cluster = cluster
+                os.environ[DASK_ADDRESS_ENV] = cluster.scheduler_address
+                self._exit_stack.callback(os.environ.pop, DASK_ADDRESS_ENV, None)
+        return DaskTaskRunner.client.fget(self)  # type: ignore[attr-defined]
 
 
 def gpu_workers() -> int:
@@ -160,7 +217,7 @@ def gpu_workers() -> int:
     """
     address = os.environ.get(DASK_ADDRESS_ENV)
     if not address:
-        return 0
+        return local_gpus()  # the run's own LocalCluster, started with the first task
     from distributed import Client
 
     with Client(address, timeout=30) as client:

@@ -9,15 +9,16 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from flows.ops import mangaka_flow
 from storage.workspace import Workspace
 from tasks.segment import TrainOptions, train_unet
 
 
-@flow(name="train-unet")
+@mangaka_flow("train-unet")
 def train_unet_flow(workspace: str, options: TrainOptions = TrainOptions()) -> dict[str, Any]:  # noqa: B008
     """Train the U-Net; checkpoints land in ``models/unet`` of the workspace."""
     logger = get_run_logger()

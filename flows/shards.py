@@ -8,11 +8,14 @@ means (the CLI exits 1; a re-run redoes only the shards without a marker).
 
 from __future__ import annotations
 
+import re
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
-from prefect import get_run_logger
+from prefect import get_run_logger, tags
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.futures import as_completed
 from prefect.tasks import Task
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -25,16 +28,23 @@ class ShardFailures(RuntimeError):
 def run_shards(task: Task, specs: Sequence[Any], label: str, resources: dict[str, float] | None = None) -> list[Any]:
     """Run ``task`` on every spec; return the results; raise ShardFailures if any failed.
 
-    ``resources`` (``{"GPU": 1}``) pins the tasks to Dask workers that advertise them.
+    ``resources`` (``{"GPU": 1}``) pins the tasks to Dask workers that advertise them, and
+    tags them ``gpu`` so that a Prefect tag concurrency limit (``mangaka serve --gpu-limit``)
+    bounds the GPU work of all runs together. A progress artifact (key ``<label>-progress``)
+    is updated as shards finish, and a table artifact sums them up (items, quarantine,
+    throughput).
     """
     logger = get_run_logger()
     if not specs:
         logger.info("%s: nothing to do", label)
         return []
+    key = artifact_key(f"{label}-progress")
+    progress = create_progress_artifact(0.0, key=key, description=f"{label}: shards done, in percent")
+    t0 = time.perf_counter()
     if resources:
         import dask
 
-        with dask.annotate(resources=resources):
+        with dask.annotate(resources=resources), tags(*[r.lower() for r in resources]):
             futures = task.map(list(specs))
     else:
         futures = task.map(list(specs))
@@ -43,15 +53,47 @@ def run_shards(task: Task, specs: Sequence[Any], label: str, resources: dict[str
     columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, transient=True, disable=not sys.stderr.isatty()) as bar:
         job = bar.add_task(label, total=len(futures))
-        for fut in as_completed(futures):
+        for done, fut in enumerate(as_completed(futures), 1):
             try:
                 results.append(fut.result())
             except Exception as exc:  # a shard's own error, after its retries
                 failures.append(f"{exc.__class__.__name__}: {exc}")
             bar.advance(job)
+            if progress is not None:
+                _update_progress(progress, 100.0 * done / len(futures))
+    seconds = time.perf_counter() - t0
+    items = sum(int(getattr(r, "ok", 0)) for r in results)
+    quarantined = sum(int(getattr(r, "quarantined", 0)) for r in results)
+    create_table_artifact(
+        key=artifact_key(f"{label}-shards"),
+        table=[
+            {
+                "stage": label,
+                "shards": len(futures),
+                "failed": len(failures),
+                "items": items,
+                "quarantined": quarantined,
+                "seconds": round(seconds, 2),
+                "items_per_second": round(items / seconds, 2) if seconds > 0 else None,
+            }
+        ],
+        description=f"{label}: shards of this run",
+    )
     if failures:
         raise ShardFailures(f"{len(failures)} of {len(futures)} shards of {label} failed; first: {failures[0]}")
     return results
+
+
+def artifact_key(text: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-") or "shards"
+
+
+def _update_progress(artifact_id: Any, percent: float) -> None:
+    try:
+        update_progress_artifact(artifact_id, percent)
+    except Exception as exc:  # monitoring must never fail the run
+        get_run_logger().debug("progress artifact not updated: %s", exc)
 
 
 def pending_shards(

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
+from typing import Any, Literal
 
-from prefect import flow, get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NO_CACHE
 
+from flows.ops import mangaka_flow, shard_task
 from flows.runtime import gpu_workers
 from flows.shards import live_slots, pending_shards, run_shards
 from storage.items import item_table
@@ -37,7 +37,7 @@ def _read_image(path: str) -> tuple[bytes, Any]:
         raise WorkspaceError(f"{path}: {exc}") from None
 
 
-@flow(name="stylize")
+@mangaka_flow("stylize", "{content} in the style of {style}")
 def stylize_flow(content: str, style: str, out: str, options: StyleOptions = StyleOptions()) -> dict[str, Any]:  # noqa: B008
     """Gatys et al. on one image; intermediate images every ``save_epochs`` beside ``out``."""
     from tasks.neural_style import png_with_metadata, stylize
@@ -67,7 +67,7 @@ def stylize_flow(content: str, style: str, out: str, options: StyleOptions = Sty
     return meta
 
 
-@flow(name="train-style")
+@mangaka_flow("train-style")
 def train_style_flow(
     workspace: str, style_image: str, options: FastStyleOptions = FastStyleOptions()
 ) -> dict[str, Any]:  # noqa: B008
@@ -79,7 +79,7 @@ def train_style_flow(
     return r
 
 
-@flow(name="train-colorizer")
+@mangaka_flow("train-colorizer")
 def train_colorizer_flow(workspace: str, options: ColorizerOptions = ColorizerOptions()) -> dict[str, Any]:  # noqa: B008
     """Train the line-drawing colouriser; held-out palette accuracy per epoch."""
     ws = Workspace(workspace)
@@ -92,17 +92,17 @@ def train_colorizer_flow(workspace: str, options: ColorizerOptions = ColorizerOp
     return train_colorizer(ws, options, on_epoch)
 
 
-@task(name="style-shard", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@shard_task("style-shard")
 def style_shard_task(spec: StyleShardSpec) -> ShardResult:
     return style_shard(spec)
 
 
-@flow(name="render-style")
+@mangaka_flow("render-style", "{method} as {name}")
 def render_style(
     workspace: str,
-    method: str,
+    method: Literal["npr", "fast", "gatys", "colorize"],
     name: str,
-    style: str = "toon",
+    style: Literal["stylization", "pencil", "oil", "toon"] = "toon",
     style_image: str | None = None,
     lines: str = "canny",
     fast_options: FastStyleOptions = FastStyleOptions(),  # noqa: B008

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 
+from flows.ops import mangaka_flow, shard_task
 from flows.shards import run_shards
 from tasks.synth import write_synth_shard
 
@@ -23,12 +23,12 @@ class SynthSpec:
     annotated: int
 
 
-@task(name="synth-shard", retries=1, cache_policy=NO_CACHE)
+@shard_task("synth-shard")
 def synth_shard_task(spec: SynthSpec) -> int:
     return write_synth_shard(spec.out, spec.seed, spec.size, spec.start, spec.stop, spec.annotated)
 
 
-@flow(name="synth")
+@mangaka_flow("synth", "{count} portraits to {out}")
 def synth(out: str, count: int, annotated: int = 0, size: int = 512, seed: int = 0) -> dict[str, int]:
     """Draw ``count`` portraits into ``out``; the first ``annotated`` get labelme files."""
     if count < 0 or not 0 <= annotated <= count:

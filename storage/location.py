@@ -14,11 +14,16 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import socket
 import tempfile
 from dataclasses import dataclass
 from typing import Any
 
 import fsspec
+
+# Temporary files carry their writer's host and pid, so that a later run can tell a dead
+# writer's leftovers from a live one's (storage.lease.sweep_stale_tmp).
+TMP_PREFIX = ".tmp-"
 
 
 def is_remote(url: str) -> bool:
@@ -27,7 +32,16 @@ def is_remote(url: str) -> bool:
 
 def s3_storage_options() -> dict[str, Any]:
     """Options for s3fs from the standard AWS environment (endpoint for S3-compatible servers)."""
-    opts: dict[str, Any] = {}
+    # Every request has a time limit, so a hung connection surfaces as a transient error
+    # (retried by the shard task) instead of a task that never ends; botocore's own retries
+    # absorb short throttling first.
+    opts: dict[str, Any] = {
+        "config_kwargs": {
+            "connect_timeout": float(os.environ.get("MANGAKA_S3_CONNECT_TIMEOUT", "10")),
+            "read_timeout": float(os.environ.get("MANGAKA_S3_READ_TIMEOUT", "60")),
+            "retries": {"max_attempts": 5, "mode": "adaptive"},
+        }
+    }
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
         opts["endpoint_url"] = endpoint
@@ -91,7 +105,8 @@ class Location:
             self.fs.pipe_file(target, data)
             return
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".tmp-")
+        prefix = f"{TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-"
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=prefix)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -133,7 +148,7 @@ class Location:
         for name in names:
             name = str(name)
             rel = name[len(root) :] if name.startswith(root) else name
-            if not posixpath.basename(rel).startswith(".tmp-"):
+            if not posixpath.basename(rel).startswith(TMP_PREFIX):
                 keys.append(rel)
         return sorted(keys)
 

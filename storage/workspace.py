@@ -9,6 +9,7 @@ A workspace is a local directory or an ``s3://bucket/prefix``. Its layout::
     _meta/markers/<array>/<shard>.json     completion markers
     _meta/batches/<family>/<n>.json        ingestion journal (see storage.items)
     _meta/quarantine/<stage>/<key>.json    append-only quarantine log
+    _meta/runs/<run>.json  _meta/leases/<flow>.json   run records, workspace leases (storage.lease)
     models/<model>/<checkpoint>/...        safetensors + config + metrics
     reports/                               demo reports
 
@@ -336,6 +337,14 @@ class Workspace:
     def clear_markers(self, array: str, shards: list[int]) -> None:
         for shard in shards:
             self.loc.delete(self._marker_key(array, shard))
+
+    # -- run records ------------------------------------------------------------------
+    def runs(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The most recent run records (``_meta/runs``, written by every flow run), newest first."""
+        keys = [k for k in self.loc.list("_meta/runs") if k.endswith(".json")]
+        runs = list(self.loc.read_json_many(keys).values())
+        runs.sort(key=lambda r: str(r.get("start", "")), reverse=True)
+        return runs[:limit]
 
     # -- quarantine --------------------------------------------------------------------
     def quarantine(self, source: str, stage: str, reason: str) -> None:

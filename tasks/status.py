@@ -55,7 +55,26 @@ def workspace_status(ws: Workspace) -> dict[str, Any]:
         "stages": stages,
         "duplicates_skipped": duplicates,
         "quarantine": ws.quarantine_entries(),
+        "models": {k: v for k, v in stages.items() if "/" not in k},
+        "runs": last_runs(ws),
     }
+
+
+def last_runs(ws: Workspace, limit: int = 10) -> list[dict[str, Any]]:
+    """The newest run records; a RUNNING record whose flow's lease is gone or stale was interrupted."""
+    from storage.lease import WorkspaceLease
+
+    runs = ws.runs(limit)
+    for r in runs:
+        if r.get("state") != "RUNNING":
+            continue
+        lease = WorkspaceLease(ws.loc, str(r.get("flow", "")))
+        held = lease.current()
+        if held is None or held.get("run") != r.get("name") or lease.stale(held):
+            r["state"] = "INTERRUPTED"
+    return [
+        {k: r.get(k) for k in ("name", "flow", "state", "start", "end", "seconds", "message") if k in r} for r in runs
+    ]
 
 
 def status_lines(status: dict[str, Any]) -> list[str]:
@@ -78,4 +97,12 @@ def status_lines(status: dict[str, Any]) -> list[str]:
     lines += [f"  {e['stage']}: {e['source']}: {e['reason']}" for e in q[:50]]
     if len(q) > 50:
         lines.append(f"  ... and {len(q) - 50} more (status --json lists all)")
+    runs = status.get("runs") or []
+    if runs:
+        lines += ["", "last runs:"]
+        for r in runs[:10]:
+            took = f"{r['seconds']:.0f} s" if isinstance(r.get("seconds"), (int, float)) else ""
+            lines.append(
+                f"  {str(r.get('start', ''))[:19]:<19}  {r.get('state', ''):<11} {took:>7}  {r.get('name', '')}"
+            )
     return lines

@@ -77,17 +77,24 @@ def test_gpu_workers_are_counted_from_the_cluster(cluster: str) -> None:
 
 
 def test_pseudolabel_tasks_run_on_gpu_workers(cluster: str, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
-    """On a cluster whose worker advertises GPU=1, the pinned tasks are placed and run there."""
-    from distributed import LocalCluster
+    """A LocalCluster of 2 processes, one with a (fake) GPU: GPU tasks land only on that one."""
+    from distributed import Client, get_task_stream
 
-    from flows.runtime import DASK_ADDRESS_ENV, gpu_workers
+    from flows.runtime import DASK_ADDRESS_ENV, gpu_workers, local_cluster
 
     ws = tiny_workspace(tmp_path / "ws")
     train_unet(ws, TrainOptions(epochs=1, batch_size=4, val_fraction=0.34))
-    write_synth_shard(str(tmp_path / "c"), seed=14, size=64, start=0, stop=4, annotated=0)
-    run_flow(ingest_images, workspace=ws.url, src=str(tmp_path / "c" / "images"), options=IngestOptions(size=64))
-    with LocalCluster(n_workers=1, threads_per_worker=1, resources={"GPU": 1}, dashboard_address=None) as gpu:
-        monkeypatch.setenv(DASK_ADDRESS_ENV, gpu.scheduler_address)
+    write_synth_shard(str(tmp_path / "c"), seed=14, size=64, start=0, stop=24, annotated=0)
+    src = str(tmp_path / "c" / "images")
+    run_flow(ingest_images, workspace=ws.url, src=src, options=IngestOptions(size=64))
+    with local_cluster(n_workers=2, gpus=1) as two, Client(two.scheduler_address) as client:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        gpu = [a for a, w in workers.items() if w.get("resources", {}).get("GPU")]
+        assert len(workers) == 2 and len(gpu) == 1
+        monkeypatch.setenv(DASK_ADDRESS_ENV, two.scheduler_address)
         assert gpu_workers() == 1
-        r = run_flow(pseudolabel, workspace=ws.url)
-    assert r["labelled"] == 4
+        with get_task_stream(client) as stream:
+            r = run_flow(pseudolabel, workspace=ws.url)
+    assert r["labelled"] == 24 and r["shards"] == 3
+    ran_on = {t["worker"] for t in stream.data}
+    assert len(stream.data) >= 3 and ran_on == set(gpu), ran_on

@@ -1,0 +1,256 @@
+"""What every mangaka flow and shard task shares as an operated service.
+
+- :func:`mangaka_flow`: a Prefect flow on the run's Dask cluster (:class:`MangakaTaskRunner`),
+  with a run name that says what it does, a workspace lease (one run of a flow per
+  workspace at a time, see ``storage.lease``), a run record in the workspace
+  (``_meta/runs/``, read by ``mangaka status``) and an on-failure hook that says what
+  failed and how to resume.
+- :func:`shard_task`: a Prefect task for one shard, retried with exponential backoff and
+  jitter on transient errors only (a bad file is quarantined by the task itself and is
+  never retried; a bug fails at once).
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import inspect
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from flows.runtime import MangakaTaskRunner
+from storage.lease import WorkspaceLease
+from storage.workspace import Workspace, now_iso
+
+log = logging.getLogger("flows")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+LEASE_WAIT_ENV = "MANGAKA_LEASE_WAIT"
+
+# -- transient errors ------------------------------------------------------------------
+
+TRANSIENT_ERRNOS = {
+    errno.EAGAIN,
+    errno.EBUSY,
+    errno.ECONNABORTED,
+    errno.ECONNREFUSED,
+    errno.ECONNRESET,
+    errno.EHOSTUNREACH,
+    errno.ENETDOWN,
+    errno.ENETRESET,
+    errno.ENETUNREACH,
+    errno.EPIPE,
+    errno.ETIMEDOUT,
+}
+TRANSIENT_WORDS = (
+    "slowdown",
+    "slow down",
+    "throttl",
+    "service unavailable",
+    "internal error",
+    "internalerror",
+    "503",
+    "500 ",
+    "connection reset",
+    "connection refused",
+    "connection closed",
+    "server disconnected",
+    "timed out",
+    "timeout",
+    "temporarily",
+    "requesttimeout",
+    "broken pipe",
+)
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """True for errors that a later attempt may not meet: network, throttling, 5xx, timeouts."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return True
+        if isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS:
+            return True
+        name = type(exc).__name__.lower()
+        if any(w in name for w in ("timeout", "connection", "throttl", "slowdown", "serverdisconnected")):
+            return True
+        text = str(exc).lower()
+        if any(w in text for w in TRANSIENT_WORDS):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def retry_transient(task_obj: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: retry a failed shard only when its error was transient."""
+    try:
+        state.result(raise_on_failure=True)
+    except Exception as exc:  # the shard's own exception, re-raised by Prefect
+        transient = is_transient(exc)
+        if not transient:
+            log.warning("%s failed with a permanent error, not retrying: %s", task_run.name, exc)
+        return transient
+    return False
+
+
+def shard_task(name: str, retries: int = 4) -> Callable[[F], F]:
+    """Decorate a shard function as a Prefect task: transient errors retried with backoff.
+
+    No Prefect task timeout: shard tasks run in Dask worker threads, where Prefect cannot
+    interrupt them. Time limits live where the waiting happens: every S3 request has a
+    connect and a read timeout (``storage.location.s3_storage_options``), so a hung
+    connection becomes a transient error that is retried here.
+    """
+
+    def wrap(fn: F) -> F:
+        return task(  # type: ignore[return-value]
+            name=name,
+            retries=retries,
+            retry_delay_seconds=exponential_backoff(backoff_factor=2),
+            retry_jitter_factor=0.5,
+            retry_condition_fn=retry_transient,
+            cache_policy=NO_CACHE,
+        )(fn)
+
+    return wrap
+
+
+# -- flows ------------------------------------------------------------------------------
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text.rstrip("/").rsplit("/", 1)[-1] or text
+
+
+def _run_name(name: str, detail: str) -> Callable[[], str]:
+    """A run name from the run's parameters: ``render-lineart xdog on demo-ws``."""
+
+    def make() -> str:
+        from prefect.runtime import flow_run
+
+        params = dict(flow_run.parameters or {})
+        shown = {k: (_short(v) if k in ("src", "out", "content", "style") else v) for k, v in params.items()}
+        try:
+            what = detail.format(**shown) if detail else ""
+        except (KeyError, IndexError, ValueError):
+            what = ""
+        where = f" on {_short(params['workspace'])}" if params.get("workspace") else ""
+        return " ".join(p for p in (name, what) if p) + where
+
+    return make
+
+
+def _flow_logger(flow_obj: Any, flow_run: Any) -> logging.LoggerAdapter[logging.Logger] | logging.Logger:
+    try:
+        from prefect.logging.loggers import flow_run_logger
+
+        return flow_run_logger(flow_run, flow_obj)
+    except Exception:  # logging must never hide the failure itself
+        return log
+
+
+def log_failure(flow_obj: Any, flow_run: Any, state: Any) -> None:
+    """On-failure hook: one clear message with what failed, where, and how to resume."""
+    params = flow_run.parameters or {}
+    where = f" on workspace {params['workspace']}" if params.get("workspace") else ""
+    _flow_logger(flow_obj, flow_run).error(
+        "%s run %r%s %s: %s. Finished shards keep their data and markers; run it again "
+        "(same command, or the %s/backfill deployment with the same parameters) to do only what is missing.",
+        flow_obj.name,
+        flow_run.name,
+        where,
+        "crashed" if state.is_crashed() else "failed",
+        state.message or state.name,
+        flow_obj.name,
+    )
+
+
+def _record(ws: Workspace, run_id: str, body: dict[str, Any]) -> None:
+    try:
+        ws.loc.write_json(f"_meta/runs/{run_id}.json", body)
+    except Exception as exc:  # a run record must not fail the run it records
+        log.warning("could not record the run in %s: %s", ws.url, exc)
+
+
+def _plain(params: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in params.items():
+        if hasattr(v, "model_dump"):
+            v = v.model_dump(mode="json")
+        out[k] = v if isinstance(v, (str, int, float, bool, type(None), list, dict)) else str(v)
+    return out
+
+
+def mangaka_flow(name: str, detail: str = "", lease: bool = True, **flow_kwargs: Any) -> Callable[[F], Any]:
+    """``@mangaka_flow("render-lineart", "{method}")``: a Prefect flow as mangaka runs one.
+
+    ``detail`` formats the run's parameters into its name. Flows with a ``workspace``
+    parameter hold the workspace lease ``name`` for the run (``MANGAKA_LEASE_WAIT`` seconds
+    to wait for another run's, default 0: refuse) and record the run in ``_meta/runs``.
+    """
+
+    def wrap(fn: F) -> Any:
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def body(*args: Any, **kwargs: Any) -> Any:
+            bound = sig.bind(*args, **kwargs)
+            workspace = bound.arguments.get("workspace")
+            if workspace is None or not lease:
+                return fn(*args, **kwargs)
+            from prefect.runtime import flow_run
+
+            ws = Workspace(str(workspace))
+            run_id = str(flow_run.id or f"local-{os.getpid()}-{time.time_ns()}")
+            record = {
+                "id": run_id,
+                "flow": name,
+                "name": flow_run.name or name,
+                "parameters": _plain(dict(bound.arguments)),
+                "state": "RUNNING",
+                "start": now_iso(),
+            }
+            wait = float(os.environ.get(LEASE_WAIT_ENV, "0") or 0)
+            with WorkspaceLease(ws.loc, name, run=record["name"], wait=wait):
+                _record(ws, run_id, record)
+                t0 = time.perf_counter()
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:
+                    record.update(state="FAILED", end=now_iso(), seconds=round(time.perf_counter() - t0, 3))
+                    record["message"] = f"{type(exc).__name__}: {exc}"[:500]
+                    _record(ws, run_id, record)
+                    raise
+                record.update(state="COMPLETED", end=now_iso(), seconds=round(time.perf_counter() - t0, 3))
+                _record(ws, run_id, record)
+                return result
+
+        # Prefect validates parameters against the wrapper: give it the annotations resolved in
+        # the flow's own module (they are strings under ``from __future__ import annotations``).
+        resolved = inspect.signature(fn, eval_str=True)
+        body.__signature__ = resolved  # type: ignore[attr-defined]
+        body.__annotations__ = {p.name: p.annotation for p in resolved.parameters.values()} | {
+            "return": resolved.return_annotation
+        }
+        kwargs: dict[str, Any] = {
+            "name": name,
+            "flow_run_name": _run_name(name, detail),
+            "task_runner": MangakaTaskRunner(),
+            "on_failure": [log_failure],
+            "on_crashed": [log_failure],
+            "validate_parameters": True,
+        }
+        kwargs.update(flow_kwargs)
+        return flow(**kwargs)(body)
+
+    return wrap

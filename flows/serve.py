@@ -1,0 +1,147 @@
+"""``mangaka serve``: every flow as a Prefect deployment, served from this process.
+
+- ``build-dataset/nightly``: the whole chain on a cron schedule (default ``0 3 * * *``).
+  It is incremental by construction: ingest-images lists the source and skips every file
+  already ingested (same place, size and time; then same content hash), new files go to
+  new shards, and every later stage does only shards without a marker for its version.
+- ``<flow>/backfill`` for every flow that works on a workspace: no schedule, the
+  workspace as default parameter and every option of the flow as a form in the UI.
+
+Runs execute in subprocesses of this process (Prefect's Runner), each on the cluster of
+``--dask-address`` or on a LocalCluster of its own. GPU shard tasks carry the tag ``gpu``;
+``--gpu-limit`` sets the Prefect tag concurrency limit that bounds them across runs.
+Stopping the process (Ctrl-C, SIGTERM) pauses its schedules, so nothing is started while
+no one serves them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Any
+
+from prefect.client.schemas.objects import ConcurrencyLimitConfig
+from prefect.deployments.runner import EntrypointType, RunnerDeployment
+
+log = logging.getLogger("flows")
+
+NIGHTLY_CRON = "0 3 * * *"
+GPU_TAG = "gpu"
+
+
+def workspace_flows() -> dict[str, Any]:
+    """Every flow that takes a ``workspace`` parameter, by its Prefect name."""
+    from flows.augment import augment
+    from flows.build import build
+    from flows.export import export, export_labelme
+    from flows.gaugan import eval_gaugan_flow, generate_flow, train_gaugan_flow
+    from flows.ingest import ingest_images
+    from flows.labelme import ingest_labelme
+    from flows.lineart import render_lineart, train_lineart_flow
+    from flows.pseudolabel import pseudolabel
+    from flows.segment import train_unet_flow
+    from flows.style import render_style, train_colorizer_flow, train_style_flow
+
+    flows = [
+        build,
+        ingest_images,
+        ingest_labelme,
+        augment,
+        train_unet_flow,
+        pseudolabel,
+        export_labelme,
+        train_gaugan_flow,
+        generate_flow,
+        eval_gaugan_flow,
+        train_lineart_flow,
+        render_lineart,
+        train_style_flow,
+        train_colorizer_flow,
+        render_style,
+        export,
+    ]
+    return {f.name: f for f in flows}
+
+
+def deployments(
+    workspace: str,
+    cron: str = NIGHTLY_CRON,
+    timezone: str = "UTC",
+    src: str | None = None,
+    labelme: str | None = None,
+    paused: bool = False,
+) -> list[RunnerDeployment]:
+    """The nightly build and a backfill deployment per flow, all on ``workspace``."""
+    from flows.build import build
+
+    nightly_params: dict[str, Any] = {"workspace": workspace}
+    if src:
+        nightly_params["src"] = src
+    if labelme:
+        nightly_params["labelme"] = labelme
+    out = [
+        build.to_deployment(
+            name="nightly",
+            cron=cron,
+            parameters=nightly_params,
+            paused=paused,
+            # one nightly build at a time; a late one waits instead of overlapping
+            concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy="ENQUEUE"),
+            description=f"Incremental build of {workspace} at {cron} ({timezone}): new corpus files of "
+            f"{src or '(no source given)'} through every stage.",
+            tags=["mangaka", "nightly"],
+            entrypoint_type=EntrypointType.MODULE_PATH,
+        )
+    ]
+    if out[0].schedules:
+        for s in out[0].schedules:
+            s.schedule.timezone = timezone  # type: ignore[union-attr]
+    for name, flow_obj in workspace_flows().items():
+        out.append(
+            flow_obj.to_deployment(
+                name="backfill",
+                parameters={"workspace": workspace},
+                description=f"{name} on any workspace (default {workspace}) with any of its options; "
+                "finished shards are skipped unless force is set.",
+                tags=["mangaka", "backfill"],
+                entrypoint_type=EntrypointType.MODULE_PATH,
+            )
+        )
+    return out
+
+
+def set_gpu_limit(limit: int) -> None:
+    """Create or update the ``gpu`` tag concurrency limit (0 removes it)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        with contextlib.suppress(Exception):  # not there yet
+            client.delete_concurrency_limit_by_tag(GPU_TAG)
+        if limit > 0:
+            client.create_concurrency_limit(tag=GPU_TAG, concurrency_limit=limit)
+
+
+def serve(
+    workspace: str,
+    cron: str = NIGHTLY_CRON,
+    timezone: str = "UTC",
+    src: str | None = None,
+    labelme: str | None = None,
+    gpu_limit: int = 1,
+    limit: int | None = None,
+    dask_address: str | None = None,
+) -> None:
+    """Register the deployments and serve them until stopped (then their schedules pause)."""
+    from prefect import serve as prefect_serve
+
+    from flows.runtime import DASK_ADDRESS_ENV
+
+    if dask_address:
+        os.environ[DASK_ADDRESS_ENV] = dask_address
+    # Queued runs of one flow on one workspace wait for each other's lease instead of failing.
+    os.environ.setdefault("MANGAKA_LEASE_WAIT", "3600")
+    set_gpu_limit(gpu_limit)
+    deps = deployments(workspace, cron=cron, timezone=timezone, src=src, labelme=labelme)
+    log.info("serving %d deployments for %s (nightly at %s %s)", len(deps), workspace, cron, timezone)
+    prefect_serve(*deps, pause_on_shutdown=True, limit=limit, print_starting_message=True)
