@@ -36,11 +36,14 @@ def s3_storage_options() -> dict[str, Any]:
     # (retried by the shard task) instead of a task that never ends; botocore's own retries
     # absorb short throttling first.
     opts: dict[str, Any] = {
+        # Other processes (Dask workers, other runs) write markers and shards all the time:
+        # a cached listing would make a flow miss what its own tasks just wrote.
+        "use_listings_cache": False,
         "config_kwargs": {
             "connect_timeout": float(os.environ.get("MANGAKA_S3_CONNECT_TIMEOUT", "10")),
             "read_timeout": float(os.environ.get("MANGAKA_S3_READ_TIMEOUT", "60")),
             "retries": {"max_attempts": 5, "mode": "adaptive"},
-        }
+        },
     }
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
