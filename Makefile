@@ -34,8 +34,11 @@ bench: setup
 	$(BIN)/python -m bench.augment
 	$(BIN)/python -m bench.pseudolabel
 	$(BIN)/python -m bench.gaugan
-	$(BIN)/python -m bench.lineart
+	$(BIN)/python -m bench.lineart --count 1024
+	$(BIN)/python -m bench.lineart --count 4096
 	$(BIN)/python -m bench.styles
+	$(BIN)/python -m bench.orchestration
+	$(BIN)/python -m bench.report
 
 clean:
 	rm -rf $(VENV) .prefect workspace .pytest_cache .mypy_cache .ruff_cache

@@ -13,7 +13,7 @@
    anchor), one that reads the source JPEGs with ``cv2.imread`` and writes PNGs with
    ``cv2.imwrite`` (what a script would do). Goal: the flow at least 0.8x the loop.
 
-Writes ``bench/results/lineart.json``.
+Writes ``bench/results/lineart-<count>.json`` (``make bench`` runs 1,024 and 4,096).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 
 
-def corpus_workspace(count: int, size: int) -> str:
+def corpus_workspace(count: int, size: int, src: Path | None = None) -> str:
     from bench.ingest import make_corpus
     from storage.items import Journal
     from storage.sources import list_sources
@@ -41,7 +41,7 @@ def corpus_workspace(count: int, size: int) -> str:
 
     ws = Workspace(tempfile.mkdtemp(prefix="bench-lineart-"))
     ws.ensure_config(shard_size=256)
-    listing = list_sources(str(make_corpus(count, size)))
+    listing = list_sources(str(src or make_corpus(count, size)))
     listing.refs = listing.refs[:count]
     opts = IngestOptions(size=size)
     batch = Journal(ws, "corpus").add(
@@ -96,12 +96,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--count", type=int, default=1024)
     ap.add_argument("--size", type=int, default=512)
+    ap.add_argument(
+        "--varied", action="store_true", help="use synth portraits with mirrored/recoloured copies (large counts)"
+    )
     args = ap.parse_args()
     from flows.lineart import render_lineart
     from flows.runtime import RunConfig, run_flow, session
     from storage.workspace import Workspace
 
-    url = corpus_workspace(args.count, args.size)
+    src = None
+    if args.varied:
+        from bench.orchestration import varied_corpus
+
+        src = varied_corpus(args.count)
+    url = corpus_workspace(args.count, args.size, src)
     ws = Workspace(url)
     images = np.asarray(ws.array("corpus/images")[: args.count])
     workers = os.cpu_count() or 1
@@ -113,7 +121,7 @@ def main() -> None:
     bare = args.count / (time.perf_counter() - t0)
     from bench.ingest import make_corpus
 
-    files = sorted(str(p) for p in make_corpus(args.count, args.size).glob("*.jpg"))[: args.count]
+    files = sorted(str(p) for p in (src or make_corpus(args.count, args.size)).glob("*.jpg"))[: args.count]
     out_dir = tempfile.mkdtemp(prefix="bench-lineart-png-")
     t0 = time.perf_counter()
     with ProcessPoolExecutor(workers) as pool:
@@ -137,7 +145,8 @@ def main() -> None:
         "flow_vs_bare_files_ratio": round(flow / bare_files, 3),
     }
     print(json.dumps(result, indent=1))
-    (HERE / "results" / "lineart.json").write_text(json.dumps(result, indent=1) + "\n")
+    result["corpus"] = "synth + mirrored/recoloured copies" if args.varied else "synth"
+    (HERE / "results" / f"lineart-{args.count}.json").write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

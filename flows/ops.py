@@ -53,26 +53,43 @@ TRANSIENT_ERRNOS = {
 TRANSIENT_WORDS = (
     "slowdown",
     "slow down",
+    "reduce your request rate",
     "throttl",
     "service unavailable",
     "internal error",
     "internalerror",
-    "503",
-    "500 ",
+    "requesttimeout",
     "connection reset",
     "connection refused",
     "connection closed",
+    "connection aborted",
     "server disconnected",
     "timed out",
-    "timeout",
-    "temporarily",
-    "requesttimeout",
+    "temporarily unavailable",
     "broken pipe",
 )
+TRANSIENT_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "InternalError",
+    "ServiceUnavailable",
+    "RequestTimeout",
+    "500",
+    "502",
+    "503",
+    "504",
+}
+PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, ValueError, TypeError)
 
 
 def is_transient(exc: BaseException | None) -> bool:
-    """True for errors that a later attempt may not meet: network, throttling, 5xx, timeouts."""
+    """True for errors that a later attempt may not meet: network, throttling, 5xx, timeouts.
+
+    A missing file, a refused permission, a bad value or a bug is permanent however it is
+    worded (a file named ``s-000503.jpg`` is not a 503).
+    """
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
@@ -80,6 +97,13 @@ def is_transient(exc: BaseException | None) -> bool:
             return True
         if isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS:
             return True
+        response = getattr(exc, "response", None)
+        if isinstance(response, dict):  # botocore's ClientError
+            code = str(response.get("Error", {}).get("Code", ""))
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            return code in TRANSIENT_CODES or status in (500, 502, 503, 504)
+        if isinstance(exc, PERMANENT):
+            return False
         name = type(exc).__name__.lower()
         if any(w in name for w in ("timeout", "connection", "throttl", "slowdown", "serverdisconnected")):
             return True

@@ -12,6 +12,7 @@ Callers hand over already-serialised safetensors bytes (``safetensors.torch.save
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,13 +87,42 @@ def checkpoint_metrics(ws: Workspace, model: str, ref: str = "latest") -> dict[s
     return ws.loc.read_json(key) if ws.loc.exists(key) else {}
 
 
+MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+def validate_config(config: Any, where: str) -> dict[str, Any]:
+    """Check the fields every loader trusts before it builds a network from a workspace file.
+
+    A config comes from the workspace, which may be shared or tampered with: it must be a
+    JSON object, name its model with a plain registry name (the registry then refuses
+    unknown ones), and give a class count a network can have. Option blocks are validated
+    by their pydantic models where they are used (``GauganOptions(**config["options"])``).
+    """
+    if not isinstance(config, dict):
+        raise WorkspaceError(f"invalid config in {where}: not a JSON object")
+    model = config.get("model")
+    if model is not None and (not isinstance(model, str) or not MODEL_NAME.match(model)):
+        raise WorkspaceError(f"invalid config in {where}: model {model!r} is not a model name")
+    n = config.get("num_classes")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 255):
+        raise WorkspaceError(f"invalid config in {where}: num_classes {n!r} is not an integer in 1..255")
+    options = config.get("options")
+    if options is not None and not isinstance(options, dict):
+        raise WorkspaceError(f"invalid config in {where}: options is not a JSON object")
+    return config
+
+
 def load_checkpoint(ws: Workspace, model: str, ref: str = "latest") -> Checkpoint:
     name = resolve(ws, model, ref)
     base = _dir(model, name)
+    try:
+        config = ws.loc.read_json(f"{base}/config.json")
+    except ValueError as exc:
+        raise WorkspaceError(f"invalid config in {base}/config.json: {exc}") from None
     return Checkpoint(
         model,
         name,
         ws.loc.read_bytes(f"{base}/weights.safetensors"),
-        ws.loc.read_json(f"{base}/config.json"),
+        validate_config(config, f"{base}/config.json"),
         ws.loc.read_json(f"{base}/metrics.json") if ws.loc.exists(f"{base}/metrics.json") else {},
     )

@@ -139,7 +139,9 @@ class WorkspaceLease:
                     continue
                 log.warning("taking over the %s lease on %s: %s", self.name, self.loc.url, why)
             self.loc.write_json(self.key, self._body())
-            time.sleep(0.2)  # let a racing writer's PUT land, then see whose survived
+            # let a racing writer's write land, then see whose survived (a local rename is
+            # visible at once; an S3 PUT may take a moment to be read back)
+            time.sleep(0.2 if self.loc.remote else 0.02)
             again = self.current()
             if again is not None and again.get("token") == self.token:
                 break

@@ -46,6 +46,9 @@ def test_fresh_process_synth_ingest_status_export(tmp_path: Path) -> None:
     status = json.loads(r.stdout)
     assert status["stages"]["corpus/images"] == {"done": 24, "total": 24}
     assert len(status["quarantine"]) == 4 and all(e["reason"] for e in status["quarantine"])
+    (last,) = status["runs"]  # the runs of the workspace, newest first
+    assert last["name"] == "ingest-images from images on ws" and last["state"] == "COMPLETED"
+    assert status["models"] == {}
 
     r = cli("--workspace", "ws", "export", "corpus/images", "out")
     assert r.returncode == 0, r.stderr
@@ -64,6 +67,11 @@ def test_usage_errors_exit_2_with_one_line(cluster: str, tmp_path: Path) -> None
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "does not exist" in r.stderr
     r = run(["export", "corpus/images", "out"], tmp_path, {"MANGAKA_WORKSPACE": str(tmp_path / "empty")})
     assert r.returncode == 2 and "no array" in r.stderr
+    no_server = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    r = subprocess.run([*MANGAKA, "serve"], cwd=tmp_path, env=no_server, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "needs a Prefect server" in r.stderr and "PREFECT_API_URL" in r.stderr
+    r = run(["serve", "--cron", "not a cron"], tmp_path)
+    assert r.returncode == 2 and "--cron" in r.stderr
 
 
 def test_a_workspace_keeps_its_size(cluster: str, tmp_path: Path) -> None:

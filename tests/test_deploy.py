@@ -510,3 +510,27 @@ def test_slurm_cluster_script_help() -> None:
     with pytest.raises(SystemExit) as exit_info:
         module.main(["--help"])
     assert exit_info.value.code == 0
+
+
+def test_worker_images_unset_dasks_malloc_trim_threshold() -> None:
+    """Every worker image and the HPC config carry the Dask config that unsets MALLOC_TRIM_THRESHOLD_."""
+    import copy
+
+    import dask
+    from distributed.nanny import _get_env_variables
+
+    deploy = Path(__file__).resolve().parents[1] / "deploy"
+    for path in (deploy / "dask.yaml", deploy / "hpc" / "distributed.yaml"):
+        cfg = yaml.safe_load(path.read_text())
+        assert cfg["distributed"]["nanny"]["pre-spawn-environ"] == {"MALLOC_TRIM_THRESHOLD_": None}
+        # a config file is deep-merged into Dask's defaults, as dask does with /etc/dask/*.yaml
+        merged = dask.config.update(
+            copy.deepcopy(dask.config.get("distributed.nanny.pre-spawn-environ")),
+            cfg["distributed"]["nanny"]["pre-spawn-environ"],
+        )
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": merged}):
+            env = _get_env_variables("distributed.nanny.pre-spawn-environ")
+        assert "MALLOC_TRIM_THRESHOLD_" not in env and env["OMP_NUM_THREADS"] == "1"
+    dockerfile = (deploy / "Dockerfile").read_text()
+    assert dockerfile.count("COPY deploy/dask.yaml /etc/dask/mangaka.yaml") == 2  # cpu and cuda
+    assert "!deploy/dask.yaml" in (deploy / "Dockerfile.dockerignore").read_text()

@@ -39,9 +39,12 @@ def marker_versions(ws: Workspace, array: str) -> dict[int, str]:
 
 
 def cli_env(tmp_path: Path) -> dict[str, str]:
+    """The command's environment: the session's Prefect server (a killed command's own
+    temporary server would die with it anyway; the state that matters is the workspace)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MANGAKA_"))}
     env["PREFECT_HOME"] = str(tmp_path / "prefect")
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    env["PREFECT_API_URL"] = os.environ["PREFECT_API_URL"]  # set by the cluster fixture
     return env
 
 

@@ -30,6 +30,7 @@ def _env(tmp_path: Path, endpoint: str) -> dict[str, str]:
         AWS_SECRET_ACCESS_KEY=SECRET,
         AWS_DEFAULT_REGION="us-east-1",
         AWS_ENDPOINT_URL=endpoint,
+        PREFECT_API_URL=os.environ["PREFECT_API_URL"],  # the session's server (cluster fixture)
     )
     return env
 
@@ -53,7 +54,9 @@ def _objects(fs: s3fs.S3FileSystem, root: str) -> dict[str, bytes]:
     return {k[len(root) :]: fs.cat_file(k) for k in keys}
 
 
-def test_transient_s3_faults_are_retried_to_the_exact_result(s3_server: str, bucket: str, tmp_path: Path) -> None:
+def test_transient_s3_faults_are_retried_to_the_exact_result(
+    cluster: str, s3_server: str, bucket: str, tmp_path: Path
+) -> None:
     write_synth_shard(str(tmp_path / "c"), seed=21, size=64, start=0, stop=24, annotated=0)
     fs = s3fs.S3FileSystem(endpoint_url=s3_server, key="k", secret="s")
     clean = _ingest(tmp_path, f"s3://{bucket}/clean", s3_server)
@@ -73,7 +76,7 @@ def test_transient_s3_faults_are_retried_to_the_exact_result(s3_server: str, buc
 
 
 def test_a_permanent_s3_fault_stops_the_run_clearly_and_a_later_run_resumes(
-    s3_server: str, bucket: str, tmp_path: Path
+    cluster: str, s3_server: str, bucket: str, tmp_path: Path
 ) -> None:
     write_synth_shard(str(tmp_path / "c"), seed=22, size=64, start=0, stop=40, annotated=0)
     fs = s3fs.S3FileSystem(endpoint_url=s3_server, key="k", secret="s")

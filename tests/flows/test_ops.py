@@ -39,6 +39,8 @@ def test_transient_errors_are_told_from_permanent_ones() -> None:
     assert not is_transient(OSError(errno.ENOSPC, "No space left on device"))
     assert not is_transient(ValueError("bad option"))
     assert not is_transient(FileNotFoundError("missing.png"))
+    assert not is_transient(FileNotFoundError("s11-000503.jpg"))  # a name is not a status
+    assert not is_transient(RuntimeError("shard 500 of corpus/masks failed: KeyError"))
 
 
 def test_shard_tasks_retry_transient_errors_and_not_permanent_ones(cluster: str, tmp_path: Path) -> None:
@@ -66,7 +68,9 @@ def test_shard_tasks_retry_transient_errors_and_not_permanent_ones(cluster: str,
     assert len(list(calls.glob("permanent-*"))) == 1  # never retried
 
 
-def test_a_second_run_of_a_flow_on_the_same_workspace_is_refused(cluster: str, tmp_path: Path) -> None:
+def test_a_second_run_of_a_flow_on_the_same_workspace_is_refused(
+    cluster: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     write_synth_shard(str(tmp_path / "c"), seed=8, size=48, start=0, stop=8, annotated=0)
     ws = Workspace(str(tmp_path / "ws"))
     ingest_images(workspace=ws.url, src=str(tmp_path / "c" / "images"), options=IngestOptions(size=48))
@@ -75,6 +79,10 @@ def test_a_second_run_of_a_flow_on_the_same_workspace_is_refused(cluster: str, t
     try:
         with pytest.raises(LeaseHeld, match="another render-lineart run holds"):
             render_lineart(workspace=ws.url, method="canny")
+        # the on-failure hook says what failed, where, and how to resume
+        hook = [r.getMessage() for r in caplog.records if "Finished shards keep their data" in r.getMessage()]
+        assert hook and "render-lineart run 'render-lineart canny on ws'" in hook[-1], hook
+        assert f"on workspace {ws.url} failed: " in hook[-1] and "LeaseHeld" in hook[-1]
         assert not ws.has_array("corpus/lineart/canny") or not ws.markers("corpus/lineart/canny")
     finally:
         holder.release()

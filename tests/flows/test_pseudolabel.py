@@ -98,3 +98,15 @@ def test_pseudolabel_tasks_run_on_gpu_workers(cluster: str, tmp_path: Path, monk
     assert r["labelled"] == 24 and r["shards"] == 3
     ran_on = {t["worker"] for t in stream.data}
     assert len(stream.data) >= 3 and ran_on == set(gpu), ran_on
+    # and they carry the Prefect tag that the `gpu` concurrency limit (serve --gpu-limit) counts
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="pseudolabel-shard")),
+            sort=TaskRunSort.EXPECTED_START_TIME_DESC,
+            limit=3,
+        )
+    assert len(runs) == 3 and all("gpu" in t.tags for t in runs), [t.tags for t in runs]

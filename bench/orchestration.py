@@ -1,0 +1,224 @@
+"""Benchmark: what Prefect + Dask cost on top of the work, and peak memory against corpus size.
+
+    .venv/bin/python -m bench.orchestration [--count 2048] [--memory-counts 1000,10000]
+
+1. Overhead. The same shard function (``render-lineart --method xdog``, 512 px, shards of
+   256: the cheapest bulk stage, so the worst case for overhead) over the same shards of
+   the same workspace, three ways on the same cores: a plain ``ProcessPoolExecutor`` loop
+   (the anchor), ``distributed`` alone (``client.map`` on the flow's LocalCluster), and the
+   real flow (Prefect task runs, retries, artifacts, markers, lease, run record). The
+   cluster and the Prefect server are started and warmed first; their start-up is
+   reported apart. Overhead = flow seconds / loop seconds - 1. Goal: at most 5%.
+2. Peak memory: the highest total resident memory of the process tree (flow process,
+   Dask workers, Prefect server), sampled every 50 ms, during ``render-lineart`` over
+   corpora of the given sizes. Goal: flat in the corpus size.
+
+Writes ``bench/results/orchestration.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+def fresh_specs(url: str, method: str) -> list[Any]:
+    """Shard specs of every corpus shard, with the method's markers cleared (so all run)."""
+    from storage.items import item_table
+    from storage.workspace import Workspace
+    from tasks.lineart import LineartShardSpec, array_name, method_version, prepare_array
+
+    ws = Workspace(url)
+    table = item_table(ws, "corpus")
+    prepare_array(ws, method)
+    shards = list(range(ws.shards_of(table.length)))
+    ws.clear_markers(array_name(method), shards)
+    version = method_version(method, "")
+    return [
+        LineartShardSpec(url, s, method, version, "", [x for x, _ in table.slots_in(ws.shard_slots(s, table.length))])
+        for s in shards
+    ]
+
+
+def overhead(count: int, workers: int) -> dict[str, Any]:
+    from distributed import Client
+
+    from bench.lineart import corpus_workspace
+    from flows.lineart import render_lineart
+    from flows.runtime import RunConfig, session
+    from tasks.lineart import lineart_shard
+
+    url = corpus_workspace(count, 512)
+    specs = fresh_specs(url, "xdog")
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(lineart_shard, specs))
+    plain = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with session(RunConfig(url, None, "cpu", workers)) as address, Client(address) as client:
+        startup = time.perf_counter() - t0
+        render_lineart(workspace=url, method="canny", shards="0:1")  # warm workers, server, imports
+        specs = fresh_specs(url, "xdog")
+        t0 = time.perf_counter()
+        client.gather(client.map(lineart_shard, specs, pure=False))
+        dask_only = time.perf_counter() - t0
+        flows = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            r = render_lineart(workspace=url, method="xdog", force=True)
+            flows.append(time.perf_counter() - t0)
+            assert r["rendered"] == count
+    flow = min(flows)
+    return {
+        "stage": "render-lineart xdog, 512 px",
+        "images": count,
+        "shard_size": 256,
+        "shards": len(specs),
+        "plain_loop_s": round(plain, 3),
+        "dask_only_s": round(dask_only, 3),
+        "flow_s": round(flow, 3),
+        "flow_runs_s": [round(f, 3) for f in flows],
+        "startup_s": round(startup, 2),
+        "overhead_dask_pct": round(100 * (dask_only / plain - 1), 1),
+        "overhead_flow_pct": round(100 * (flow / plain - 1), 1),
+        "flow_fixed_cost_s": round(flow - dask_only, 3),
+    }
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # as in a Dask worker (OMP_NUM_THREADS=1): one core per process
+
+
+def pseudolabel_overhead(count: int, workers: int) -> dict[str, Any]:
+    """The same measurement on the heaviest bulk stage: pseudolabel shards of 256 at 512 px."""
+    from safetensors.torch import save
+
+    from bench.lineart import corpus_workspace
+    from flows.pseudolabel import pseudolabel
+    from flows.runtime import RunConfig, session
+    from models.registry import create
+    from storage.checkpoints import load_checkpoint, save_checkpoint
+    from storage.items import item_table
+    from storage.workspace import Workspace
+    from tasks.pseudolabel import (
+        MASKS,
+        PseudolabelOptions,
+        PseudolabelShardSpec,
+        prepare_arrays,
+        producer_version,
+        pseudolabel_shard,
+    )
+
+    url = corpus_workspace(count, 512)
+    ws = Workspace(url)
+    model = create("segmenter", "unet-mobilenetv2-small", num_classes=7)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_checkpoint(ws, "unet", "bench", save(state), {"model": "unet-mobilenetv2-small", "num_classes": 7})
+    ws.update_config(classes=["background", "skin", "face", "eye", "mouth", "hair", "clothes"])
+    prepare_arrays(ws)
+    opts = PseudolabelOptions()
+    version = producer_version(load_checkpoint(ws, "unet").digest, opts)
+    table = item_table(ws, "corpus")
+    shards = list(range(ws.shards_of(table.length)))
+    specs = [
+        PseudolabelShardSpec(
+            url, s, version, "bench", [x for x, _ in table.slots_in(ws.shard_slots(s, table.length))], opts.model_dump()
+        )
+        for s in shards
+    ]
+    ws.clear_markers(MASKS, shards)
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(workers, initializer=_one_thread) as pool:
+        list(pool.map(pseudolabel_shard, specs))
+    plain = time.perf_counter() - t0
+    with session(RunConfig(url, None, "cpu", workers)):
+        pseudolabel(workspace=url, options=opts, shards="0:1", force=True)  # warm: model load, imports
+        t0 = time.perf_counter()
+        r = pseudolabel(workspace=url, options=opts, force=True)
+        flow = time.perf_counter() - t0
+    assert r["labelled"] == count
+    return {
+        "stage": "pseudolabel, 512 px",
+        "images": count,
+        "shard_size": 256,
+        "shards": len(specs),
+        "plain_loop_s": round(plain, 2),
+        "flow_s": round(flow, 2),
+        "overhead_flow_pct": round(100 * (flow / plain - 1), 1),
+    }
+
+
+def varied_corpus(count: int, base: int = 2048) -> Path:
+    """``count`` distinct 512 px JPEGs: the first ``base`` synth portraits, then mirrored and
+    colour-rotated copies of them (drawing 10,000 portraits at 512 px takes most of an hour
+    on 2 cores; memory depends on the corpus size, not on what the pictures show)."""
+    import cv2
+
+    from bench.ingest import make_corpus
+
+    src = sorted(make_corpus(base, 512).glob("*.jpg"))[:base]
+    out = HERE / ".cache" / "varied-512"
+    out.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        path = out / f"v{i:06d}.jpg"
+        if path.exists():
+            continue
+        img = cv2.imread(str(src[i % base]))
+        k = i // base
+        if k:
+            img = np.roll(img, k % 3, axis=2)
+            if k % 2:
+                img = img[:, ::-1]
+            img = cv2.convertScaleAbs(img, alpha=1.0, beta=float(k))
+        cv2.imwrite(str(path), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return out
+
+
+def peak_memory(counts: list[int], workers: int) -> dict[str, Any]:
+    from bench.ingest import PeakRSS
+    from bench.lineart import corpus_workspace
+    from flows.lineart import render_lineart
+    from flows.runtime import RunConfig, session
+
+    out: dict[str, Any] = {}
+    for n in counts:
+        url = corpus_workspace(n, 512, varied_corpus(max(counts)))  # its first n files
+        with session(RunConfig(url, None, "cpu", workers)), PeakRSS() as mem:
+            t0 = time.perf_counter()
+            r = render_lineart(workspace=url, method="xdog")
+            seconds = time.perf_counter() - t0
+        assert r["rendered"] == n
+        out[str(n)] = {"peak_rss_mb": round(mem.peak / 2**20), "images_per_s": round(n / seconds, 1)}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--count", type=int, default=2048)
+    ap.add_argument("--memory-counts", default="1000,10000")
+    args = ap.parse_args()
+    workers = os.cpu_count() or 1
+    result = {
+        "benchmark": "orchestration",
+        "cores": workers,
+        "overhead": overhead(args.count, workers),
+        "overhead_pseudolabel": pseudolabel_overhead(512, workers),
+        "peak_memory_render_lineart_xdog": peak_memory([int(c) for c in args.memory_counts.split(",")], workers),
+    }
+    print(json.dumps(result, indent=1))
+    (HERE / "results" / "orchestration.json").write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""The benchmark table: every ``bench/results/*.json`` as one markdown table with its baseline.
+
+    .venv/bin/python -m bench.report      # the last step of `make bench`
+
+Writes ``bench/results/README.md`` (and prints it): one row per figure, the baseline it
+is compared with (measured in the same benchmark run), the ratio, the goal, and the
+machine the results came from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    p = RESULTS / f"{name}.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def _f(x: float, unit: str = "") -> str:
+    if x >= 100:
+        text = f"{x:,.0f}"
+    elif x >= 10:
+        text = f"{x:.1f}"
+    else:
+        text = f"{x:.3g}"
+    return f"{text} {unit}".strip()
+
+
+def rows() -> list[tuple[str, str, str, str, str]]:
+    """(benchmark, figure, baseline, ratio, goal) for every result on disk."""
+    out: list[tuple[str, str, str, str, str]] = []
+    ing = _load("ingest")
+    if ing:
+        for size in ("256", "512"):
+            r = ing[f"size_{size}"]
+            mem = ", ".join(f"{k}: {v} MB" for k, v in r["peak_rss_mb"].items())
+            goal = "≥ 1.6x" if size == "512" else "—"
+            out.append(
+                (
+                    f"Ingestion to {size} px ({ing['images']} JPEGs)",
+                    f"{_f(r['mangaka_images_per_s'], 'img/s')} (peak RSS {mem})",
+                    f"plain PIL loop {_f(r['baseline_images_per_s'], 'img/s')}",
+                    f"{r['speedup']:.2f}x",
+                    goal,
+                )
+            )
+    aug = _load("augment")
+    if aug:
+        out.append(
+            (
+                "Augmentation, 512 px",
+                f"{_f(aug['mangaka_opencv']['samples_per_s'], 'samples/s')}",
+                f"torchvision v2 {_f(aug['torchvision_v2']['samples_per_s'], 'samples/s')}",
+                f"{aug['mangaka_opencv']['samples_per_s'] / aug['torchvision_v2']['samples_per_s']:.0f}x",
+                "—",
+            )
+        )
+    pl = _load("pseudolabel")
+    if pl:
+        naive = pl["model_only_images_per_s"]["eager_nchw_batch16"]
+        out.append(
+            (
+                f"Pseudo-labelling, 512 px, {pl['device']} x{pl['threads']}, end to end",
+                _f(pl["end_to_end_images_per_s"], "img/s"),
+                f"naive eager NCHW fp32 inference {_f(naive, 'img/s')}",
+                f"{pl['end_to_end_images_per_s'] / naive:.1f}x",
+                "≥ 10 img/s (CPU); ≥ 1000 img/s (H100, not measured)",
+            )
+        )
+    for name in ("lineart-1024", "lineart-4096"):
+        la = _load(name)
+        if not la:
+            continue
+        rates = ", ".join(f"{k} {_f(v)}" for k, v in la["method_images_per_s_one_process"].items())
+        if name == "lineart-4096":
+            out.append(("Line art per method, 512 px, one process", f"{rates} img/s", "—", "—", "—"))
+        out.append(
+            (
+                f"render-lineart xdog flow, {la['images']} images",
+                _f(la["xdog_render_lineart_flow_images_per_s"], "img/s"),
+                f"bare OpenCV loop: files {_f(la['xdog_bare_opencv_files_images_per_s'])}, "
+                f"in memory {_f(la['xdog_bare_opencv_pool_images_per_s'])} img/s",
+                f"{la['flow_vs_bare_files_ratio']:.2f}x / {la['flow_vs_bare_ratio']:.2f}x",
+                "≥ 0.8x",
+            )
+        )
+    st = _load("styles-cpu")
+    if st:
+        out.append(
+            (
+                "Posterisation",
+                _f(st["posterize_vectorised_pixels_per_s"] / 1e6, "Mpx/s"),
+                f"the seed's per-pixel loop {_f(st['posterize_loop_pixels_per_s'] / 1e3, 'kpx/s')}",
+                f"{st['posterize_ratio']:,}x",
+                "≥ 1000x",
+            )
+        )
+        out.append(
+            (
+                "Gatys per image, 512 px",
+                f"{_f(st['gatys_seconds_per_image'], 's')} ({st['gatys_epochs']} epochs, {st['gatys_stopped_by']})",
+                "—",
+                "—",
+                "≤ 5 min (CPU)",
+            )
+        )
+        out.append(
+            (
+                "Fast style, 512 px",
+                _f(st["fast_style_images_per_s"], "img/s"),
+                "Gatys on the same image",
+                f"{st['fast_vs_gatys_ratio']:.0f}x",
+                "≥ 100x",
+            )
+        )
+    ga = _load("gaugan-cpu")
+    if ga:
+        out.append(
+            (
+                f"GauGAN, {ga['size']} px, batch {ga['batch']}, ngf {ga['ngf']}",
+                f"train {ga['train_steps_per_s']} steps/s, generate {_f(ga['generate_images_per_s'], 'img/s')}",
+                "—",
+                "—",
+                "—",
+            )
+        )
+    orch = _load("orchestration")
+    if orch:
+        o = orch["overhead"]
+        out.append(
+            (
+                f"Orchestration overhead, {o['stage']}, {o['images']} images, shards of {o['shard_size']}",
+                f"flow {_f(o['flow_s'], 's')}, Dask alone {_f(o['dask_only_s'], 's')}",
+                f"plain loop over the same shards {_f(o['plain_loop_s'], 's')}",
+                f"+{o['overhead_flow_pct']}% (Dask alone {o['overhead_dask_pct']:+}%)",
+                "≤ 5%",
+            )
+        )
+        p = orch.get("overhead_pseudolabel")
+        if p:
+            out.append(
+                (
+                    f"Orchestration overhead, {p['stage']}, {p['images']} images, shards of {p['shard_size']}",
+                    f"flow {_f(p['flow_s'], 's')}",
+                    f"plain loop over the same shards {_f(p['plain_loop_s'], 's')}",
+                    f"+{p['overhead_flow_pct']}%",
+                    "≤ 5%",
+                )
+            )
+        mem = orch["peak_memory_render_lineart_xdog"]
+        out.append(
+            (
+                "Peak memory, render-lineart, whole process tree",
+                ", ".join(f"{k} images: {v['peak_rss_mb']} MB" for k, v in mem.items()),
+                "—",
+                "—",
+                "flat",
+            )
+        )
+    return out
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(next(x for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal")).split()[1])
+        mem = f", {kb / 2**20:.0f} GB"
+    except (OSError, StopIteration, ValueError):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores{mem}, Python {platform.python_version()}"
+
+
+def main() -> None:
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Machine: {machine()}. Reproduce with `make bench`: it runs every benchmark, writes",
+        "`bench/results/*.json` and ends by writing this table to `bench/results/README.md`; each",
+        "benchmark also runs alone (`.venv/bin/python -m bench.<name>`).",
+        "",
+        "| benchmark | figure | baseline (same run) | ratio | goal |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    lines += [f"| {' | '.join(r)} |" for r in rows()]
+    text = "\n".join(lines) + "\n"
+    (RESULTS / "README.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
