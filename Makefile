@@ -36,6 +36,7 @@ bench: setup
 	$(BIN)/python -m bench.gaugan
 	$(BIN)/python -m bench.lineart --count 1024
 	$(BIN)/python -m bench.lineart --count 4096
+	$(BIN)/python -m bench.lineart --count 8192 --varied
 	$(BIN)/python -m bench.styles
 	$(BIN)/python -m bench.orchestration
 	$(BIN)/python -m bench.report

@@ -75,16 +75,18 @@ def rows() -> list[tuple[str, str, str, str, str]]:
                 "≥ 10 img/s (CPU); ≥ 1000 img/s (H100, not measured)",
             )
         )
-    for name in ("lineart-1024", "lineart-4096"):
+    counts = sorted(int(p.stem.split("-")[1]) for p in RESULTS.glob("lineart-*.json"))
+    for name in (f"lineart-{c}" for c in counts):
         la = _load(name)
         if not la:
             continue
         rates = ", ".join(f"{k} {_f(v)}" for k, v in la["method_images_per_s_one_process"].items())
-        if name == "lineart-4096":
+        if name == f"lineart-{counts[-1]}":
             out.append(("Line art per method, 512 px, one process", f"{rates} img/s", "—", "—", "—"))
         out.append(
             (
-                f"render-lineart xdog flow, {la['images']} images",
+                f"render-lineart xdog flow, {la['images']} images"
+                + (" (synth + recoloured copies)" if "copies" in la.get("corpus", "") else ""),
                 _f(la["xdog_render_lineart_flow_images_per_s"], "img/s"),
                 f"bare OpenCV loop: files {_f(la['xdog_bare_opencv_files_images_per_s'])}, "
                 f"in memory {_f(la['xdog_bare_opencv_pool_images_per_s'])} img/s",

@@ -1,10 +1,12 @@
 """Orchestration: Prefect flows, the command line, and the Dask/Prefect run-time.
 
 Adding a flow: write the computation as ``process_shard(spec) -> result`` in ``tasks/``,
-wrap it here in a ``@task`` (retries on the decorator, ``cache_policy=NO_CACHE``: the
-workspace's markers are the cache), write a ``@flow`` that plans shards and calls
-``flows.shards.run_shards``, add a command in ``flows/cli.py`` and a stage in
-``flows/build.py``.
+wrap it here with ``@shard_task("name")`` (``flows.ops``: retries on transient errors, no
+result cache: the workspace's markers are the cache), write a ``@mangaka_flow("name")``
+that plans shards and calls ``flows.shards.run_shards`` (run name, lease, run record and
+failure hook come with it), add a command in ``flows/cli.py``, a stage in
+``flows/build.py`` and, if it takes a workspace, the flow in ``flows.serve.workspace_flows``
+(its backfill deployment).
 """
 
 import logging

@@ -10,7 +10,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -52,18 +52,7 @@ Stage = Literal[
     "train-colorizer",
     "render-style",
 ]
-STAGES: tuple[Stage, ...] = (
-    "ingest-labelme",
-    "augment",
-    "train-unet",
-    "ingest-images",
-    "pseudolabel",
-    "train-gaugan",
-    "train-lineart",
-    "render-lineart",
-    "train-colorizer",
-    "render-style",
-)
+STAGES: tuple[Stage, ...] = get_args(Stage)  # in chain order
 
 
 class DemoOptions(BaseModel):
