@@ -229,6 +229,7 @@ def mangaka_flow(name: str, detail: str = "", lease: bool = True, **flow_kwargs:
         @functools.wraps(fn)
         def body(*args: Any, **kwargs: Any) -> Any:
             bound = sig.bind(*args, **kwargs)
+            bound.apply_defaults()
             workspace = bound.arguments.get("workspace")
             if workspace is None or not lease:
                 return fn(*args, **kwargs)

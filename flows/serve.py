@@ -22,6 +22,7 @@ import os
 from typing import Any
 
 from prefect.client.schemas.objects import ConcurrencyLimitConfig
+from prefect.client.schemas.schedules import CronSchedule
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
 
 log = logging.getLogger("flows")
@@ -83,7 +84,7 @@ def deployments(
     out = [
         build.to_deployment(
             name="nightly",
-            cron=cron,
+            schedule=CronSchedule(cron=cron, timezone=timezone),
             parameters=nightly_params,
             paused=paused,
             # one nightly build at a time; a late one waits instead of overlapping
@@ -94,9 +95,6 @@ def deployments(
             entrypoint_type=EntrypointType.MODULE_PATH,
         )
     ]
-    if out[0].schedules:
-        for s in out[0].schedules:
-            s.schedule.timezone = timezone  # type: ignore[union-attr]
     for name, flow_obj in workspace_flows().items():
         out.append(
             flow_obj.to_deployment(

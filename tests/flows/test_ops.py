@@ -91,3 +91,15 @@ def test_a_second_run_of_a_flow_on_the_same_workspace_is_refused(
     runs = ws.runs()
     assert [x["state"] for x in runs[:2]] == ["COMPLETED", "COMPLETED"]
     assert runs[0]["name"] == "render-lineart canny on ws" and runs[0]["parameters"]["method"] == "canny"
+
+
+def test_the_nightly_schedule_takes_its_cron_and_time_zone() -> None:
+    from flows.serve import deployments, workspace_flows
+
+    deps = deployments("s3://bucket/ws", cron="30 2 * * 1", timezone="Asia/Tokyo", src="s3://bucket/in")
+    nightly, *backfills = deps
+    (schedule,) = nightly.schedules
+    assert (schedule.schedule.cron, schedule.schedule.timezone) == ("30 2 * * 1", "Asia/Tokyo")
+    assert nightly.parameters == {"workspace": "s3://bucket/ws", "src": "s3://bucket/in"}
+    assert sorted(d.flow_name for d in backfills) == sorted(workspace_flows())
+    assert all(d.name == "backfill" and not d.schedules for d in backfills)
