@@ -87,14 +87,13 @@ class PeakRSS:
 def mangaka_run(src: Path, size: int) -> tuple[float, int]:
     """Seconds and peak RSS (bytes) of one ingest-images flow run into a new workspace."""
     from flows.ingest import ingest_images
-    from flows.runtime import run_flow
     from tasks.ingest import IngestOptions
 
     ws = tempfile.mkdtemp(prefix="mangaka-bench-")
     try:
         with PeakRSS() as mem:
             t0 = time.perf_counter()
-            r = run_flow(ingest_images, workspace=ws, src=str(src), options=IngestOptions(size=size))
+            r = ingest_images(workspace=ws, src=str(src), options=IngestOptions(size=size))
             dt = time.perf_counter() - t0
         assert r["stored"] > 0
         return dt, mem.peak

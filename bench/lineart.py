@@ -101,7 +101,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     from flows.lineart import render_lineart
-    from flows.runtime import RunConfig, run_flow, session
+    from flows.runtime import RunConfig, session
     from storage.workspace import Workspace
 
     src = None
@@ -128,9 +128,9 @@ def main() -> None:
         list(pool.map(_xdog_files, [(list(c), out_dir) for c in np.array_split(np.array(files), workers * 4)]))
     bare_files = args.count / (time.perf_counter() - t0)
     with session(RunConfig(url, None, "cpu", workers)):
-        run_flow(render_lineart, workspace=url, method="canny", shards="0:1")  # warm the workers and the server
+        render_lineart(workspace=url, method="canny", shards="0:1")  # warm the workers and the server
         t0 = time.perf_counter()
-        r = run_flow(render_lineart, workspace=url, method="xdog")
+        r = render_lineart(workspace=url, method="xdog")
         flow = r["rendered"] / (time.perf_counter() - t0)
     result = {
         "benchmark": "lineart",

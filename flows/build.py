@@ -23,7 +23,6 @@ from flows.labelme import ingest_labelme
 from flows.lineart import render_lineart, train_lineart_flow
 from flows.ops import mangaka_flow
 from flows.pseudolabel import pseudolabel
-from flows.runtime import run_flow
 from flows.segment import train_unet_flow
 from flows.style import render_style, train_colorizer_flow
 from flows.synth import synth
@@ -388,9 +387,7 @@ def demo(workspace: str, options: DemoOptions = DemoOptions()) -> dict[str, Any]
     """Draw a synthetic corpus into the workspace, build every stage on it, write a report."""
     ws = Workspace(workspace)
     out = ws.sub_url("sources/synth")
-    drawn = run_flow(
-        synth, out=out, count=options.count, annotated=options.annotated, size=options.size, seed=options.seed
-    )
+    drawn = synth(out=out, count=options.count, annotated=options.annotated, size=options.size, seed=options.seed)
     built = build(
         workspace=workspace,
         src=ws.sub_url("sources/synth/images"),

@@ -197,7 +197,7 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("render-style", help="corpus/styled/NAME for every corpus image")
     s.add_argument("--method", choices=("npr", "fast", "gatys", "colorize"), required=True)
     s.add_argument("--name", required=True, help="the array: corpus/styled/NAME")
-    s.add_argument("--style", default="toon", help="npr style: stylization, pencil, oil, toon")
+    s.add_argument("--style", choices=("stylization", "pencil", "oil", "toon"), default="toon", help="npr style")
     s.add_argument("--style-image", default=None, help="fast and gatys: the style image")
     s.add_argument("--lines", default="canny", help="colorize: line art to colour (canny, xdog, artline)")
     s.add_argument("--fast-size", type=_positive, default=256, help="fast: training side if it must train first")
@@ -243,19 +243,17 @@ def _run(config: RunConfig, fn: Callable[[], Any]) -> Any:
 
 
 def _cmd_synth(a: argparse.Namespace, config: RunConfig) -> int:
-    from flows.runtime import run_flow
     from flows.synth import synth
 
     if not 0 <= a.annotated <= a.count:
         raise UsageError(f"--annotated must be between 0 and --count ({a.count})")
-    r = _run(config, lambda: run_flow(synth, out=a.out, count=a.count, annotated=a.annotated, size=a.size, seed=a.seed))
+    r = _run(config, lambda: synth(out=a.out, count=a.count, annotated=a.annotated, size=a.size, seed=a.seed))
     print(f"drew {r['portraits']} portraits into {a.out} ({r['annotated']} annotated in labelme/)")
     return 0
 
 
 def _cmd_ingest(a: argparse.Namespace, config: RunConfig) -> int:
     from flows.ingest import ingest_images
-    from flows.runtime import run_flow
     from storage.location import is_remote
     from storage.workspace import Workspace
     from tasks.ingest import IngestOptions
@@ -271,8 +269,7 @@ def _cmd_ingest(a: argparse.Namespace, config: RunConfig) -> int:
     ws.check_config(image_size=size, shard_size=a.shard_size)
     r = _run(
         config,
-        lambda: run_flow(
-            ingest_images,
+        lambda: ingest_images(
             workspace=config.workspace,
             src=a.src,
             options=options,
@@ -291,7 +288,6 @@ def _cmd_ingest(a: argparse.Namespace, config: RunConfig) -> int:
 
 def _cmd_ingest_labelme(a: argparse.Namespace, config: RunConfig) -> int:
     from flows.labelme import ingest_labelme
-    from flows.runtime import run_flow
     from storage.workspace import Workspace
     from tasks.annotations import LabelmeOptions, labels_file_classes
     from tasks.labelme import LabelmeError
@@ -308,9 +304,7 @@ def _cmd_ingest_labelme(a: argparse.Namespace, config: RunConfig) -> int:
     options = LabelmeOptions(size=size, fit=a.fit, classes=classes)
     r = _run(
         config,
-        lambda: run_flow(
-            ingest_labelme, workspace=config.workspace, src=a.dir, options=options, shard_size=a.shard_size
-        ),
+        lambda: ingest_labelme(workspace=config.workspace, src=a.dir, options=options, shard_size=a.shard_size),
     )
     print(
         f"ingested {r['stored']} annotations into annotated/images + annotated/masks ({r['annotated_items']} in all, "
@@ -323,7 +317,6 @@ def _cmd_ingest_labelme(a: argparse.Namespace, config: RunConfig) -> int:
 
 def _cmd_augment(a: argparse.Namespace, config: RunConfig) -> int:
     from flows.augment import augment
-    from flows.runtime import run_flow
     from storage.items import item_table
     from storage.workspace import Workspace
     from tasks.augment import AugmentOptions
@@ -331,7 +324,7 @@ def _cmd_augment(a: argparse.Namespace, config: RunConfig) -> int:
     options = AugmentOptions(multiplier=a.multiplier, seed=a.seed)
     if not len(item_table(Workspace(config.workspace), "annotated")):
         raise UsageError("no annotated items in the workspace: run ingest-labelme first")
-    r = _run(config, lambda: run_flow(augment, workspace=config.workspace, options=options))
+    r = _run(config, lambda: augment(workspace=config.workspace, options=options))
     print(
         f"augmented {r['parents']} annotated items x{r['multiplier']}: {r['augmented_items']} items in "
         f"augmented/images + augmented/masks ({r['variants_written']} written now)"
@@ -514,7 +507,6 @@ def _cmd_train_lineart(a: argparse.Namespace, config: RunConfig) -> int:
 
 def _cmd_render_lineart(a: argparse.Namespace, config: RunConfig) -> int:
     from flows.lineart import render_lineart
-    from flows.runtime import run_flow
     from storage.checkpoints import resolve
     from storage.workspace import Workspace
 
@@ -524,8 +516,7 @@ def _cmd_render_lineart(a: argparse.Namespace, config: RunConfig) -> int:
         resolve(Workspace(config.workspace), "artline", a.model)  # a clear error before starting anything
     r = _run(
         config,
-        lambda: run_flow(
-            render_lineart,
+        lambda: render_lineart(
             workspace=config.workspace,
             method=a.method,
             model=a.model,
@@ -621,7 +612,6 @@ def _cmd_train_colorizer(a: argparse.Namespace, config: RunConfig) -> int:
 
 
 def _cmd_render_style(a: argparse.Namespace, config: RunConfig) -> int:
-    from flows.runtime import run_flow
     from flows.style import render_style
     from tasks.fast_style import FastStyleOptions
     from tasks.neural_style import StyleOptions
@@ -634,8 +624,7 @@ def _cmd_render_style(a: argparse.Namespace, config: RunConfig) -> int:
         raise UsageError(f"--shards takes A:B (shard numbers), not {a.shards!r}")
     r = _run(
         config,
-        lambda: run_flow(
-            render_style,
+        lambda: render_style(
             workspace=config.workspace,
             method=a.method,
             name=a.name,
@@ -658,7 +647,6 @@ def _cmd_render_style(a: argparse.Namespace, config: RunConfig) -> int:
 
 def _cmd_pseudolabel(a: argparse.Namespace, config: RunConfig) -> int:
     from flows.pseudolabel import pseudolabel
-    from flows.runtime import run_flow
     from storage.checkpoints import resolve
     from storage.workspace import Workspace
     from tasks.pseudolabel import PseudolabelOptions
@@ -676,7 +664,7 @@ def _cmd_pseudolabel(a: argparse.Namespace, config: RunConfig) -> int:
     )
     r = _run(
         config,
-        lambda: run_flow(pseudolabel, workspace=config.workspace, options=options, shards=a.shards, force=a.force),
+        lambda: pseudolabel(workspace=config.workspace, options=options, shards=a.shards, force=a.force),
     )
     print(
         f"labelled {r['labelled']} corpus images in {r['shards']} shard(s) with {r['checkpoint']} ({r['digest']}); "
@@ -687,11 +675,10 @@ def _cmd_pseudolabel(a: argparse.Namespace, config: RunConfig) -> int:
 
 def _cmd_export_labelme(a: argparse.Namespace, config: RunConfig) -> int:
     from flows.export import export_labelme
-    from flows.runtime import run_flow
 
     r = _run(
         config,
-        lambda: run_flow(export_labelme, workspace=config.workspace, out=a.out, lowest_confidence=a.lowest_confidence),
+        lambda: export_labelme(workspace=config.workspace, out=a.out, lowest_confidence=a.lowest_confidence),
     )
     print(
         f"wrote {r['exported']} labelme files (image + JSON) to {a.out} (confidence up to {r['max_confidence']}); "
@@ -721,13 +708,12 @@ def _cmd_annotate(a: argparse.Namespace, config: RunConfig) -> int:
 
 def _cmd_export(a: argparse.Namespace, config: RunConfig) -> int:
     from flows.export import export
-    from flows.runtime import run_flow
     from storage.workspace import Workspace, WorkspaceError
 
     arr = Workspace(config.workspace).array(a.array)  # fail fast, before starting anything
     if arr.ndim not in (3, 4):
         raise WorkspaceError(f"{a.array} is not an image or mask array")
-    r = _run(config, lambda: run_flow(export, workspace=config.workspace, array=a.array, out=a.out))
+    r = _run(config, lambda: export(workspace=config.workspace, array=a.array, out=a.out))
     print(f"exported {r['exported']} items of {a.array} to {a.out}")
     return 0
 

@@ -11,10 +11,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from flows.ops import mangaka_flow, shard_task
 from flows.runtime import gpu_workers
-from flows.shards import live_slots, pending_shards, run_shards
+from flows.shards import corpus_table, live_slots, pending_shards, run_shards
 from storage.checkpoints import load_checkpoint
-from storage.items import item_table
-from storage.workspace import Workspace, WorkspaceError
+from storage.workspace import Workspace
 from tasks.artline import MODEL_DIR, LineartTrainOptions, train_lineart
 from tasks.ingest import ShardResult
 from tasks.lineart import METHODS, LineartShardSpec, array_name, lineart_shard, method_version, prepare_array
@@ -49,7 +48,7 @@ def lineart_shard_task(spec: LineartShardSpec) -> ShardResult:
 @mangaka_flow("render-lineart", "{method}")
 def render_lineart(
     workspace: str,
-    method: Literal["canny", "xdog", "artline"] = "xdog",
+    method: Literal[METHODS] = "xdog",  # type: ignore[valid-type] - the tuple's values, checked by Prefect
     model: str = "latest",
     shards: str | None = None,
     force: bool = False,
@@ -57,12 +56,8 @@ def render_lineart(
 ) -> dict[str, Any]:
     """Fill ``corpus/lineart/<method>`` for every corpus shard not yet rendered by this version."""
     logger = get_run_logger()
-    if method not in METHODS:
-        raise WorkspaceError(f"--method must be one of {', '.join(METHODS)}, not {method!r}")
     ws = Workspace(workspace)
-    table = item_table(ws, "corpus")
-    if not len(table):
-        raise WorkspaceError(f"{ws.url} has no corpus images: run ingest-images first")
+    table = corpus_table(ws)
     checkpoint, digest = "", ""
     if method == "artline":
         ckpt = load_checkpoint(ws, MODEL_DIR, model)

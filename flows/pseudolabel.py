@@ -9,10 +9,9 @@ from prefect.artifacts import create_table_artifact
 
 from flows.ops import mangaka_flow, shard_task
 from flows.runtime import gpu_workers
-from flows.shards import live_slots, pending_shards, run_shards
+from flows.shards import corpus_table, live_slots, pending_shards, run_shards
 from storage.checkpoints import load_checkpoint
-from storage.items import item_table
-from storage.workspace import Workspace, WorkspaceError
+from storage.workspace import Workspace
 from tasks.ingest import ShardResult
 from tasks.pseudolabel import (
     MASKS,
@@ -41,9 +40,7 @@ def pseudolabel(
     ws = Workspace(workspace)
     ckpt = load_checkpoint(ws, "unet", options.model)
     version = producer_version(ckpt.digest, options)
-    table = item_table(ws, "corpus")
-    if not len(table):
-        raise WorkspaceError(f"{ws.url} has no corpus images: run ingest-images first")
+    table = corpus_table(ws)
     prepare_arrays(ws, options.confidence_map)
     todo = pending_shards(ws, table.length, live_slots(table), MASKS, version, shards, force)
     specs = [PseudolabelShardSpec(ws.url, s, version, ckpt.name, slots, options.model_dump()) for s, slots in todo]

@@ -190,11 +190,6 @@ def session(config: RunConfig) -> Iterator[str]:
 DASK_ADDRESS_ENV = "MANGAKA_DASK_ADDRESS"
 
 
-def run_flow(flow_obj, /, **params):  # noqa: ANN001, ANN201 - any Prefect flow
-    """Call a flow; its :class:`MangakaTaskRunner` finds the run's cluster by itself."""
-    return flow_obj(**params)
-
-
 class MangakaTaskRunner(DaskTaskRunner):
     """Prefect's DaskTaskRunner on the run's one cluster, found when the first task is submitted.
 

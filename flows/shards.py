@@ -122,6 +122,17 @@ def pending_shards(
     return todo
 
 
+def corpus_table(ws: Any) -> Any:
+    """The corpus's item table, or a clear error when nothing was ingested yet."""
+    from storage.items import item_table
+    from storage.workspace import WorkspaceError
+
+    table = item_table(ws, "corpus")
+    if not len(table):
+        raise WorkspaceError(f"{ws.url} has no corpus images: run ingest-images first")
+    return table
+
+
 def live_slots(table: Any) -> Any:
     """``slots_of`` for :func:`pending_shards`: the live items of an item table in a slot range."""
     return lambda slots: [s for s, _ in table.slots_in(slots)]

@@ -11,8 +11,7 @@ from prefect.artifacts import create_table_artifact
 
 from flows.ops import mangaka_flow, shard_task
 from flows.runtime import gpu_workers
-from flows.shards import live_slots, pending_shards, run_shards
-from storage.items import item_table
+from flows.shards import corpus_table, live_slots, pending_shards, run_shards
 from storage.workspace import Workspace, WorkspaceError
 from tasks.colorizer import MODEL_DIR as COLORIZER_DIR
 from tasks.colorizer import ColorizerOptions, train_colorizer
@@ -100,9 +99,9 @@ def style_shard_task(spec: StyleShardSpec) -> ShardResult:
 @mangaka_flow("render-style", "{method} as {name}")
 def render_style(
     workspace: str,
-    method: Literal["npr", "fast", "gatys", "colorize"],
+    method: Literal[METHODS],  # type: ignore[valid-type] - the tuple's values, checked by Prefect
     name: str,
-    style: Literal["stylization", "pencil", "oil", "toon"] = "toon",
+    style: Literal[NPR_STYLES] = "toon",  # type: ignore[valid-type]
     style_image: str | None = None,
     lines: str = "canny",
     fast_options: FastStyleOptions = FastStyleOptions(),  # noqa: B008
@@ -115,17 +114,11 @@ def render_style(
     from storage.checkpoints import load_checkpoint
 
     logger = get_run_logger()
-    if method not in METHODS:
-        raise WorkspaceError(f"--method must be one of {', '.join(METHODS)}, not {method!r}")
     ws = Workspace(workspace)
-    table = item_table(ws, "corpus")
-    if not len(table):
-        raise WorkspaceError(f"{ws.url} has no corpus images: run ingest-images first")
+    table = corpus_table(ws)
     params: dict[str, Any]
     digest = ""
     if method == "npr":
-        if style not in NPR_STYLES:
-            raise WorkspaceError(f"--style must be one of {', '.join(NPR_STYLES)} for npr, not {style!r}")
         params = {"style": style}
     elif method in ("fast", "gatys"):
         if not style_image:

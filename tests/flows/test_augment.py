@@ -7,7 +7,6 @@ from pathlib import Path
 
 from flows.augment import augment
 from flows.labelme import ingest_labelme
-from flows.runtime import run_flow
 from storage.items import item_table
 from storage.workspace import Workspace
 from tasks.annotations import LabelmeOptions
@@ -18,15 +17,14 @@ from tasks.synth import write_synth_shard
 def test_augment_multiplies_and_redoes_only_what_changed(cluster: str, tmp_path: Path) -> None:
     write_synth_shard(str(tmp_path / "s"), seed=8, size=64, start=0, stop=5, annotated=5)
     ws_url = str(tmp_path / "ws")
-    run_flow(
-        ingest_labelme,
+    ingest_labelme(
         workspace=ws_url,
         src=str(tmp_path / "s" / "labelme"),
         options=LabelmeOptions(size=64),
         shard_size=8,
     )
     opts = AugmentOptions(multiplier=4, seed=1)
-    r = run_flow(augment, workspace=ws_url, options=opts)
+    r = augment(workspace=ws_url, options=opts)
     assert (r["parents"], r["augmented_items"], r["variants_written"]) == (5, 20, 20)
     ws = Workspace(ws_url)
     table = item_table(ws, "augmented")
@@ -40,18 +38,18 @@ def test_augment_multiplies_and_redoes_only_what_changed(cluster: str, tmp_path:
         ws.array("augmented/masks")[table.by_id["s8-000002-a01"]["slot"]] == ws.array("annotated/masks")[src]
     ).all()
 
-    again = run_flow(augment, workspace=ws_url, options=opts)
+    again = augment(workspace=ws_url, options=opts)
     assert again["shards"] == 0
 
     # correct one annotation: only the shard holding its variants is redone
     d = json.loads((tmp_path / "s" / "labelme" / "s8-000004.json").read_text())
     d["shapes"] = d["shapes"][:-1]
     (tmp_path / "s" / "labelme" / "s8-000004.json").write_text(json.dumps(d))
-    run_flow(ingest_labelme, workspace=ws_url, src=str(tmp_path / "s" / "labelme"), options=LabelmeOptions(size=64))
-    r = run_flow(augment, workspace=ws_url, options=opts)
+    ingest_labelme(workspace=ws_url, src=str(tmp_path / "s" / "labelme"), options=LabelmeOptions(size=64))
+    r = augment(workspace=ws_url, options=opts)
     assert r["shards"] == 1 and r["augmented_items"] == 20
 
     # another multiplier lays the array out anew
-    r = run_flow(augment, workspace=ws_url, options=AugmentOptions(multiplier=2))
+    r = augment(workspace=ws_url, options=AugmentOptions(multiplier=2))
     length = item_table(ws, "annotated").length
     assert r["augmented_items"] == 10 and ws.array("augmented/images").shape[0] == 2 * length

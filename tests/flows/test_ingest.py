@@ -14,7 +14,6 @@ import zarr
 
 from flows.export import export
 from flows.ingest import ingest_images
-from flows.runtime import run_flow
 from storage.items import Journal, item_table
 from storage.sources import list_sources
 from storage.workspace import Workspace
@@ -36,9 +35,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def ingest(ws: Path, src: Path | str, **kw: object) -> dict:
-    return run_flow(
-        ingest_images, workspace=str(ws), src=str(src), options=IngestOptions(size=SIZE), shard_size=8, **kw
-    )
+    return ingest_images(workspace=str(ws), src=str(src), options=IngestOptions(size=SIZE), shard_size=8, **kw)
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -124,7 +121,7 @@ def test_tar_archives_ingest_like_folders(cluster: str, corpus: Path, tmp_path: 
     r = ingest(tmp_path / "ws", archive)
     assert (r["stored"], r["quarantined"]) == (22, 4)
     out = tmp_path / "out"
-    run_flow(export, workspace=str(tmp_path / "ws"), array="corpus/images", out=str(out))
+    export(workspace=str(tmp_path / "ws"), array="corpus/images", out=str(out))
     assert sorted(p.stem for p in out.iterdir()) == sorted(f"s4-{i:06d}" for i in range(22))
 
 

@@ -11,7 +11,6 @@ import pytest
 from PIL import Image
 
 from flows.labelme import ingest_labelme
-from flows.runtime import run_flow
 from storage.items import item_table
 from storage.workspace import Workspace, WorkspaceError
 from tasks.annotations import LabelmeOptions
@@ -33,9 +32,7 @@ def annotations(tmp_path: Path) -> Path:
 
 
 def ingest(ws: Path, folder: Path, **opts: object) -> dict:
-    return run_flow(
-        ingest_labelme, workspace=str(ws), src=str(folder), options=LabelmeOptions(size=SIZE, **opts), shard_size=4
-    )
+    return ingest_labelme(workspace=str(ws), src=str(folder), options=LabelmeOptions(size=SIZE, **opts), shard_size=4)
 
 
 def test_annotations_land_exactly_and_bad_files_are_quarantined(

@@ -10,7 +10,6 @@ from PIL import Image
 
 from flows.ingest import ingest_images
 from flows.lineart import render_lineart
-from flows.runtime import run_flow
 from storage.items import item_table
 from storage.workspace import Workspace, WorkspaceError
 from tasks.artline import LineartTrainOptions, train_lineart
@@ -23,25 +22,25 @@ def test_every_method_renders_the_corpus(cluster: str, tmp_path: Path) -> None:
     ws = Workspace(str(tmp_path / "ws"))
     ws.ensure_config(shard_size=8)
     write_synth_shard(str(tmp_path / "c"), seed=21, size=64, start=0, stop=12, annotated=0)
-    run_flow(ingest_images, workspace=ws.url, src=str(tmp_path / "c" / "images"), options=IngestOptions(size=64))
+    ingest_images(workspace=ws.url, src=str(tmp_path / "c" / "images"), options=IngestOptions(size=64))
     truth = {p.stem: np.asarray(Image.open(p)) for p in (tmp_path / "c" / "lines").glob("*.png")}
     table = item_table(ws, "corpus")
     for method in ("canny", "xdog"):
-        r = run_flow(render_lineart, workspace=ws.url, method=method)
+        r = render_lineart(workspace=ws.url, method=method)
         assert (r["rendered"], r["shards"]) == (12, 2)
-        assert run_flow(render_lineart, workspace=ws.url, method=method)["shards"] == 0  # done: skipped
+        assert render_lineart(workspace=ws.url, method=method)["shards"] == 0  # done: skipped
         f1 = lineart_against(ws, method, truth)
         assert f1["images"] == 12 and 0.3 < f1["f1"] <= 1
     e = table.by_id["s21-000003"]
     image = ws.array("corpus/images")[e["slot"]]
     assert np.array_equal(ws.array("corpus/lineart/xdog")[e["slot"]], xdog(np.asarray(image)))
-    assert run_flow(render_lineart, workspace=ws.url, method="xdog", shards="1:2", force=True)["shards"] == 1
+    assert render_lineart(workspace=ws.url, method="xdog", shards="1:2", force=True)["shards"] == 1
 
     with pytest.raises(WorkspaceError, match="no checkpoint"):
-        run_flow(render_lineart, workspace=ws.url, method="artline")
+        render_lineart(workspace=ws.url, method="artline")
     train_lineart(ws, LineartTrainOptions(size=32, sizes=(32,), epochs=(1,), count=8, val_count=4, batch_size=4))
-    r = run_flow(render_lineart, workspace=ws.url, method="artline")
+    r = render_lineart(workspace=ws.url, method="artline")
     assert r["rendered"] == 12 and r["checkpoint"].endswith("-epoch-0001")
     assert ws.array("corpus/lineart/artline")[e["slot"]].shape == (64, 64)
     train_lineart(ws, LineartTrainOptions(size=32, sizes=(32,), epochs=(2,), count=8, val_count=4, batch_size=4))
-    assert run_flow(render_lineart, workspace=ws.url, method="artline")["shards"] == 2, "a new model redoes them"
+    assert render_lineart(workspace=ws.url, method="artline")["shards"] == 2, "a new model redoes them"

@@ -9,7 +9,6 @@ from PIL import Image
 
 from flows.ingest import ingest_images
 from flows.pseudolabel import pseudolabel
-from flows.runtime import run_flow
 from storage.items import item_table
 from tasks.ingest import IngestOptions
 from tasks.pseudolabel import miou_against
@@ -22,18 +21,18 @@ def test_pseudolabels_follow_the_model(cluster: str, tmp_path: Path) -> None:
     ws = tiny_workspace(tmp_path / "ws")
     train_unet(ws, TrainOptions(epochs=2, batch_size=4, val_fraction=0.34))
     write_synth_shard(str(tmp_path / "c"), seed=12, size=64, start=0, stop=12, annotated=0)
-    run_flow(ingest_images, workspace=ws.url, src=str(tmp_path / "c" / "images"), options=IngestOptions(size=64))
-    r = run_flow(pseudolabel, workspace=ws.url)
+    ingest_images(workspace=ws.url, src=str(tmp_path / "c" / "images"), options=IngestOptions(size=64))
+    r = pseudolabel(workspace=ws.url)
     assert (r["labelled"], r["shards"]) == (12, 2) and r["checkpoint"].endswith("-epoch-0002")
     first = r["checkpoint"].replace("-epoch-0002", "-epoch-0001")
     table = item_table(ws, "corpus")
     masks, conf = ws.array("corpus/masks"), ws.array("corpus/confidence")
     for e in table.by_id.values():
         assert masks[e["slot"]].max() < 7 and 1 / 7 <= float(conf[e["slot"]]) <= 1
-    assert run_flow(pseudolabel, workspace=ws.url)["shards"] == 0  # same model: nothing to do
-    assert run_flow(pseudolabel, workspace=ws.url, shards="1:2", force=True)["shards"] == 1
-    assert run_flow(pseudolabel, workspace=ws.url, options={"model": first})["shards"] == 2  # other model
-    r = run_flow(pseudolabel, workspace=ws.url, options={"confidence_map": True})
+    assert pseudolabel(workspace=ws.url)["shards"] == 0  # same model: nothing to do
+    assert pseudolabel(workspace=ws.url, shards="1:2", force=True)["shards"] == 1
+    assert pseudolabel(workspace=ws.url, options={"model": first})["shards"] == 2  # other model
+    r = pseudolabel(workspace=ws.url, options={"confidence_map": True})
     assert r["shards"] == 2
     e = next(iter(table.by_id.values()))
     per_pixel = ws.array("corpus/confidence_map")[e["slot"]]
@@ -53,16 +52,16 @@ def test_active_learning_loop_round_trips(cluster: str, tmp_path: Path) -> None:
     ws = tiny_workspace(tmp_path / "ws")
     train_unet(ws, TrainOptions(epochs=1, batch_size=4, val_fraction=0.34))
     write_synth_shard(str(tmp_path / "c"), seed=13, size=64, start=0, stop=10, annotated=0)
-    run_flow(ingest_images, workspace=ws.url, src=str(tmp_path / "c" / "images"), options=IngestOptions(size=64))
-    run_flow(pseudolabel, workspace=ws.url)
+    ingest_images(workspace=ws.url, src=str(tmp_path / "c" / "images"), options=IngestOptions(size=64))
+    pseudolabel(workspace=ws.url)
     out = tmp_path / "to-correct"
-    r = run_flow(export_labelme, workspace=ws.url, out=str(out), lowest_confidence=3)
+    r = export_labelme(workspace=ws.url, out=str(out), lowest_confidence=3)
     assert r["exported"] == 3 and len(list(out.glob("*.json"))) == 3 and len(list(out.glob("*.png"))) == 3
     corpus = item_table(ws, "corpus")
     conf = ws.array("corpus/confidence")[:]
     lowest = sorted(corpus.by_id, key=lambda i: float(conf[corpus.by_id[i]["slot"]]))[:3]
     assert sorted(p.stem for p in out.glob("*.json")) == sorted(lowest)
-    r = run_flow(ingest_labelme, workspace=ws.url, src=str(out), options=LabelmeOptions(size=64))
+    r = ingest_labelme(workspace=ws.url, src=str(out), options=LabelmeOptions(size=64))
     assert (r["stored"], r["quarantined"]) == (3, 0)
     annotated = item_table(ws, "annotated")
     for item in lowest:
@@ -86,7 +85,7 @@ def test_pseudolabel_tasks_run_on_gpu_workers(cluster: str, tmp_path: Path, monk
     train_unet(ws, TrainOptions(epochs=1, batch_size=4, val_fraction=0.34))
     write_synth_shard(str(tmp_path / "c"), seed=14, size=64, start=0, stop=24, annotated=0)
     src = str(tmp_path / "c" / "images")
-    run_flow(ingest_images, workspace=ws.url, src=src, options=IngestOptions(size=64))
+    ingest_images(workspace=ws.url, src=src, options=IngestOptions(size=64))
     with local_cluster(n_workers=2, gpus=1) as two, Client(two.scheduler_address) as client:
         workers = client.scheduler_info(n_workers=-1)["workers"]
         gpu = [a for a, w in workers.items() if w.get("resources", {}).get("GPU")]
@@ -94,7 +93,7 @@ def test_pseudolabel_tasks_run_on_gpu_workers(cluster: str, tmp_path: Path, monk
         monkeypatch.setenv(DASK_ADDRESS_ENV, two.scheduler_address)
         assert gpu_workers() == 1
         with get_task_stream(client) as stream:
-            r = run_flow(pseudolabel, workspace=ws.url)
+            r = pseudolabel(workspace=ws.url)
     assert r["labelled"] == 24 and r["shards"] == 3
     ran_on = {t["worker"] for t in stream.data}
     assert len(stream.data) >= 3 and ran_on == set(gpu), ran_on

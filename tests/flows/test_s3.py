@@ -10,7 +10,6 @@ import s3fs
 
 from flows.export import export
 from flows.ingest import ingest_images
-from flows.runtime import run_flow
 from storage.items import item_table
 from storage.workspace import Workspace
 from tasks.ingest import IngestOptions
@@ -38,8 +37,8 @@ def test_s3_workspace_exports_exactly_what_a_local_one_does(
     fs.put(str(corpus) + "/", f"{bucket}/incoming/", recursive=True)
     opts = IngestOptions(size=48)
     local_ws, s3_ws = str(tmp_path / "ws"), f"s3://{bucket}/ws"
-    r_local = run_flow(ingest_images, workspace=local_ws, src=str(corpus), options=opts, shard_size=4)
-    r_s3 = run_flow(ingest_images, workspace=s3_ws, src=f"s3://{bucket}/incoming", options=opts, shard_size=4)
+    r_local = ingest_images(workspace=local_ws, src=str(corpus), options=opts, shard_size=4)
+    r_s3 = ingest_images(workspace=s3_ws, src=f"s3://{bucket}/incoming", options=opts, shard_size=4)
     for key in ("stored", "quarantined", "not_image_names", "corpus_items"):
         assert r_local[key] == r_s3[key], key
     assert r_s3["stored"] == 12 and r_s3["quarantined"] == 4
@@ -54,14 +53,14 @@ def test_s3_workspace_exports_exactly_what_a_local_one_does(
     }
     assert item_table(Workspace(s3_ws), "corpus").by_id.keys() == item_table(Workspace(local_ws), "corpus").by_id.keys()
 
-    run_flow(export, workspace=local_ws, array="corpus/images", out=str(tmp_path / "from-local"))
-    run_flow(export, workspace=s3_ws, array="corpus/images", out=str(tmp_path / "from-s3"))
+    export(workspace=local_ws, array="corpus/images", out=str(tmp_path / "from-local"))
+    export(workspace=s3_ws, array="corpus/images", out=str(tmp_path / "from-s3"))
     local, remote = digests(tmp_path / "from-local"), digests(tmp_path / "from-s3")
     assert len(local) == 12 and local == remote
 
     # an S3 destination for export works too
-    run_flow(export, workspace=s3_ws, array="corpus/images", out=f"s3://{bucket}/export")
+    export(workspace=s3_ws, array="corpus/images", out=f"s3://{bucket}/export")
     assert len(fs.ls(f"{bucket}/export")) == 12
 
-    again = run_flow(ingest_images, workspace=s3_ws, src=f"s3://{bucket}/incoming", options=opts, shard_size=4)
+    again = ingest_images(workspace=s3_ws, src=f"s3://{bucket}/incoming", options=opts, shard_size=4)
     assert (again["stored"], again["already_ingested"]) == (0, 16)
