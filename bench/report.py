@@ -116,8 +116,13 @@ def rows() -> list[tuple[str, str, str, str, str]]:
         )
         out.append(
             (
-                "Fast style, 512 px",
-                _f(st["fast_style_images_per_s"], "img/s"),
+                f"Fast style, 512 px ({st.get('fast_style_model', 'johnson-small')})",
+                _f(st["fast_style_images_per_s"], "img/s")
+                + "".join(
+                    f"; {m} {_f(r, 'img/s')}"
+                    for m, r in st.get("fast_style_images_per_s_by_model", {}).items()
+                    if m != st.get("fast_style_model")
+                ),
                 "Gatys on the same image",
                 f"{st['fast_vs_gatys_ratio']:.0f}x",
                 "≥ 100x",

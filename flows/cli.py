@@ -19,6 +19,9 @@ from pydantic import ValidationError
 
 from flows.runtime import RunConfig
 
+# The registered style transformers (models/transformer.py; a test keeps the two in step).
+STYLE_MODELS = ("johnson", "johnson-small", "johnson-fast")
+
 log = logging.getLogger("mangaka")
 
 
@@ -181,6 +184,7 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("train-style", help="train a fast (feed-forward) style model for a style image")
     s.add_argument("--style-image", required=True)
+    s.add_argument("--model", choices=STYLE_MODELS, default="johnson-fast", help="transformer network")
     s.add_argument("--size", type=_positive, default=256)
     s.add_argument("--steps", type=_positive, default=300)
     s.add_argument("--batch-size", type=_positive, default=4)
@@ -576,6 +580,7 @@ def _cmd_train_style(a: argparse.Namespace, config: RunConfig) -> int:
     if not os.path.isfile(a.style_image):
         raise UsageError(f"{a.style_image} does not exist")
     options = FastStyleOptions(
+        model=a.model,
         size=a.size,
         steps=a.steps,
         batch_size=a.batch_size,

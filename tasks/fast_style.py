@@ -42,7 +42,7 @@ STYLE_SCALE = 1e4
 class FastStyleOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    model: str = "johnson-small"
+    model: str = "johnson-fast"
     size: int = Field(256, ge=16, description="training side (multiple of 4)")
     steps: int = Field(300, ge=1)
     batch_size: int = Field(4, ge=1)
@@ -164,17 +164,20 @@ def load_fast_style(ws: Workspace, key: str, device: str = "cpu") -> tuple[torch
 def apply_fast_style(net: torch.nn.Module, images: np.ndarray, device: torch.device, batch: int = 8) -> np.ndarray:
     """``(N, S, S, 3)`` uint8 -> stylised ``(N, S, S, 3)`` uint8 (sides padded to 4 inside).
 
-    bf16 autocast on GPUs and on CPUs with native bf16, channels-last.
+    bf16 autocast on GPUs and on CPUs with native bf16; channels-last where the network
+    prefers it (``StyleTransformer.prefers_channels_last``).
     """
     from tasks.pseudolabel import use_bf16
 
     bf16 = use_bf16("auto", device)
-    net = net.to(memory_format=torch.channels_last)
+    prefers = getattr(net, "prefers_channels_last", None)
+    layout = torch.channels_last if prefers is None or prefers(device) else torch.contiguous_format
+    net = net.to(memory_format=layout)
     out = []
     for i in range(0, len(images), batch):
         x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch])).to(device).permute(0, 3, 1, 2).float() / 255
         h, w = x.shape[2:]
-        x = F.pad(x, (0, (-w) % 4, 0, (-h) % 4), mode="replicate").contiguous(memory_format=torch.channels_last)
+        x = F.pad(x, (0, (-w) % 4, 0, (-h) % 4), mode="replicate").contiguous(memory_format=layout)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             y = net(x).float()[:, :, :h, :w]
         out.append((y.clamp(0, 1) * 255 + 0.5).byte().permute(0, 2, 3, 1).cpu().numpy())

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from models.registry import create
+from flows.cli import STYLE_MODELS
+from models.registry import create, list_models
 from storage.workspace import Workspace
 from tasks.colorizer import ColorizerOptions, colorize_lines, curves_png, load_colorizer, train_colorizer
 from tasks.fast_style import FastStyleOptions, apply_fast_style, has_model, load_fast_style, style_key, train_fast_style
@@ -68,7 +69,9 @@ def test_fast_style_trains_per_style_image_and_applies(tmp_path: Path) -> None:
     net, digest = load_fast_style(ws, key)
     out = apply_fast_style(net, np.stack([draw_portrait(7, 1, 32).image[:30, :30]]), torch.device("cpu"))
     assert out.shape == (1, 30, 30, 3) and out.dtype == np.uint8
-    assert create("style", "johnson")(torch.rand(1, 3, 16, 16)).shape == (1, 3, 16, 16)
+    assert list_models("style") == sorted(STYLE_MODELS)
+    for name in STYLE_MODELS:
+        assert create("style", name)(torch.rand(1, 3, 16, 16)).shape == (1, 3, 16, 16)
 
 
 def test_colorizer_trains_with_held_out_accuracy(tmp_path: Path) -> None:
