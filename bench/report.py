@@ -145,9 +145,17 @@ def rows() -> list[tuple[str, str, str, str, str]]:
         out.append(
             (
                 f"Orchestration overhead, {o['stage']}, {o['images']} images, shards of {o['shard_size']}",
-                f"flow {_f(o['flow_s'], 's')}, Dask alone {_f(o['dask_only_s'], 's')}",
+                f"flow {_f(o['flow_s'], 's')}"
+                + (f", without heartbeats {_f(o['flow_no_heartbeats_s'], 's')}" if "flow_no_heartbeats_s" in o else "")
+                + f", Dask alone {_f(o['dask_only_s'], 's')}",
                 f"plain loop over the same shards {_f(o['plain_loop_s'], 's')}",
-                f"+{o['overhead_flow_pct']}% (Dask alone {o['overhead_dask_pct']:+}%)",
+                f"{o['overhead_flow_pct']:+}%"
+                + (
+                    f" ({o['overhead_flow_no_heartbeats_pct']:+}% without heartbeats"
+                    if "overhead_flow_no_heartbeats_pct" in o
+                    else " ("
+                )
+                + f"{'; ' if 'overhead_flow_no_heartbeats_pct' in o else ''}Dask alone {o['overhead_dask_pct']:+}%)",
                 "≤ 5%",
             )
         )
@@ -158,7 +166,7 @@ def rows() -> list[tuple[str, str, str, str, str]]:
                     f"Orchestration overhead, {p['stage']}, {p['images']} images, shards of {p['shard_size']}",
                     f"flow {_f(p['flow_s'], 's')}",
                     f"plain loop over the same shards {_f(p['plain_loop_s'], 's')}",
-                    f"+{p['overhead_flow_pct']}%",
+                    f"{p['overhead_flow_pct']:+}%",
                     "≤ 5%",
                 )
             )

@@ -607,11 +607,13 @@ def _cmd_train_colorizer(a: argparse.Namespace, config: RunConfig) -> int:
     with prefect_api():
         r = train_colorizer_flow(workspace=config.workspace, options=options)
     if a.json:
-        print(json.dumps({"palette_accuracy": r["palette_accuracy"], "parameters": r["parameters"]}))
+        keys = ("palette_accuracy", "commonest_colour_accuracy", "parameters")
+        print(json.dumps({k: r[k] for k in keys}))
     else:
         print(
             f"trained the colouriser ({r['parameters']:,} parameters, {a.num_values**3} colours): held-out palette "
-            f"accuracy {r['palette_accuracy']:.4f} on {r['held_out_images']} images; checkpoint {r['checkpoint']}"
+            f"accuracy {r['palette_accuracy']:.4f} on {r['held_out_images']} images (every pixel in the commonest "
+            f"colour: {r['commonest_colour_accuracy']:.4f}); checkpoint {r['checkpoint']}"
         )
     return 0
 

@@ -12,13 +12,16 @@ Nothing here computes; this module must never import ``tasks`` or ``models``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 from prefect_dask import DaskTaskRunner
 
@@ -118,7 +121,10 @@ def local_cluster(n_workers: int | None = None, gpus: int | None = None) -> Any:
     n = n_workers or default_workers()
     gpus = local_gpus() if gpus is None else gpus
     n = max(n, gpus)
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):
+    # Dask's statistical profiler samples every worker thread's stack every 10 ms for the
+    # dashboard's profile page; this cluster has no dashboard (deploy/dask.yaml: same).
+    settings = {"distributed.nanny.pre-spawn-environ": worker_environ(), "distributed.worker.profile.enabled": False}
+    with dask.config.set(settings):
         cluster = LocalCluster(
             n_workers=0,
             threads_per_worker=1,
@@ -179,7 +185,7 @@ def dask_address(config: RunConfig) -> Iterator[str]:
 @contextlib.contextmanager
 def session(config: RunConfig) -> Iterator[str]:
     """One Prefect API and one Dask cluster for a whole command; yields the Dask address."""
-    with prefect_api(), dask_address(config) as address:
+    with prefect_api(), flow_heartbeats(), dask_address(config) as address:
         os.environ[DASK_ADDRESS_ENV] = address
         try:
             yield address
@@ -188,6 +194,28 @@ def session(config: RunConfig) -> Iterator[str]:
 
 
 DASK_ADDRESS_ENV = "MANGAKA_DASK_ADDRESS"
+HEARTBEATS_ENV = "MANGAKA_FLOW_HEARTBEATS"
+
+
+def flow_heartbeats() -> contextlib.AbstractContextManager[Any]:
+    """Prefect's flow-run heartbeats, unless ``MANGAKA_FLOW_HEARTBEATS=off``.
+
+    A flow run emits a heartbeat event every ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` seconds
+    (180) from a thread that sleeps in steps of one second; the engine joins that thread
+    when the run ends, so every flow run (and every sub-flow of ``build-dataset``) lasts up
+    to one second longer than its work. The heartbeats serve an automation that marks silent
+    runs as crashed, which operators have to create on their server; mangaka's own run
+    records and leases show interrupted runs in ``status`` either way. Switch them off for
+    short interactive runs and benchmarks; Prefect's setting cannot say "off" itself.
+    """
+    value = os.environ.get(HEARTBEATS_ENV, "on").strip().lower()
+    if value in ("on", "1", "true", "yes", ""):
+        return contextlib.nullcontext()
+    if value not in ("off", "0", "false", "no"):
+        raise ValueError(f"{HEARTBEATS_ENV} must be on or off, not {value!r}")
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
 
 
 class MangakaTaskRunner(DaskTaskRunner):
@@ -209,6 +237,74 @@ class MangakaTaskRunner(DaskTaskRunner):
         return type(other) is type(self)
 
     __hash__ = object.__hash__
+
+    def map(self, task: Any, parameters: dict[str, Any], wait_for: Any = None) -> Any:
+        """Prefect's map, serialising the flow's context once for all its tasks (see submit)."""
+        self._map_context: dict[str, Any] | None = {}
+        try:
+            return super().map(task, parameters, wait_for)
+        finally:
+            self._map_context = None
+
+    def submit(self, task: Any, parameters: dict[str, Any], wait_for: Any = None, dependencies: Any = None) -> Any:
+        """Submit one task run to Dask: prefect-dask's submission, minus two per-task costs.
+
+        prefect-dask serialises the whole Prefect context (all settings, with secrets
+        rendered) for every task and submits ``pure=True``, so Dask also tokenises that
+        context and the task's closure. Both happen in the flow process, one task after the
+        other, while the workers wait for work: profiled on render-lineart xdog (8 shards of
+        256), submission was 39% of the flow's main-thread time. Here the context is
+        serialised once per ``map`` (the settings, flow run and tags of one map are the
+        same; only the asset context names the task run) and keys are random
+        (``pure=False``: every task run is new anyway). The worker side is prefect-dask's:
+        ``run_task_sync`` with the hydrated context.
+        """
+        if not self._started:
+            raise RuntimeError("The task runner must be started before submitting work.")
+        import distributed
+        from prefect.context import AssetContext, serialize_context
+        from prefect.task_engine import run_task_async, run_task_sync
+        from prefect.utilities.engine import collect_task_run_inputs_sync
+        from prefect_dask.task_runners import PrefectDaskFuture
+
+        parameters = self._optimize_futures(parameters)
+        wait_for = self._optimize_futures(wait_for) if wait_for else None
+        task_run_id = uuid4()
+        deps = {k: collect_task_run_inputs_sync(v, future_cls=distributed.Future) for k, v in parameters.items()}
+        if dependencies:
+            deps = {k: v.union(dependencies.get(k, set())) for k, v in deps.items()}
+        cache = getattr(self, "_map_context", None)
+        base = cache.get("base") if cache is not None else None
+        if base is None:
+            base = serialize_context()
+            if cache is not None:
+                cache["base"] = base
+        context = {
+            **base,
+            "asset_context": AssetContext.from_task_and_inputs(
+                task=task, task_run_id=task_run_id, task_inputs=deps, copy_to_child_ctx=True
+            ).serialize(),
+        }
+
+        @functools.wraps(task.fn)
+        def run(**kwargs: Any) -> Any:
+            if task.isasync:
+                return asyncio.run(run_task_async(**kwargs))
+            return run_task_sync(**kwargs)
+
+        future = distributed.Client.submit(
+            self.client,
+            run,
+            pure=False,
+            task=task,
+            task_run_id=task_run_id,
+            parameters=parameters,
+            wait_for=wait_for,
+            dependencies=deps,
+            return_type="state",
+            context=context,
+        )
+        return PrefectDaskFuture(wrapped_future=future, task_run_id=task_run_id)
 
     @property
     def client(self) -> Any:

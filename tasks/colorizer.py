@@ -7,7 +7,9 @@ auto-Canny drawing (any line art works at inference: ``corpus/lineart/<method>``
 encoder, upsampling decoder, about 1.6M parameters against the seed's 290M-parameter
 convolution stack) with a softmax over palette classes; the line channel is repeated to
 RGB. Cross-entropy, AdamW, one-cycle. Held out: 10% of the images by id hash; the metric
-is ``palette_accuracy`` (share of held-out pixels whose class is right). Writes
+is ``palette_accuracy`` (share of held-out pixels whose class is right), reported with
+``commonest_colour_accuracy``, the score of painting every pixel in the commonest
+training colour. Writes
 ``models/colorizer/<run>`` (weights, config, metrics, ``curves.png`` of loss and accuracy
 per epoch).
 """
@@ -165,7 +167,17 @@ def train_colorizer(
         "num_values": opts.num_values,
         "options": opts.model_dump(),
     }
-    metrics = {**history[-1], "parameters": params, "history": history, "held_out_images": int(held.sum())}
+    # What the accuracy means: the share of held-out pixels of the commonest training colour
+    # (a model that paints everything in it scores this).
+    commonest = int(torch.bincount(ty.flatten(), minlength=n_classes).argmax())
+    baseline = float((vy == commonest).float().mean()) if len(vy) else 0.0
+    metrics = {
+        **history[-1],
+        "commonest_colour_accuracy": round(baseline, 4),
+        "parameters": params,
+        "history": history,
+        "held_out_images": int(held.sum()),
+    }
     metrics["seconds"] = round(time.perf_counter() - t0, 1)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_checkpoint(ws, MODEL_DIR, name, save(state), config, metrics)

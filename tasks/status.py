@@ -45,7 +45,16 @@ def workspace_status(ws: Workspace) -> dict[str, Any]:
             stages[model].update(
                 {
                     k: metrics[k]
-                    for k in ("miou", "semantic_miou", "pixel_accuracy", "palette_accuracy", "f1", "epoch", "step")
+                    for k in (
+                        "miou",
+                        "semantic_miou",
+                        "pixel_accuracy",
+                        "palette_accuracy",
+                        "commonest_colour_accuracy",
+                        "f1",
+                        "epoch",
+                        "step",
+                    )
                     if k in metrics
                 }
             )

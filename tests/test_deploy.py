@@ -523,6 +523,7 @@ def test_worker_images_unset_dasks_malloc_trim_threshold() -> None:
     for path in (deploy / "dask.yaml", deploy / "hpc" / "distributed.yaml"):
         cfg = yaml.safe_load(path.read_text())
         assert cfg["distributed"]["nanny"]["pre-spawn-environ"] == {"MALLOC_TRIM_THRESHOLD_": None}
+        assert cfg["distributed"]["worker"]["profile"]["enabled"] is False
         # a config file is deep-merged into Dask's defaults, as dask does with /etc/dask/*.yaml
         merged = dask.config.update(
             copy.deepcopy(dask.config.get("distributed.nanny.pre-spawn-environ")),

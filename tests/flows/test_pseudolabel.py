@@ -90,6 +90,9 @@ def test_pseudolabel_tasks_run_on_gpu_workers(cluster: str, tmp_path: Path, monk
         workers = client.scheduler_info(n_workers=-1)["workers"]
         gpu = [a for a, w in workers.items() if w.get("resources", {}).get("GPU")]
         assert len(workers) == 2 and len(gpu) == 1
+        # workers run without Dask's stack profiler and without its malloc trim threshold
+        seen = client.run(lambda: (_dask_setting("distributed.worker.profile.enabled"), _malloc_trim()))
+        assert set(seen.values()) == {(False, None)}, seen
         monkeypatch.setenv(DASK_ADDRESS_ENV, two.scheduler_address)
         assert gpu_workers() == 1
         with get_task_stream(client) as stream:
@@ -109,3 +112,15 @@ def test_pseudolabel_tasks_run_on_gpu_workers(cluster: str, tmp_path: Path, monk
             limit=3,
         )
     assert len(runs) == 3 and all("gpu" in t.tags for t in runs), [t.tags for t in runs]
+
+
+def _dask_setting(key: str) -> object:
+    import dask
+
+    return dask.config.get(key)
+
+
+def _malloc_trim() -> str | None:
+    import os
+
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_")

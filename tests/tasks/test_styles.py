@@ -78,6 +78,7 @@ def test_colorizer_trains_with_held_out_accuracy(tmp_path: Path) -> None:
     ws = Workspace(str(tmp_path / "ws"))
     r = train_colorizer(ws, ColorizerOptions(size=32, epochs=2, batch_size=16))
     assert 0 <= r["palette_accuracy"] <= 1 and len(r["history"]) == 2 and r["parameters"] < 5_000_000
+    assert 0 < r["commonest_colour_accuracy"] <= 1
     assert ws.loc.exists(f"models/colorizer/{r['checkpoint']}/curves.png")
     model, n, _ = load_colorizer(ws)
     out = colorize_lines(model, np.full((2, 40, 40), 255, np.uint8), n, torch.device("cpu"))
