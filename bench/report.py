@@ -145,17 +145,11 @@ def rows() -> list[tuple[str, str, str, str, str]]:
         out.append(
             (
                 f"Orchestration overhead, {o['stage']}, {o['images']} images, shards of {o['shard_size']}",
-                f"flow {_f(o['flow_s'], 's')}"
-                + (f", without heartbeats {_f(o['flow_no_heartbeats_s'], 's')}" if "flow_no_heartbeats_s" in o else "")
-                + f", Dask alone {_f(o['dask_only_s'], 's')}",
+                f"flow {_f(o['flow_s'], 's')}, without heartbeats {_f(o['flow_no_heartbeats_s'], 's')}, "
+                f"Dask alone {_f(o['dask_only_s'], 's')}",
                 f"plain loop over the same shards {_f(o['plain_loop_s'], 's')}",
-                f"{o['overhead_flow_pct']:+}%"
-                + (
-                    f" ({o['overhead_flow_no_heartbeats_pct']:+}% without heartbeats"
-                    if "overhead_flow_no_heartbeats_pct" in o
-                    else " ("
-                )
-                + f"{'; ' if 'overhead_flow_no_heartbeats_pct' in o else ''}Dask alone {o['overhead_dask_pct']:+}%)",
+                f"{o['overhead_flow_pct']:+}% ({o['overhead_flow_no_heartbeats_pct']:+}% without heartbeats; "
+                f"Dask alone {o['overhead_dask_pct']:+}%)",
                 "≤ 5%",
             )
         )

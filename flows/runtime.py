@@ -229,6 +229,7 @@ class MangakaTaskRunner(DaskTaskRunner):
 
     def __init__(self) -> None:
         super().__init__(cluster_class=local_cluster)
+        self._map_context: dict[str, Any] | None = None
 
     def duplicate(self) -> MangakaTaskRunner:
         return type(self)()
@@ -240,7 +241,9 @@ class MangakaTaskRunner(DaskTaskRunner):
 
     def map(self, task: Any, parameters: dict[str, Any], wait_for: Any = None) -> Any:
         """Prefect's map, serialising the flow's context once for all its tasks (see submit)."""
-        self._map_context: dict[str, Any] | None = {}
+        from prefect.context import serialize_context
+
+        self._map_context = serialize_context()
         try:
             return super().map(task, parameters, wait_for)
         finally:
@@ -273,12 +276,7 @@ class MangakaTaskRunner(DaskTaskRunner):
         deps = {k: collect_task_run_inputs_sync(v, future_cls=distributed.Future) for k, v in parameters.items()}
         if dependencies:
             deps = {k: v.union(dependencies.get(k, set())) for k, v in deps.items()}
-        cache = getattr(self, "_map_context", None)
-        base = cache.get("base") if cache is not None else None
-        if base is None:
-            base = serialize_context()
-            if cache is not None:
-                cache["base"] = base
+        base = self._map_context or serialize_context()
         context = {
             **base,
             "asset_context": AssetContext.from_task_and_inputs(

@@ -19,6 +19,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 from typing import Any
 
 from prefect.client.schemas.objects import ConcurrencyLimitConfig
@@ -142,4 +144,36 @@ def serve(
     set_gpu_limit(gpu_limit)
     deps = deployments(workspace, cron=cron, timezone=timezone, src=src, labelme=labelme)
     log.info("serving %d deployments for %s (nightly at %s %s)", len(deps), workspace, cron, timezone)
-    prefect_serve(*deps, pause_on_shutdown=True, limit=limit, print_starting_message=True)
+    # Prefect pauses the schedules only when its runner has fully started; a SIGTERM that
+    # arrives while the deployments are being registered would leave the nightly schedule
+    # running with no one to serve it. Until the runner takes over the signal, SIGTERM
+    # stops this process like Ctrl-C, and the schedules are paused here either way.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main else None
+    try:
+        prefect_serve(*deps, pause_on_shutdown=True, limit=limit, print_starting_message=True)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        pause_schedules(deps)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pause_schedules(deps: list[RunnerDeployment]) -> None:
+    """Pause every scheduled deployment of ``deps`` that is registered (idempotent)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        for dep in deps:
+            if not dep.schedules:
+                continue
+            try:
+                found = client.read_deployment_by_name(f"{dep.flow_name}/{dep.name}")
+                if not found.paused:
+                    client.pause_deployment(found.id)
+                    log.info("paused the schedule of %s/%s", dep.flow_name, dep.name)
+            except Exception as exc:  # noqa: BLE001 - stopping goes on; say what is left running
+                log.warning("could not pause %s/%s: %s", dep.flow_name, dep.name, exc)

@@ -4,7 +4,7 @@ Pairs: corpus images (or synth portraits when the corpus is empty); input = the 
 auto-Canny drawing (any line art works at inference: ``corpus/lineart/<method>``), target
 = :func:`tasks.npr.posterize_classes` with ``num_values`` levels per channel
 (``num_values**3`` classes). Model: the workspace's U-Net design (MobileNetV2-small
-encoder, upsampling decoder, about 1.6M parameters against the seed's 290M-parameter
+encoder, upsampling decoder, 740,715 parameters at 27 colours against the seed's 290M-parameter
 convolution stack) with a softmax over palette classes; the line channel is repeated to
 RGB. Cross-entropy, AdamW, one-cycle. Held out: 10% of the images by id hash; the metric
 is ``palette_accuracy`` (share of held-out pixels whose class is right), reported with

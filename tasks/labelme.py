@@ -180,6 +180,8 @@ def _validate_shapes(doc: dict[str, Any], ids: Mapping[str, int]) -> list[dict[s
         label, kind, pts = shape.get("label"), shape.get("shape_type") or "polygon", shape.get("points")
         if not isinstance(label, str):
             raise LabelmeError(f"shape {k} has no label")
+        if not isinstance(kind, str):
+            raise LabelmeError(f"shape {k} ({label}) has a shape_type that is not a string: {kind!r}")
         if label not in ids:
             known = ", ".join(n for n in ids if n != "_background_")
             raise LabelmeError(f"unknown label {label!r} in shape {k} (classes: {known})")

@@ -8,6 +8,7 @@ the report, and stops the server process to see its schedules paused.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -44,6 +45,12 @@ def _wait(what: str, check: Any, timeout: float = 120.0, every: float = 0.5) -> 
             return got
         time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def _wait_or_none(check: Any, timeout: float, every: float = 0.5) -> Any:
+    with contextlib.suppress(AssertionError):
+        return _wait("", check, timeout, every)
+    return None
 
 
 @pytest.fixture(scope="module")
@@ -250,4 +257,6 @@ def test_stopping_serve_pauses_its_schedules(served: dict[str, Any]) -> None:
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=60)
     with api(served):
-        assert _wait("the nightly schedule to pause", lambda: _deployment("build-dataset/nightly").paused, timeout=30)
+        paused = _wait_or_none(lambda: _deployment("build-dataset/nightly").paused, timeout=30)
+    log = (served["tmp"] / "serve.log").read_text(errors="replace")
+    assert paused, f"the nightly schedule is still active after serve stopped; serve's log ends:\n{log[-3000:]}"

@@ -136,6 +136,8 @@ def test_embedded_image_data(tmp_path: Path) -> None:
         (lambda d: d.update(imagePath="/etc/passwd"), "absolute"),
         (lambda d: d["shapes"].append(poly("skin", [[0, 0], [1, 1]], "hexagon")), "unknown shape_type"),
         (lambda d: d["shapes"].append(poly("skin", [[0, 0]], "rectangle")), "needs 2"),
+        # found by the fuzzer: a non-string shape_type was a TypeError, not a quarantine reason
+        (lambda d: d["shapes"].append(poly("skin", [[0, 0], [1, 1]], [None])), "not a string"),
     ],
 )
 def test_hostile_annotations_are_refused_with_a_reason(folder: Path, mutate, reason: str) -> None:  # noqa: ANN001
