@@ -231,7 +231,7 @@ def stage_rows(results: dict[str, Any], timings: dict[str, float]) -> list[dict[
         out: dict[str, Any] = {"stage": stage, "seconds": seconds}
         if isinstance(r, dict):
             out.update({k: r[k] for k in COUNT_KEYS if isinstance(r.get(k), int)})
-            for k in ("miou", "f1", "semantic_miou", "palette_accuracy", "commonest_colour_accuracy"):
+            for k in ("miou", "f1", "semantic_miou", "palette_accuracy", "commonest_colour_accuracy", "hint_accuracy"):
                 if isinstance(r.get(k), float):
                     out[k] = r[k]
         items = next((out[k] for k in ("stored", "labelled", "rendered", "made", "augmented") if k in out), None)
@@ -351,6 +351,7 @@ def quality_rows(
         "semantic_miou": "semantic mIoU",
         "palette_accuracy": "held-out palette accuracy",
         "commonest_colour_accuracy": "held-out palette accuracy of the commonest colour alone",
+        "hint_accuracy": "held-out palette accuracy of the colour hint alone",
     }
     for model, st in sorted(status["stages"].items()):
         for k, label in labels.items():

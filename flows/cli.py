@@ -196,13 +196,18 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--num-values", type=_positive, default=3, help="levels per channel: num_values**3 colours")
     s.add_argument("--epochs", type=_positive, default=8)
     s.add_argument("--batch-size", type=_positive, default=8)
+    s.add_argument(
+        "--hint-size", type=int, default=16, help="colour hint cells per side (0: line art only, no colour hint)"
+    )
     s.add_argument("--json", action="store_true", help='print {"palette_accuracy": ...}')
 
     s = sub.add_parser("render-style", help="corpus/styled/NAME for every corpus image")
     s.add_argument("--method", choices=("npr", "fast", "gatys", "colorize"), required=True)
     s.add_argument("--name", required=True, help="the array: corpus/styled/NAME")
     s.add_argument("--style", choices=("stylization", "pencil", "oil", "toon"), default="toon", help="npr style")
-    s.add_argument("--style-image", default=None, help="fast and gatys: the style image")
+    s.add_argument(
+        "--style-image", default=None, help="fast and gatys: the style image; colorize: a portrait to take colours from"
+    )
     s.add_argument("--lines", default="canny", help="colorize: line art to colour (canny, xdog, artline)")
     s.add_argument("--fast-size", type=_positive, default=256, help="fast: training side if it must train first")
     s.add_argument("--fast-steps", type=_positive, default=300, help="fast: training steps if it must train first")
@@ -601,19 +606,28 @@ def _cmd_train_colorizer(a: argparse.Namespace, config: RunConfig) -> int:
 
     if a.size % 32:
         raise UsageError(f"--size must be a multiple of 32, not {a.size}")
+    if a.hint_size < 0:
+        raise UsageError(f"--hint-size must be 0 or more, not {a.hint_size}")
     options = ColorizerOptions(
-        size=a.size, num_values=a.num_values, epochs=a.epochs, batch_size=a.batch_size, device=config.device
+        size=a.size,
+        num_values=a.num_values,
+        epochs=a.epochs,
+        batch_size=a.batch_size,
+        hint_size=a.hint_size,
+        device=config.device,
     )
     with prefect_api():
         r = train_colorizer_flow(workspace=config.workspace, options=options)
     if a.json:
-        keys = ("palette_accuracy", "commonest_colour_accuracy", "parameters")
+        keys = ("palette_accuracy", "commonest_colour_accuracy", "hint_accuracy", "parameters")
         print(json.dumps({k: r[k] for k in keys}))
     else:
         print(
             f"trained the colouriser ({r['parameters']:,} parameters, {a.num_values**3} colours): held-out palette "
             f"accuracy {r['palette_accuracy']:.4f} on {r['held_out_images']} images (every pixel in the commonest "
-            f"colour: {r['commonest_colour_accuracy']:.4f}); checkpoint {r['checkpoint']}"
+            f"colour: {r['commonest_colour_accuracy']:.4f}"
+            + (f"; the {a.hint_size}x{a.hint_size} colour hint alone: {r['hint_accuracy']:.4f}" if a.hint_size else "")
+            + f"); checkpoint {r['checkpoint']}"
         )
     return 0
 

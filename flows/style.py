@@ -139,6 +139,9 @@ def render_style(
             raise WorkspaceError(f"{ws.url} has no colouriser: run train-colorizer first")
         digest = load_checkpoint(ws, COLORIZER_DIR).digest
         params = {"lines": lines}
+        if style_image:  # colour every drawing like this portrait (the colour hint)
+            data, _ = _read_image(style_image)
+            params["hint_image"] = store_style_image(ws, data, os.path.splitext(style_image)[1] or ".png")
     version = version_of(method, params, digest)
     array = array_name(name)
     prepare_array(ws, name)

@@ -5,7 +5,8 @@
 - ``gatys``: per-image optimisation (``tasks.neural_style``): minutes per image on a CPU,
   meant for small sets;
 - ``colorize``: the colouriser on each image's line art (``corpus/lineart/<lines>`` where
-  rendered, else auto-Canny of the image).
+  rendered, else auto-Canny of the image), with the colour hint taken from the image
+  itself or, given a style image, from that one portrait for every image.
 
 Style images are copied into the workspace (``styles/<digest>.<ext>``) so every worker
 reads the same bytes; a shard's producer version hashes the method, its parameters and
@@ -100,7 +101,7 @@ def render_images(ws: Workspace, spec: StyleShardSpec, images: np.ndarray, live:
         opts = StyleOptions(**p["options"])
         return np.stack([stylize(img, style, opts)[0] for img in images])
     if spec.method == "colorize":
-        from tasks.colorizer import colorize_lines, load_colorizer
+        from tasks.colorizer import colorize_lines, colour_hint, load_colorizer
         from tasks.lineart import array_name as lineart_array
         from tasks.lineart import auto_canny
         from tasks.segment import pick_device
@@ -113,7 +114,18 @@ def render_images(ws: Workspace, spec: StyleShardSpec, images: np.ndarray, live:
             lines = ws.read_items(lineart_array(source), [start + j for j in live])
         else:
             lines = np.stack([auto_canny(img) for img in images])
-        return colorize_lines(model, lines, num_values, pick_device(spec.device))
+        hints = None
+        if model.hint_size:  # the colour layout of each image, or of one reference portrait for all
+            if p.get("hint_image"):
+                ref = _style_rgb(ws, p["hint_image"])
+                side = min(ref.shape[:2])
+                top, left = (ref.shape[0] - side) // 2, (ref.shape[1] - side) // 2
+                ref = np.ascontiguousarray(ref[top : top + side, left : left + side])
+                one = colour_hint(ref[None], model.hint_size, images.shape[1])
+                hints = np.repeat(one, len(images), axis=0)
+            else:
+                hints = colour_hint(images, model.hint_size)
+        return colorize_lines(model, lines, num_values, pick_device(spec.device), hints=hints)
     raise ValueError(f"method must be one of {', '.join(METHODS)}, not {spec.method!r}")
 
 

@@ -51,11 +51,12 @@ def workspace_status(ws: Workspace) -> dict[str, Any]:
                         "pixel_accuracy",
                         "palette_accuracy",
                         "commonest_colour_accuracy",
+                        "hint_accuracy",
                         "f1",
                         "epoch",
                         "step",
                     )
-                    if k in metrics
+                    if metrics.get(k) is not None
                 }
             )
     duplicates = sum(len(t.duplicates) for t in tables.values())

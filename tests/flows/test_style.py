@@ -57,6 +57,12 @@ def test_every_style_method_renders_the_corpus(cluster: str, tmp_path: Path) -> 
     assert r["rendered"] == 10
     colours = set(map(tuple, np.asarray(ws.array("corpus/styled/colour")[slot]).reshape(-1, 3)))
     assert colours <= set(map(tuple, palette(3)))
+    # one reference portrait's colours for every drawing: another version, every shard again
+    r = render_style(workspace=ws.url, method="colorize", name="like-ref", style_image=str(style))
+    assert r["rendered"] == 10
+    own = np.asarray(ws.array("corpus/styled/colour")[slot])
+    like_ref = np.asarray(ws.array("corpus/styled/like-ref")[slot])
+    assert not np.array_equal(own, like_ref), "the reference's colour hint changes the colouring"
 
 
 def test_stylize_writes_the_image_its_intermediates_and_metadata(cluster: str, tmp_path: Path) -> None:

@@ -13,7 +13,14 @@ from PIL import Image
 from flows.cli import STYLE_MODELS
 from models.registry import create, list_models
 from storage.workspace import Workspace
-from tasks.colorizer import ColorizerOptions, colorize_lines, curves_png, load_colorizer, train_colorizer
+from tasks.colorizer import (
+    ColorizerOptions,
+    colorize_lines,
+    colour_hint,
+    curves_png,
+    load_colorizer,
+    train_colorizer,
+)
 from tasks.fast_style import FastStyleOptions, apply_fast_style, has_model, load_fast_style, style_key, train_fast_style
 from tasks.neural_style import StyleOptions, png_with_metadata, stylize
 from tasks.npr import NPR_STYLES, kuwahara, npr, palette, posterize, posterize_classes, posterize_loop
@@ -80,7 +87,43 @@ def test_colorizer_trains_with_held_out_accuracy(tmp_path: Path) -> None:
     assert 0 <= r["palette_accuracy"] <= 1 and len(r["history"]) == 2 and r["parameters"] < 5_000_000
     assert 0 < r["commonest_colour_accuracy"] <= 1
     assert ws.loc.exists(f"models/colorizer/{r['checkpoint']}/curves.png")
+    assert 0 < r["hint_accuracy"] <= 1 and r["parameters"] == 740_716
     model, n, _ = load_colorizer(ws)
-    out = colorize_lines(model, np.full((2, 40, 40), 255, np.uint8), n, torch.device("cpu"))
+    assert model.hint_size == 16
+    lines = np.full((2, 40, 40), 255, np.uint8)
+    with pytest.raises(ValueError, match="colour hints"):
+        colorize_lines(model, lines, n, torch.device("cpu"))
+    hints = colour_hint(np.stack([draw_portrait(7, i, 40).image for i in range(2)]), model.hint_size)
+    out = colorize_lines(model, lines, n, torch.device("cpu"), hints=hints)
     assert out.shape == (2, 40, 40, 3) and set(map(tuple, out.reshape(-1, 3))) <= set(map(tuple, palette(3)))
+
+    line_only = train_colorizer(ws, ColorizerOptions(size=32, epochs=1, batch_size=16, hint_size=0))
+    assert line_only["hint_accuracy"] is None
+    model, n, _ = load_colorizer(ws, line_only["checkpoint"])
+    assert model.hint_size == 0 and colorize_lines(model, lines, n, torch.device("cpu")).shape == (2, 40, 40, 3)
     assert curves_png([{"loss": 1.0, "palette_accuracy": 0.5}]).startswith(b"\x89PNG")
+
+
+def test_colour_hint_is_the_cell_means_of_the_image() -> None:
+    img = np.zeros((1, 64, 64, 3), np.uint8)
+    img[0, :, 32:] = (200, 40, 10)  # right half red
+    hint = colour_hint(img, 2)
+    assert hint.shape == (1, 64, 64, 3)
+    assert tuple(hint[0, 10, 2]) == (0, 0, 0) and tuple(hint[0, 10, 61]) == (200, 40, 10)
+    assert colour_hint(img, 2, 32).shape == (1, 32, 32, 3)
+
+
+def test_a_colouriser_from_before_hints_still_loads(tmp_path: Path) -> None:
+    """Checkpoints written by the line-art-only colouriser (bare segmenter weights, no hint_size)."""
+    from safetensors.torch import save
+
+    from storage.checkpoints import save_checkpoint
+
+    ws = Workspace(str(tmp_path / "ws"))
+    net = create("segmenter", "unet-mobilenetv2-small", num_classes=8)
+    config = {"model": "unet-mobilenetv2-small", "num_classes": 8, "num_values": 2}
+    save_checkpoint(ws, "colorizer", "old-epoch-0001", save(net.state_dict()), config, {"palette_accuracy": 0.4})
+    model, n, _ = load_colorizer(ws)
+    assert (n, model.hint_size) == (2, 0)
+    old, new = net.state_dict(), model.net.state_dict()
+    assert old.keys() == new.keys() and all(torch.equal(old[k], new[k]) for k in old)
