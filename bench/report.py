@@ -128,6 +128,19 @@ def rows() -> list[tuple[str, str, str, str, str]]:
                 "≥ 100x",
             )
         )
+    co = _load("colorizer")
+    if co and "hinted_accuracy" in co:
+        out.append(
+            (
+                f"Colouriser, {co['size']} px, held-out palette accuracy",
+                f"{co['hinted_accuracy']} with the {co['hint_size']}x{co['hint_size']} colour hint "
+                f"({co['hinted_seconds']} s), {co['line_only_accuracy']} from line art alone",
+                f"hint alone {co['hint_accuracy']}; commonest colour {co['commonest_accuracy']}; "
+                f"semantic oracle {co['semantic_oracle_accuracy']}",
+                f"+{co['hinted_accuracy'] - co['hint_accuracy']:.3f}",
+                "better than the seed's 290M stack with ≤ 5M parameters",
+            )
+        )
     ga = _load("gaugan-cpu")
     if ga:
         out.append(

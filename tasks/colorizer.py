@@ -6,9 +6,10 @@ auto-Canny drawing (any line art works at inference: ``corpus/lineart/<method>``
 (``num_values**3`` classes).
 
 Line art alone does not say which colour a region has: hair, clothes and background
-colours are free choices of the artist. Measured on synth portraits, even a model that
-knew every pixel's semantic class (hair, skin, ...) and painted each class its commonest
-colour would score 0.39 against 0.35 for painting everything in the commonest colour.
+colours are free choices of the artist. Measured on the held-out synth portraits
+(``bench/colorizer.py``), even a model that knew every pixel's semantic class (hair,
+skin, ...) and painted each class its commonest colour would score 0.400, no better
+than painting everything in the commonest colour (0.407).
 So by default the colouriser also takes a colour hint, the way line-art colourisation
 tools do: the colour layout shrunk to ``hint_size`` x ``hint_size`` cells (16: a 16 px
 cell at 256 px). The network's job is then what a colourist does with a rough colour
