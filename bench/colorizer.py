@@ -21,7 +21,6 @@ Writes ``bench/results/colorizer.json``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import tempfile
 import time
@@ -42,14 +41,14 @@ def main() -> None:
     import torch
 
     from storage.workspace import Workspace
-    from tasks.colorizer import ColorizerOptions, colour_hint, train_colorizer
+    from tasks.colorizer import ColorizerOptions, colour_hint, held_out, train_colorizer
     from tasks.npr import posterize_classes
     from tasks.synth import draw_portrait
 
     opts = ColorizerOptions(size=a.size, epochs=a.epochs)
     portraits = [draw_portrait(4000 + opts.seed, i, a.size) for i in range(200)]
     ids = [f"synth-{i}" for i in range(200)]
-    held = np.array([int(hashlib.sha256(f"colorizer\0{i}".encode()).hexdigest()[:8], 16) / 2**32 < 0.1 for i in ids])
+    held = held_out(ids)
     classes = np.stack([posterize_classes(p.image, opts.num_values) for p in portraits])
     masks = np.stack([p.mask for p in portraits])
     n_colours = opts.num_values**3
@@ -58,7 +57,7 @@ def main() -> None:
     for c in np.unique(masks):
         per_class[c] = np.bincount(classes[~held][masks[~held] == c], minlength=n_colours).argmax()
     hints = colour_hint(np.stack([p.image for p in portraits]), opts.hint_size)
-    hint_classes = np.stack([posterize_classes(h, opts.num_values) for h in hints])
+    hint_classes = posterize_classes(hints, opts.num_values)
     result: dict[str, object] = {
         "size": a.size,
         "images": len(ids),

@@ -149,9 +149,16 @@ def _input(lines: torch.Tensor, hints: torch.Tensor | None = None) -> torch.Tens
 
 
 def _prior(hints: torch.Tensor | None, num_values: int) -> torch.Tensor | None:
-    if hints is None:
-        return None
-    return torch.from_numpy(np.stack([posterize_classes(h, num_values) for h in hints.numpy()]).astype(np.int64))
+    """The hint's own palette classes (one table lookup over the batch)."""
+    return None if hints is None else torch.from_numpy(posterize_classes(hints.numpy(), num_values).astype(np.int64))
+
+
+def held_out(ids: list[str]) -> np.ndarray:
+    """The held-out 10% of ``ids`` by id hash (the last 10% when the hash picks none or all)."""
+    held = np.array([int(hashlib.sha256(f"colorizer\0{i}".encode()).hexdigest()[:8], 16) / 2**32 < 0.1 for i in ids])
+    if held.all() or not held.any():
+        held = np.arange(len(ids)) >= int(len(ids) * 0.9)
+    return held
 
 
 def _forward(model: Colorizer, lines: torch.Tensor, hints: torch.Tensor | None, priors: torch.Tensor | None,
@@ -193,9 +200,7 @@ def train_colorizer(
 
     device = pick_device(opts.device)
     ids, images = _images(ws, opts)
-    held = np.array([int(hashlib.sha256(f"colorizer\0{i}".encode()).hexdigest()[:8], 16) / 2**32 < 0.1 for i in ids])
-    if held.all() or not held.any():
-        held = np.arange(len(ids)) >= int(len(ids) * 0.9)
+    held = held_out(ids)
     x_all, y_all, h_all = _pairs(images, opts.size, opts.num_values, opts.hint_size)
     p_all = _prior(h_all, opts.num_values)
     tx, ty, vx, vy = x_all[~held], y_all[~held], x_all[held], y_all[held]
@@ -315,22 +320,16 @@ def colorize_lines(
     colours = palette(num_values)
     if model.hint_size and hints is None:
         raise ValueError("this colouriser was trained with colour hints: pass hints (tasks.colorizer.colour_hint)")
+    h, w = lines.shape[1:]
+    pad = ((0, 0), (0, (-h) % 32), (0, (-w) % 32))  # edge-replicated up to a multiple of 32
+    if h % 32 or w % 32:
+        lines = np.pad(lines, pad, mode="edge")
+        hints = None if hints is None else np.pad(hints, (*pad, (0, 0)), mode="edge")
+    hint_all = torch.from_numpy(np.ascontiguousarray(hints)) if model.hint_size and hints is not None else None
     out = []
     for i in range(0, len(lines), batch):
+        hint = _take(hint_all, slice(i, i + batch))
         part = torch.from_numpy(np.ascontiguousarray(lines[i : i + batch]))
-        h, w = part.shape[1:]
-        pad = (0, (-w) % 32, 0, (-h) % 32)
-        hint = None
-        if model.hint_size and hints is not None:
-            hint = torch.from_numpy(np.ascontiguousarray(hints[i : i + batch]))
-        x = F.pad(_input(part, hint), pad, mode="replicate")
-        prior = _prior(hint, num_values)
-        if prior is not None:
-            prior = _pad_classes(prior, pad)
-        logits = model(x.to(device), None if prior is None else prior.to(device))
+        logits = _forward(model, part, hint, _prior(hint, num_values), device)
         out.append(colours[logits.argmax(1)[:, :h, :w].cpu().numpy()])
-    return np.concatenate(out) if out else np.zeros((0, *lines.shape[1:], 3), np.uint8)
-
-
-def _pad_classes(classes: torch.Tensor, pad: tuple[int, int, int, int]) -> torch.Tensor:
-    return F.pad(classes[:, None].float(), pad, mode="replicate")[:, 0].long()
+    return np.concatenate(out) if out else np.zeros((0, h, w, 3), np.uint8)

@@ -101,7 +101,10 @@ def render_images(ws: Workspace, spec: StyleShardSpec, images: np.ndarray, live:
         opts = StyleOptions(**p["options"])
         return np.stack([stylize(img, style, opts)[0] for img in images])
     if spec.method == "colorize":
+        from PIL import Image
+
         from tasks.colorizer import colorize_lines, colour_hint, load_colorizer
+        from tasks.imageio import square
         from tasks.lineart import array_name as lineart_array
         from tasks.lineart import auto_canny
         from tasks.segment import pick_device
@@ -117,12 +120,8 @@ def render_images(ws: Workspace, spec: StyleShardSpec, images: np.ndarray, live:
         hints = None
         if model.hint_size:  # the colour layout of each image, or of one reference portrait for all
             if p.get("hint_image"):
-                ref = _style_rgb(ws, p["hint_image"])
-                side = min(ref.shape[:2])
-                top, left = (ref.shape[0] - side) // 2, (ref.shape[1] - side) // 2
-                ref = np.ascontiguousarray(ref[top : top + side, left : left + side])
-                one = colour_hint(ref[None], model.hint_size, images.shape[1])
-                hints = np.repeat(one, len(images), axis=0)
+                ref = np.asarray(square(Image.fromarray(_style_rgb(ws, p["hint_image"])), images.shape[1]))
+                hints = np.repeat(colour_hint(ref[None], model.hint_size), len(images), axis=0)
             else:
                 hints = colour_hint(images, model.hint_size)
         return colorize_lines(model, lines, num_values, pick_device(spec.device), hints=hints)
