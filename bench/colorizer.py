@@ -56,7 +56,7 @@ def main() -> None:
     per_class = np.zeros(256, np.int64)
     for c in np.unique(masks):
         per_class[c] = np.bincount(classes[~held][masks[~held] == c], minlength=n_colours).argmax()
-    hints = colour_hint(np.stack([p.image for p in portraits]), opts.hint_size)
+    hints = colour_hint(np.stack([p.image for p in portraits]), opts.hint_size, num_values=opts.num_values)
     hint_classes = posterize_classes(hints, opts.num_values)
     result: dict[str, object] = {
         "size": a.size,

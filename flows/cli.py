@@ -80,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train-unet", help="train the segmenter on the annotations; checkpoints in models/unet")
     s.add_argument("--size", type=_positive, default=None, help="training side, a multiple of 32 (default: workspace)")
     s.add_argument("--epochs", type=_positive, default=30)
+    s.add_argument("--crop", type=_positive, default=None, help="train on random crops of this side (multiple of 32)")
     s.add_argument("--batch-size", type=_positive, default=8)
     s.add_argument("--lr", type=float, default=3e-3)
     s.add_argument("--model", default="unet-mobilenetv2-small", help="a registered segmenter")
@@ -198,6 +199,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=_positive, default=8)
     s.add_argument(
         "--hint-size", type=int, default=16, help="colour hint cells per side (0: line art only, no colour hint)"
+    )
+    s.add_argument(
+        "--hint", choices=("mode", "mean"), default="mode", help="a cell's commonest palette colour, or its mean"
     )
     s.add_argument("--json", action="store_true", help='print {"palette_accuracy": ...}')
 
@@ -350,11 +354,14 @@ def _cmd_train_unet(a: argparse.Namespace, config: RunConfig) -> int:
         raise UsageError(f"{a.encoder_weights} does not exist")
     if a.size and a.size % 32:
         raise UsageError(f"--size must be a multiple of 32, not {a.size}")
+    if a.crop and a.crop % 32:
+        raise UsageError(f"--crop must be a multiple of 32, not {a.crop}")
     model = "unet-mobilenetv2" if a.encoder_weights and a.model == "unet-mobilenetv2-small" else a.model
     options = TrainOptions(
         model=model,
         size=a.size,
         epochs=a.epochs,
+        crop=a.crop,
         batch_size=a.batch_size,
         lr=a.lr,
         encoder_weights=a.encoder_weights,
@@ -614,6 +621,7 @@ def _cmd_train_colorizer(a: argparse.Namespace, config: RunConfig) -> int:
         epochs=a.epochs,
         batch_size=a.batch_size,
         hint_size=a.hint_size,
+        hint=a.hint,
         device=config.device,
     )
     with prefect_api():

@@ -103,7 +103,7 @@ def render_images(ws: Workspace, spec: StyleShardSpec, images: np.ndarray, live:
     if spec.method == "colorize":
         from PIL import Image
 
-        from tasks.colorizer import colorize_lines, colour_hint, load_colorizer
+        from tasks.colorizer import colorize_lines, load_colorizer
         from tasks.imageio import square
         from tasks.lineart import array_name as lineart_array
         from tasks.lineart import auto_canny
@@ -121,9 +121,9 @@ def render_images(ws: Workspace, spec: StyleShardSpec, images: np.ndarray, live:
         if model.hint_size:  # the colour layout of each image, or of one reference portrait for all
             if p.get("hint_image"):
                 ref = np.asarray(square(Image.fromarray(_style_rgb(ws, p["hint_image"])), images.shape[1]))
-                hints = np.repeat(colour_hint(ref[None], model.hint_size), len(images), axis=0)
+                hints = np.repeat(model.hint(ref[None]), len(images), axis=0)
             else:
-                hints = colour_hint(images, model.hint_size)
+                hints = model.hint(images)
         return colorize_lines(model, lines, num_values, pick_device(spec.device), hints=hints)
     raise ValueError(f"method must be one of {', '.join(METHODS)}, not {spec.method!r}")
 

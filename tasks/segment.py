@@ -47,6 +47,9 @@ class TrainOptions(BaseModel):
 
     model: str = Field("unet-mobilenetv2-small", description="registered segmenter name")
     size: int | None = Field(None, ge=32, description="training side (multiple of 32); default: the workspace's")
+    crop: int | None = Field(
+        None, ge=32, description="train on random crops of this side (multiple of 32), at full scale; default: whole"
+    )
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(8, ge=1)
     lr: float = Field(3e-3, gt=0)
@@ -205,7 +208,7 @@ def run_key(opts: TrainOptions, split: Split, classes: list[str], size: int) -> 
     """Identity of a training run: a resume continues only the very same run."""
     blob = json.dumps(
         [
-            opts.model_dump(exclude={"device"}),
+            opts.model_dump(exclude={"device"} | ({"crop"} if opts.crop is None else set())),
             split.train_parents,
             split.val_parents,
             split.train_array,
@@ -231,6 +234,9 @@ def train_unet(
     size = opts.size or int(ws.config().get("image_size", 512))
     if size % 32:
         raise WorkspaceError(f"the training size must be a multiple of 32, not {size}: pass --size")
+    crop = opts.crop if opts.crop and opts.crop < size else None
+    if crop and crop % 32:
+        raise WorkspaceError(f"the crop must be a multiple of 32, not {crop}")
     split = make_split(ws, opts)
     key = run_key(opts, split, classes, size)
     torch.manual_seed(opts.seed)
@@ -275,8 +281,13 @@ def train_unet(
         total = 0.0
         for b in range(steps):
             idx = order[b * opts.batch_size : (b + 1) * opts.batch_size]
-            x = (train_x[idx].to(device).float() / 255).contiguous(memory_format=torch.channels_last)
-            y = train_y[idx].to(device).long()
+            x, y = train_x[idx], train_y[idx]
+            if crop:  # one window per batch, from a generator of (seed, epoch, batch): resumes draw the same
+                g = torch.Generator().manual_seed(opts.seed * 1_000_003 + epoch * 10_007 + b)
+                top, left = (int(v) for v in torch.randint(0, size - crop + 1, (2,), generator=g))
+                x, y = x[:, :, top : top + crop, left : left + crop], y[:, top : top + crop, left : left + crop]
+            x = (x.to(device).float() / 255).contiguous(memory_format=torch.channels_last)
+            y = y.to(device).long()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 logits = model(x)
             loss = loss_fn(logits.float(), y, weights, opts.dice_weight)

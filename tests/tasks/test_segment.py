@@ -83,3 +83,30 @@ def test_iou_metrics() -> None:
     m = iou_from_confusion(confusion(pred, target, 3), ["background", "skin", "face"])
     assert m["iou"] == {"background": 0.5, "skin": pytest.approx(0.6667, abs=1e-4), "face": 1.0}
     assert m["pixel_accuracy"] == pytest.approx(5 / 6, abs=1e-4)
+
+
+def test_training_on_random_crops_resumes_exactly_and_is_its_own_run(tmp_path: Path) -> None:
+    cropped = OPTS.model_copy(update={"crop": 32})
+    whole = tiny_workspace(tmp_path / "whole")
+    full = train_unet(whole, cropped)
+    assert full["epochs"] == 3 and load_checkpoint(whole, "unet").config["size"] == 64  # crops at full scale
+    assert full["run"] != train_unet(tiny_workspace(tmp_path / "plain"), OPTS)["run"]
+    cut = tiny_workspace(tmp_path / "cut")
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(m: dict) -> None:
+        if m["epoch"] == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_unet(cut, cropped, on_epoch=stop_after_first)
+    assert train_unet(cut, cropped)["resumed_at"] == 1  # the same windows are drawn again
+    a = load(load_checkpoint(whole, "unet").weights)
+    b = load(load_checkpoint(cut, "unet").weights)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    from storage.workspace import WorkspaceError
+
+    with pytest.raises(WorkspaceError, match="multiple of 32"):
+        train_unet(tiny_workspace(tmp_path / "bad"), OPTS.model_copy(update={"crop": 40}))

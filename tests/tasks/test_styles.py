@@ -14,6 +14,7 @@ from flows.cli import STYLE_MODELS
 from models.registry import create, list_models
 from storage.workspace import Workspace
 from tasks.colorizer import (
+    Colorizer,
     ColorizerOptions,
     colorize_lines,
     colour_hint,
@@ -107,10 +108,29 @@ def test_colorizer_trains_with_held_out_accuracy(tmp_path: Path) -> None:
 def test_colour_hint_is_the_cell_means_of_the_image() -> None:
     img = np.zeros((1, 64, 64, 3), np.uint8)
     img[0, :, 32:] = (200, 40, 10)  # right half red
-    hint = colour_hint(img, 2)
+    hint = colour_hint(img, 2, kind="mean")
     assert hint.shape == (1, 64, 64, 3)
     assert tuple(hint[0, 10, 2]) == (0, 0, 0) and tuple(hint[0, 10, 61]) == (200, 40, 10)
-    assert colour_hint(img, 2, 32).shape == (1, 32, 32, 3)
+    assert colour_hint(img, 2, 32, kind="mean").shape == (1, 32, 32, 3)
+    with pytest.raises(ValueError, match="kind"):
+        colour_hint(img, 2, kind="median")
+
+
+def test_the_mode_hint_paints_each_cell_its_commonest_palette_colour() -> None:
+    img = np.full((2, 40, 40, 3), 255, np.uint8)  # white; 4 cells of 20 px per side
+    img[0, :20, :12] = (250, 10, 5)  # 12 of the 20 columns of the top-left cell: red wins there
+    img[0, 20:, 20:28] = (0, 0, 240)  # 8 of 20 columns of the bottom-right cell: white still wins
+    img[1] = (120, 130, 140)  # one grey image
+    hint = colour_hint(img, 2, num_values=3)
+    assert hint.shape == img.shape and hint.dtype == np.uint8
+    assert tuple(hint[0, 5, 5]) == (255, 0, 0) and tuple(hint[0, 5, 19]) == (255, 0, 0)  # the whole cell
+    assert tuple(hint[0, 5, 25]) == (255, 255, 255) and tuple(hint[0, 30, 25]) == (255, 255, 255)
+    assert set(map(tuple, hint[1].reshape(-1, 3))) == {(128, 128, 128)}
+    # cells need not divide the side, and the hint can be drawn at another side
+    assert colour_hint(img[:, :39, :37], 3, num_values=3).shape == (2, 39, 37, 3)
+    big = colour_hint(img, 2, 64, num_values=3)
+    assert big.shape == (2, 64, 64, 3) and tuple(big[0, 31, 31]) == (255, 0, 0)
+    assert tuple(big[0, 32, 32]) == (255, 255, 255)
 
 
 def test_a_colouriser_from_before_hints_still_loads(tmp_path: Path) -> None:
@@ -127,3 +147,21 @@ def test_a_colouriser_from_before_hints_still_loads(tmp_path: Path) -> None:
     assert (n, model.hint_size) == (2, 0)
     old, new = net.state_dict(), model.net.state_dict()
     assert old.keys() == new.keys() and all(torch.equal(old[k], new[k]) for k in old)
+
+
+def test_a_hinted_colouriser_from_before_mode_hints_keeps_its_mean_hints(tmp_path: Path) -> None:
+    from safetensors.torch import save
+
+    from storage.checkpoints import save_checkpoint
+
+    ws = Workspace(str(tmp_path / "ws"))
+    model = Colorizer(create("segmenter", "unet-mobilenetv2-small", num_classes=8), 8, 4, 2)
+    config = {"model": "unet-mobilenetv2-small", "num_classes": 8, "num_values": 2, "hint_size": 4}
+    save_checkpoint(ws, "colorizer", "mean-epoch-0001", save(model.state_dict()), config, {"palette_accuracy": 0.7})
+    loaded, n, _ = load_colorizer(ws)
+    assert (n, loaded.hint_size, loaded.hint_kind) == (2, 4, "mean")
+    img = np.stack([draw_portrait(7, 0, 32).image])
+    assert np.array_equal(loaded.hint(img), colour_hint(img, 4, kind="mean"))
+    save_checkpoint(ws, "colorizer", "bad-epoch-0001", save(model.state_dict()), {**config, "hint": "x"}, {})
+    with pytest.raises(ValueError, match="hint kind"):
+        load_colorizer(ws, "bad-epoch-0001")
