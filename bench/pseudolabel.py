@@ -39,6 +39,35 @@ def model_rate(
     return reps * batch / (time.perf_counter() - t0)
 
 
+def onnxruntime_rate(model: torch.nn.Module, size: int, batch: int, reps: int = 3) -> float | str:
+    """The same network exported to ONNX and run by ONNX Runtime's CPU provider (fp32).
+
+    Neither package is a mangaka dependency: install ``onnx`` and ``onnxruntime`` to measure.
+    """
+    import importlib.util
+
+    if not (importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx")):
+        return "not installed (pip install onnx onnxruntime)"
+    import onnxruntime as ort
+
+    x = torch.rand(batch, 3, size, size)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/model.onnx"
+        torch.onnx.export(
+            model, (x[:1],), path, dynamo=False, input_names=["x"], output_names=["y"],
+            dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+        )  # fmt: skip
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = torch.get_num_threads(), 1
+        session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    feed = {"x": x.numpy()}
+    session.run(None, feed)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        session.run(None, feed)
+    return reps * batch / (time.perf_counter() - t0)
+
+
 def end_to_end(size: int, count: int, model_name: str) -> float:
     from safetensors.torch import save
 
@@ -71,6 +100,10 @@ def end_to_end(size: int, count: int, model_name: str) -> float:
     return count / (time.perf_counter() - t0)
 
 
+def _round(v: float | str) -> float | str:
+    return round(v, 2) if isinstance(v, float) else v
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=512)
@@ -89,6 +122,7 @@ def main() -> None:
             "channels_last_batch16": round(model_rate(model, a.size, 16, True), 2),
             "channels_last_bf16_batch16": round(model_rate(model, a.size, 16, True, bf16=True), 2),
         },
+        "onnxruntime_fp32_batch16": _round(onnxruntime_rate(model, a.size, 16)),
         "cpu_has_bf16": cpu_has_bf16(),
         "end_to_end_images_per_s": round(end_to_end(a.size, a.count, a.model), 2),
     }
