@@ -168,13 +168,16 @@ def _mode_hint(images: np.ndarray, cells: int, size: int | None, num_values: int
     """Each of ``cells``² cells in its commonest palette class (ties: the lowest class), as colours."""
     n, h, w = images.shape[:3]
     k = num_values**3
-    classes = posterize_classes(images, num_values).astype(np.int64)
     cy, cx = np.arange(h) * cells // h, np.arange(w) * cells // w  # the cell of every row and column
-    index = ((np.arange(n)[:, None, None] * cells + cy[None, :, None]) * cells + cx[None, None, :]) * k + classes
-    counts = np.bincount(index.ravel(), minlength=n * cells * cells * k).reshape(n, cells, cells, k)
-    mode = counts.argmax(-1)
+    cell = (cy[:, None] * cells + cx[None, :]) * k  # per pixel, the first count of its cell
     oh, ow = (size, size) if size else (h, w)
-    return palette(num_values)[mode[:, (np.arange(oh) * cells // oh)[:, None], (np.arange(ow) * cells // ow)[None, :]]]
+    up_y, up_x = (np.arange(oh) * cells // oh)[:, None], (np.arange(ow) * cells // ow)[None, :]
+    colours = palette(num_values)
+    out = np.empty((n, oh, ow, 3), np.uint8)
+    for i in range(n):  # one image at a time: memory stays that of one image, whatever the batch
+        counts = np.bincount((cell + posterize_classes(images[i], num_values)).ravel(), minlength=cells * cells * k)
+        out[i] = colours[counts.reshape(cells, cells, k).argmax(-1)[up_y, up_x]]
+    return out
 
 
 def _input(lines: torch.Tensor, hints: torch.Tensor | None = None) -> torch.Tensor:
