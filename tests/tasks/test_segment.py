@@ -38,6 +38,22 @@ def tiny_workspace(root: Path, n: int = 6, size: int = 64) -> Workspace:
 OPTS = TrainOptions(epochs=3, batch_size=4, val_fraction=0.34, lr=5e-3)
 
 
+class Stop(Exception):
+    pass
+
+
+def stopped_after_one_epoch_then_resumed(ws: Workspace, opts: TrainOptions) -> dict:
+    """Train, interrupt after the first epoch's checkpoint, then run the same training again."""
+
+    def stop_after_first(m: dict) -> None:
+        if m["epoch"] == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_unet(ws, opts, on_epoch=stop_after_first)
+    return train_unet(ws, opts)
+
+
 def test_training_writes_checkpoints_metrics_and_is_idempotent(tmp_path: Path) -> None:
     ws = tiny_workspace(tmp_path)
     r = train_unet(ws, OPTS)
@@ -60,18 +76,7 @@ def test_an_interrupted_run_resumes_exactly(tmp_path: Path) -> None:
     whole = tiny_workspace(tmp_path / "whole")
     train_unet(whole, OPTS)
     cut = tiny_workspace(tmp_path / "cut")
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_first(m: dict) -> None:
-        if m["epoch"] == 1:
-            raise Stop
-
-    with pytest.raises(Stop):
-        train_unet(cut, OPTS, on_epoch=stop_after_first)
-    r = train_unet(cut, OPTS)
-    assert r["resumed_at"] == 1
+    assert stopped_after_one_epoch_then_resumed(cut, OPTS)["resumed_at"] == 1
     a = load(load_checkpoint(whole, "unet").weights)
     b = load(load_checkpoint(cut, "unet").weights)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -92,17 +97,7 @@ def test_training_on_random_crops_resumes_exactly_and_is_its_own_run(tmp_path: P
     assert full["epochs"] == 3 and load_checkpoint(whole, "unet").config["size"] == 64  # crops at full scale
     assert full["run"] != train_unet(tiny_workspace(tmp_path / "plain"), OPTS)["run"]
     cut = tiny_workspace(tmp_path / "cut")
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_first(m: dict) -> None:
-        if m["epoch"] == 1:
-            raise Stop
-
-    with pytest.raises(Stop):
-        train_unet(cut, cropped, on_epoch=stop_after_first)
-    assert train_unet(cut, cropped)["resumed_at"] == 1  # the same windows are drawn again
+    assert stopped_after_one_epoch_then_resumed(cut, cropped)["resumed_at"] == 1  # the same windows again
     a = load(load_checkpoint(whole, "unet").weights)
     b = load(load_checkpoint(cut, "unet").weights)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
