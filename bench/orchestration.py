@@ -120,13 +120,10 @@ def _one_thread() -> None:
 
 def pseudolabel_overhead(count: int, workers: int) -> dict[str, Any]:
     """The same measurement on the heaviest bulk stage: pseudolabel shards of 256 at 512 px."""
-    from safetensors.torch import save
-
-    from bench.lineart import corpus_workspace
+    from bench.pseudolabel import checkpointed_workspace
     from flows.pseudolabel import pseudolabel
     from flows.runtime import RunConfig, session
-    from models.registry import create
-    from storage.checkpoints import load_checkpoint, save_checkpoint
+    from storage.checkpoints import load_checkpoint
     from storage.items import item_table
     from storage.workspace import Workspace
     from tasks.pseudolabel import (
@@ -138,12 +135,8 @@ def pseudolabel_overhead(count: int, workers: int) -> dict[str, Any]:
         pseudolabel_shard,
     )
 
-    url = corpus_workspace(count, 512)
+    url = checkpointed_workspace(count, 512, "unet-mobilenetv2-small")
     ws = Workspace(url)
-    model = create("segmenter", "unet-mobilenetv2-small", num_classes=7)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    save_checkpoint(ws, "unet", "bench", save(state), {"model": "unet-mobilenetv2-small", "num_classes": 7})
-    ws.update_config(classes=["background", "skin", "face", "eye", "mouth", "hair", "clothes"])
     prepare_arrays(ws)
     opts = PseudolabelOptions()
     version = producer_version(load_checkpoint(ws, "unet").digest, opts)

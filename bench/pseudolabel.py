@@ -1,25 +1,32 @@
 """Benchmark: pseudo-labelling throughput at 512x512 on this machine's CPU (or a GPU).
 
-    .venv/bin/python -m bench.pseudolabel
+    .venv/bin/python -m bench.pseudolabel [--count 256] [--flow-count 1024]
 
-Model-only rates (random weights of the default segmenter; the work does not depend on
-the weights) for eager NCHW vs channels-last in inference mode, then the end-to-end rate
-of one shard through ``pseudolabel_shard``: read 256 JPEG-sourced images from a
-workspace, infer, write masks and confidences, in one process with all cores.
+1. Model only (random weights of the default segmenter; the work does not depend on the
+   weights), batch 16, all cores of one process: eager NCHW, channels-last, channels-last
+   with bf16 autocast (emulated on CPUs without bf16), ONNX Runtime fp32.
+2. End to end in one process, per engine: one shard through ``pseudolabel_shard`` (read
+   ``--count`` JPEG-sourced images from a workspace, infer, write masks and confidences).
+3. End to end as ``mangaka pseudolabel`` runs it, per engine: the real flow over the
+   LocalCluster (one single-threaded worker per core, shards of 256, ``--flow-count``
+   images), timed from the flow call to its return after a warm-up run that loads the
+   model in every worker; the Prefect server's and the cluster's start are not counted.
+
+Writes ``bench/results/pseudolabel.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from models.registry import create
-from tasks.pseudolabel import cpu_has_bf16
+from tasks.pseudolabel import cpu_has_bf16, pick_engine
 
 HERE = Path(__file__).resolve().parent
 
@@ -39,62 +46,61 @@ def model_rate(
     return reps * batch / (time.perf_counter() - t0)
 
 
-def onnxruntime_rate(model: torch.nn.Module, size: int, batch: int, reps: int = 3) -> float | str:
-    """The same network exported to ONNX and run by ONNX Runtime's CPU provider (fp32).
+def onnxruntime_rate(model: torch.nn.Module, size: int, batch: int, reps: int = 3) -> float:
+    """The same network as ``pseudolabel --engine onnxruntime`` runs it (fp32, CPU provider)."""
+    from tasks.pseudolabel import OnnxSegmenter
 
-    Neither package is a mangaka dependency: install ``onnx`` and ``onnxruntime`` to measure.
-    """
-    import importlib.util
-
-    if not (importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx")):
-        return "not installed (pip install onnx onnxruntime)"
-    import onnxruntime as ort
-
+    onnx = OnnxSegmenter(model)
     x = torch.rand(batch, 3, size, size)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = f"{tmp}/model.onnx"
-        torch.onnx.export(
-            model, (x[:1],), path, dynamo=False, input_names=["x"], output_names=["y"],
-            dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
-        )  # fmt: skip
-        so = ort.SessionOptions()
-        so.intra_op_num_threads, so.inter_op_num_threads = torch.get_num_threads(), 1
-        session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-    feed = {"x": x.numpy()}
-    session.run(None, feed)
+    onnx(x)
     t0 = time.perf_counter()
     for _ in range(reps):
-        session.run(None, feed)
+        onnx(x)
     return reps * batch / (time.perf_counter() - t0)
 
 
-def end_to_end(size: int, count: int, model_name: str) -> float:
+def checkpointed_workspace(count: int, size: int, model_name: str) -> str:
+    """A workspace of ``count`` ingested synth JPEGs (shards of 256) and a segmenter checkpoint
+    ``bench`` with random weights."""
     from safetensors.torch import save
 
-    from bench.ingest import make_corpus
+    from bench.lineart import corpus_workspace
     from storage.checkpoints import save_checkpoint
-    from storage.items import Journal
-    from storage.sources import list_sources
     from storage.workspace import Workspace
-    from tasks.ingest import IngestOptions, ingest_shard, plan_ingest, prepare_array, shard_specs, source_record
-    from tasks.pseudolabel import PseudolabelOptions, PseudolabelShardSpec, prepare_arrays, pseudolabel_shard
 
-    ws = Workspace(tempfile.mkdtemp(prefix="bench-pl-"))
-    ws.ensure_config(shard_size=count)
-    listing = list_sources(str(make_corpus(count)))
-    listing.refs = listing.refs[:count]
-    opts = IngestOptions(size=size)
-    batch = Journal(ws, "corpus").add(
-        opts.version, opts.model_dump(), [source_record(r) for r in plan_ingest(ws, listing).new]
-    )
-    prepare_array(ws, opts, batch.end)
-    for spec in shard_specs(ws, batch):
-        ingest_shard(spec)
+    url = corpus_workspace(count, size)
+    ws = Workspace(url)
     model = create("segmenter", model_name, num_classes=7)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_checkpoint(ws, "unet", "bench", save(state), {"model": model_name, "num_classes": 7})
-    prepare_arrays(ws)
-    spec = PseudolabelShardSpec(ws.url, 0, "bench", "bench", list(range(count)), PseudolabelOptions().model_dump())
+    ws.update_config(classes=["background", "skin", "face", "eye", "mouth", "hair", "clothes"])
+    return url
+
+
+def flow_rate(url: str, count: int, engine: str) -> float:
+    """Images per second of the real ``pseudolabel`` flow over a LocalCluster, warm."""
+    from flows.pseudolabel import pseudolabel
+    from flows.runtime import RunConfig, session
+    from tasks.pseudolabel import PseudolabelOptions
+
+    opts = PseudolabelOptions(engine=engine)
+    with session(RunConfig(url, None, "cpu")):
+        pseudolabel(workspace=url, options=opts, force=True)  # warm: every worker loads the model
+        t0 = time.perf_counter()
+        r = pseudolabel(workspace=url, options=opts, force=True)
+        dt = time.perf_counter() - t0
+    assert r["labelled"] == count, r
+    return count / dt
+
+
+def end_to_end(url: str, count: int, engine: str) -> float:
+    """One shard of ``count`` images through ``pseudolabel_shard`` in this process."""
+    from storage.workspace import Workspace
+    from tasks.pseudolabel import PseudolabelOptions, PseudolabelShardSpec, prepare_arrays, pseudolabel_shard
+
+    prepare_arrays(Workspace(url))
+    options = PseudolabelOptions(engine=engine).model_dump()
+    spec = PseudolabelShardSpec(url, 0, f"bench-{engine}", "bench", list(range(count)), options)
     t0 = time.perf_counter()
     pseudolabel_shard(spec)
     return count / (time.perf_counter() - t0)
@@ -107,25 +113,35 @@ def _round(v: float | str) -> float | str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=512)
-    ap.add_argument("--count", type=int, default=256)
+    ap.add_argument("--count", type=int, default=256, help="images of the in-process shard (at most 256)")
+    ap.add_argument("--flow-count", type=int, default=1024, help="images of the flow runs (0: skip)")
     ap.add_argument("--model", default="unet-mobilenetv2-small")
     ap.add_argument("--out", default=str(HERE / "results" / "pseudolabel.json"))
     a = ap.parse_args()
     model = create("segmenter", a.model, num_classes=7).eval()
-    result = {
+    result: dict[str, Any] = {
         "size": a.size,
         "model": a.model,
         "threads": torch.get_num_threads(),
         "device": "cpu",
+        "cpu_has_bf16": cpu_has_bf16(),
         "model_only_images_per_s": {
             "eager_nchw_batch16": round(model_rate(model, a.size, 16, False), 2),
             "channels_last_batch16": round(model_rate(model, a.size, 16, True), 2),
             "channels_last_bf16_batch16": round(model_rate(model, a.size, 16, True, bf16=True), 2),
+            "onnxruntime_fp32_batch16": round(onnxruntime_rate(model, a.size, 16), 2),
         },
-        "onnxruntime_fp32_batch16": _round(onnxruntime_rate(model, a.size, 16)),
-        "cpu_has_bf16": cpu_has_bf16(),
-        "end_to_end_images_per_s": round(end_to_end(a.size, a.count, a.model), 2),
     }
+    url = checkpointed_workspace(max(a.count, a.flow_count), a.size, a.model)
+    result["end_to_end_one_shard_images_per_s"] = {
+        engine: round(end_to_end(url, min(a.count, 256), engine), 2) for engine in ("torch", "onnxruntime")
+    }
+    result["auto_engine"] = pick_engine("auto", "cpu", "auto")[0]
+    if a.flow_count:
+        result["flow_images"] = a.flow_count
+        result["flow_images_per_s"] = {
+            engine: round(flow_rate(url, a.flow_count, engine), 2) for engine in ("torch", "onnxruntime")
+        }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))

@@ -100,6 +100,12 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="auto: bf16 on GPUs and on CPUs with native bf16",
     )
+    s.add_argument(
+        "--engine",
+        choices=("auto", "torch", "onnxruntime"),
+        default="auto",
+        help="auto: ONNX Runtime (fp32, CPU) where PyTorch would run fp32 on a CPU, else PyTorch",
+    )
     s.add_argument("--confidence-map", action="store_true", help="also write corpus/confidence_map (per pixel)")
 
     s = sub.add_parser("export-labelme", help="pseudo-labels as labelme files, to correct and ingest again")
@@ -682,12 +688,15 @@ def _cmd_pseudolabel(a: argparse.Namespace, config: RunConfig) -> int:
 
     if a.shards and not all(p.strip().isdigit() or not p.strip() for p in a.shards.split(":")):
         raise UsageError(f"--shards takes A:B (shard numbers), not {a.shards!r}")
+    if a.engine == "onnxruntime" and (a.precision == "bf16" or config.device == "cuda"):
+        raise UsageError("--engine onnxruntime runs fp32 on the CPU: drop --precision bf16 / --device cuda")
     resolve(Workspace(config.workspace), "unet", a.model)  # a clear error before starting anything
     options = PseudolabelOptions(
         model=a.model,
         batch_size=a.batch_size,
         flip_tta=a.flip_tta,
         precision=a.precision,
+        engine=a.engine,
         confidence_map=a.confidence_map,
         device=config.device,
     )

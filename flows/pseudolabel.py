@@ -45,7 +45,7 @@ def pseudolabel(
     todo = pending_shards(ws, table.length, live_slots(table), MASKS, version, shards, force)
     specs = [PseudolabelShardSpec(ws.url, s, version, ckpt.name, slots, options.model_dump()) for s, slots in todo]
     logger.info("model %s (%s): %d shard task(s)", ckpt.name, ckpt.digest, len(specs))
-    gpus = gpu_workers()
+    gpus = gpu_workers() if options.engine != "onnxruntime" else 0  # that engine runs on CPUs
     if gpus:
         logger.info("pinning pseudolabel tasks to the cluster's %d GPU worker(s)", gpus)
     resources = {"GPU": 1} if gpus else None

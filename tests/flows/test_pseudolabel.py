@@ -11,7 +11,7 @@ from flows.ingest import ingest_images
 from flows.pseudolabel import pseudolabel
 from storage.items import item_table
 from tasks.ingest import IngestOptions
-from tasks.pseudolabel import miou_against
+from tasks.pseudolabel import miou_against, pick_engine
 from tasks.segment import TrainOptions, train_unet
 from tasks.synth import write_synth_shard
 from tests.tasks.test_segment import tiny_workspace
@@ -31,6 +31,11 @@ def test_pseudolabels_follow_the_model(cluster: str, tmp_path: Path) -> None:
         assert masks[e["slot"]].max() < 7 and 1 / 7 <= float(conf[e["slot"]]) <= 1
     assert pseudolabel(workspace=ws.url)["shards"] == 0  # same model: nothing to do
     assert pseudolabel(workspace=ws.url, shards="1:2", force=True)["shards"] == 1
+    auto = ws.array("corpus/masks")[:]
+    # the other engine is another producer: it relabels, and agrees with the first but for near-ties
+    other = "torch" if pick_engine("auto", "auto", "auto")[0] == "onnxruntime" else "onnxruntime"
+    assert pseudolabel(workspace=ws.url, options={"engine": other})["shards"] == 2
+    assert (ws.array("corpus/masks")[:] == auto).mean() > 0.99
     assert pseudolabel(workspace=ws.url, options={"model": first})["shards"] == 2  # other model
     r = pseudolabel(workspace=ws.url, options={"confidence_map": True})
     assert r["shards"] == 2

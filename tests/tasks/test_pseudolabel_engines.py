@@ -1,0 +1,65 @@
+"""The two pseudo-labelling engines: ONNX Runtime agrees with PyTorch, and which one runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.registry import create
+from tasks.pseudolabel import OnnxSegmenter, PseudolabelOptions, infer, pick_engine, producer_version
+from tasks.synth import draw_portrait
+
+
+@pytest.fixture(scope="module")
+def networks() -> tuple[torch.nn.Module, OnnxSegmenter]:
+    torch.manual_seed(0)
+    model = create("segmenter", "unet-mobilenetv2-small", num_classes=7).eval()
+    with torch.no_grad():  # non-trivial normalisation statistics, as after training
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    return model, OnnxSegmenter(model, threads=1)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 64, 64), (3, 3, 96, 160)])
+def test_onnxruntime_logits_match_pytorch_for_any_batch_and_side(networks, shape) -> None:  # noqa: ANN001
+    model, onnx = networks
+    x = torch.rand(*shape, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        ref = model(x)
+    got = onnx(x)
+    assert got.shape == ref.shape == (shape[0], 7, shape[2], shape[3])
+    assert torch.allclose(got, ref, atol=1e-4, rtol=1e-4), (got - ref).abs().max()
+
+
+def test_both_engines_label_portraits_alike_with_flip_tta(networks) -> None:  # noqa: ANN001
+    model, onnx = networks
+    images = np.stack([draw_portrait(3, i, 96).image for i in range(5)])
+    cpu = torch.device("cpu")
+    p_t, c_t, m_t = infer(model, images, cpu, batch=2, flip=True)
+    p_o, c_o, m_o = infer(onnx, images, cpu, batch=2, flip=True)
+    assert p_o.shape == p_t.shape == (5, 96, 96) and p_o.dtype == np.uint8
+    assert (p_o == p_t).mean() > 0.999  # only near-ties may flip
+    assert np.abs(c_o - c_t).max() < 1e-5
+    assert np.abs(m_o.astype(int) - m_t.astype(int)).max() <= 1
+    _, c_plain, _ = infer(onnx, images, cpu, batch=2, flip=False)
+    assert not np.allclose(c_plain, c_o)  # the mirror's prediction was averaged in
+
+
+def test_the_engine_that_runs() -> None:
+    cpu = torch.device("cpu")
+    assert pick_engine("auto", "cpu", "fp32") == ("onnxruntime", cpu)
+    assert pick_engine("auto", "cpu", "bf16") == ("torch", cpu)  # bf16 asked for: PyTorch's autocast
+    assert pick_engine("torch", "cpu", "auto") == ("torch", cpu)
+    assert pick_engine("onnxruntime", "auto", "auto") == ("onnxruntime", cpu)  # CPU even beside a GPU
+    with pytest.raises(ValueError, match="CPU only"):
+        pick_engine("onnxruntime", "cuda", "auto")
+    with pytest.raises(ValueError, match="fp32 only"):
+        pick_engine("onnxruntime", "cpu", "bf16")
+
+
+def test_the_engine_is_part_of_the_producer_version() -> None:
+    versions = {producer_version("d", PseudolabelOptions(engine=e)) for e in ("auto", "torch", "onnxruntime")}
+    assert len(versions) == 3
