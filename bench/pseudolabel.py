@@ -7,10 +7,13 @@
    with bf16 autocast (emulated on CPUs without bf16), ONNX Runtime fp32.
 2. End to end in one process, per engine: one shard through ``pseudolabel_shard`` (read
    ``--count`` JPEG-sourced images from a workspace, infer, write masks and confidences).
-3. End to end as ``mangaka pseudolabel`` runs it, per engine: the real flow over the
+3. Host work per shard besides the network: reading images (one reader thread, and one per
+   core), writing masks.
+4. End to end as ``mangaka pseudolabel`` runs it, per engine: the real flow over the
    LocalCluster (one single-threaded worker per core, shards of 256, ``--flow-count``
-   images), timed from the flow call to its return after a warm-up run that loads the
-   model in every worker; the Prefect server's and the cluster's start are not counted.
+   images), timed from the flow call to its return after a warm-up run; the Prefect
+   server's and the cluster's start are not counted. Peak memory of the process tree, and
+   the same for a larger corpus (``--memory-count``) with the default engine.
 
 Writes ``bench/results/pseudolabel.json``.
 """
@@ -26,7 +29,7 @@ from typing import Any
 import torch
 
 from models.registry import create
-from tasks.pseudolabel import cpu_has_bf16, pick_engine
+from tasks.pseudolabel import cpu_has_bf16, pick_engine, release_models
 
 HERE = Path(__file__).resolve().parent
 
@@ -77,20 +80,24 @@ def checkpointed_workspace(count: int, size: int, model_name: str) -> str:
     return url
 
 
-def flow_rate(url: str, count: int, engine: str) -> float:
-    """Images per second of the real ``pseudolabel`` flow over a LocalCluster, warm."""
+def flow_rate(url: str, count: int, engine: str) -> tuple[float, int]:
+    """Images per second of the real ``pseudolabel`` flow over a LocalCluster, warm, and the
+    peak resident memory (MB) of the whole process tree (this process, the Dask workers,
+    the Prefect server) during the timed run."""
+    from bench.ingest import PeakRSS
     from flows.pseudolabel import pseudolabel
     from flows.runtime import RunConfig, session
     from tasks.pseudolabel import PseudolabelOptions
 
     opts = PseudolabelOptions(engine=engine)
     with session(RunConfig(url, None, "cpu")):
-        pseudolabel(workspace=url, options=opts, force=True)  # warm: every worker loads the model
-        t0 = time.perf_counter()
-        r = pseudolabel(workspace=url, options=opts, force=True)
-        dt = time.perf_counter() - t0
+        pseudolabel(workspace=url, options=opts, shards="0:2", force=True)  # warm both workers: imports, model
+        with PeakRSS() as mem:
+            t0 = time.perf_counter()
+            r = pseudolabel(workspace=url, options=opts, force=True)
+            dt = time.perf_counter() - t0
     assert r["labelled"] == count, r
-    return count / dt
+    return count / dt, round(mem.peak / 2**20)
 
 
 def end_to_end(url: str, count: int, engine: str) -> float:
@@ -106,6 +113,36 @@ def end_to_end(url: str, count: int, engine: str) -> float:
     return count / (time.perf_counter() - t0)
 
 
+def host_rates(url: str, count: int, size: int) -> dict[str, float]:
+    """What a shard costs the host besides the network: reading and decompressing
+    ``corpus/images`` in batches of 16 through ``read_ahead`` with one thread (a CPU worker)
+    and with one per core (a GPU worker's readers), and encoding and writing one shard of
+    synth portrait masks (the task's last step, one thread). On a GPU worker these bound
+    the rate whatever the device does."""
+    import os
+
+    import numpy as np
+
+    from storage.workspace import Workspace
+    from tasks.pseudolabel import IMAGES, MASKS, read_ahead
+    from tasks.synth import draw_portrait
+
+    ws = Workspace(url)
+    batches = [list(range(i, min(i + 16, count))) for i in range(0, count, 16)]
+    out: dict[str, float] = {}
+    for threads in (1, os.cpu_count() or 1, 1, os.cpu_count() or 1):  # the first pass warms the page cache
+        t0 = time.perf_counter()
+        for _ in read_ahead(lambda b: ws.read_items(IMAGES, b), batches, threads):
+            pass
+        out[f"read_images_per_s_{threads}_threads"] = round(count / (time.perf_counter() - t0), 1)
+    drawn = [draw_portrait(11, i, size).mask for i in range(16)]
+    masks = np.stack([drawn[i % 16] for i in range(count)])
+    t0 = time.perf_counter()
+    ws.write_shard(MASKS, 0, masks)
+    out["write_masks_per_s_1_thread"] = round(count / (time.perf_counter() - t0), 1)
+    return out
+
+
 def _round(v: float | str) -> float | str:
     return round(v, 2) if isinstance(v, float) else v
 
@@ -115,6 +152,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--count", type=int, default=256, help="images of the in-process shard (at most 256)")
     ap.add_argument("--flow-count", type=int, default=1024, help="images of the flow runs (0: skip)")
+    ap.add_argument("--memory-count", type=int, default=2048, help="images of a larger flow run (0: skip)")
     ap.add_argument("--model", default="unet-mobilenetv2-small")
     ap.add_argument("--out", default=str(HERE / "results" / "pseudolabel.json"))
     a = ap.parse_args()
@@ -136,12 +174,18 @@ def main() -> None:
     result["end_to_end_one_shard_images_per_s"] = {
         engine: round(end_to_end(url, min(a.count, 256), engine), 2) for engine in ("torch", "onnxruntime")
     }
+    result["host_one_thread"] = host_rates(url, min(a.count, 256), a.size)
     result["auto_engine"] = pick_engine("auto", "cpu", "auto")[0]
+    release_models()  # the in-process runs' model and session: not part of the flow's memory
     if a.flow_count:
         result["flow_images"] = a.flow_count
-        result["flow_images_per_s"] = {
-            engine: round(flow_rate(url, a.flow_count, engine), 2) for engine in ("torch", "onnxruntime")
-        }
+        runs = {engine: flow_rate(url, a.flow_count, engine) for engine in ("torch", "onnxruntime")}
+        result["flow_images_per_s"] = {engine: round(rate, 2) for engine, (rate, _) in runs.items()}
+        result["flow_peak_rss_mb"] = {engine: peak for engine, (_, peak) in runs.items()}
+    if a.memory_count:  # the same flow over a larger corpus: peak memory should not grow
+        big = checkpointed_workspace(a.memory_count, a.size, a.model)
+        rate, peak = flow_rate(big, a.memory_count, result["auto_engine"])
+        result["flow_larger_corpus"] = {"images": a.memory_count, "images_per_s": round(rate, 2), "peak_rss_mb": peak}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))

@@ -107,6 +107,9 @@ def _parser() -> argparse.ArgumentParser:
         help="auto: ONNX Runtime (fp32, CPU) where PyTorch would run fp32 on a CPU, else PyTorch",
     )
     s.add_argument("--confidence-map", action="store_true", help="also write corpus/confidence_map (per pixel)")
+    s.add_argument(
+        "--readers", type=int, default=0, help="threads reading images ahead per worker (0: 1 on CPU, up to 8 on GPU)"
+    )
 
     s = sub.add_parser("export-labelme", help="pseudo-labels as labelme files, to correct and ingest again")
     s.add_argument("out")
@@ -697,6 +700,7 @@ def _cmd_pseudolabel(a: argparse.Namespace, config: RunConfig) -> int:
         flip_tta=a.flip_tta,
         precision=a.precision,
         engine=a.engine,
+        readers=max(a.readers, 0),
         confidence_map=a.confidence_map,
         device=config.device,
     )

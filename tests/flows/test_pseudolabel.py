@@ -34,8 +34,13 @@ def test_pseudolabels_follow_the_model(cluster: str, tmp_path: Path) -> None:
     auto = ws.array("corpus/masks")[:]
     # the other engine is another producer: it relabels, and agrees with the first but for near-ties
     other = "torch" if pick_engine("auto", "auto", "auto")[0] == "onnxruntime" else "onnxruntime"
-    assert pseudolabel(workspace=ws.url, options={"engine": other})["shards"] == 2
+    assert pseudolabel(workspace=ws.url, options={"engine": other, "batch_size": 2})["shards"] == 2
     assert (ws.array("corpus/masks")[:] == auto).mean() > 0.99
+    # more reader threads (batches of 2: several reads in flight) change nothing
+    one_reader = ws.array("corpus/masks")[:]
+    many = {"engine": other, "readers": 3, "batch_size": 2}
+    assert pseudolabel(workspace=ws.url, options=many, force=True)["shards"] == 2
+    assert (ws.array("corpus/masks")[:] == one_reader).all()
     assert pseudolabel(workspace=ws.url, options={"model": first})["shards"] == 2  # other model
     r = pseudolabel(workspace=ws.url, options={"confidence_map": True})
     assert r["shards"] == 2

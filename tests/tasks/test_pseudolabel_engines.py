@@ -1,4 +1,5 @@
-"""The two pseudo-labelling engines: ONNX Runtime agrees with PyTorch, and which one runs."""
+"""The two pseudo-labelling engines (ONNX Runtime agrees with PyTorch; which one runs) and
+the readers that feed them."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from models.registry import create
-from tasks.pseudolabel import OnnxSegmenter, PseudolabelOptions, infer, pick_engine, producer_version
+from tasks.pseudolabel import OnnxSegmenter, PseudolabelOptions, infer, pick_engine, producer_version, read_ahead
 from tasks.synth import draw_portrait
 
 
@@ -20,10 +21,10 @@ def networks() -> tuple[torch.nn.Module, OnnxSegmenter]:
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.2, 0.2)
                 m.running_var.uniform_(0.5, 2.0)
-    return model, OnnxSegmenter(model, threads=1)
+    return model, OnnxSegmenter(model, threads=1, max_batch=2)
 
 
-@pytest.mark.parametrize("shape", [(1, 3, 64, 64), (3, 3, 96, 160)])
+@pytest.mark.parametrize("shape", [(1, 3, 64, 64), (5, 3, 96, 160)])  # 5: runs of 2, 2 and 1
 def test_onnxruntime_logits_match_pytorch_for_any_batch_and_side(networks, shape) -> None:  # noqa: ANN001
     model, onnx = networks
     x = torch.rand(*shape, generator=torch.Generator().manual_seed(1))
@@ -63,3 +64,27 @@ def test_the_engine_that_runs() -> None:
 def test_the_engine_is_part_of_the_producer_version() -> None:
     versions = {producer_version("d", PseudolabelOptions(engine=e)) for e in ("auto", "torch", "onnxruntime")}
     assert len(versions) == 3
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_read_ahead_keeps_order_and_bounds_what_is_in_flight(threads: int) -> None:
+    import threading
+    import time
+
+    lock, state = threading.Lock(), {"started": 0, "max_ahead": 0}
+    consumed = [0]
+
+    def read(b: int) -> np.ndarray:
+        with lock:
+            state["started"] += 1
+            state["max_ahead"] = max(state["max_ahead"], state["started"] - consumed[0])
+        time.sleep(0.001 * ((b * 7) % 5))  # finish out of order
+        return np.full(2, b)
+
+    batches = list(range(11))
+    got = []
+    for images in read_ahead(read, batches, threads):
+        got.append(int(images[0]))
+        consumed[0] += 1
+    assert got == batches
+    assert state["max_ahead"] <= 2 * threads  # the one handed out plus 2 * threads - 1 ahead
