@@ -1,6 +1,10 @@
 """Benchmark: pseudo-labelling throughput at 512x512 on this machine's CPU (or a GPU).
 
-    .venv/bin/python -m bench.pseudolabel [--count 256] [--flow-count 1024]
+    .venv/bin/python -m bench.pseudolabel [--count 256] [--flow-count 1024] [--device auto]
+
+On a GPU (``--device auto`` finds it) the model-only rates run on the device (plus bf16 at
+batch 64), only the PyTorch engine is measured, the flow's LocalCluster has a GPU worker
+per device, and the figures go to ``bench/results/pseudolabel-gpu.json``.
 
 1. Model only (random weights of the default segmenter; the work does not depend on the
    weights), batch 16, all cores of one process: eager NCHW, channels-last, channels-last
@@ -30,22 +34,34 @@ import torch
 
 from models.registry import create
 from tasks.pseudolabel import cpu_has_bf16, pick_engine, release_models
+from tasks.segment import pick_device
 
 HERE = Path(__file__).resolve().parent
 
 
 def model_rate(
-    model: torch.nn.Module, size: int, batch: int, channels_last: bool, bf16: bool = False, reps: int = 3
+    model: torch.nn.Module,
+    size: int,
+    batch: int,
+    channels_last: bool,
+    bf16: bool = False,
+    reps: int = 3,
+    device: torch.device = torch.device("cpu"),  # noqa: B008
 ) -> float:
-    x = torch.rand(batch, 3, size, size)
+    x = torch.rand(batch, 3, size, size, device=device)
+    model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         model(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
         for _ in range(reps):
             model(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
     return reps * batch / (time.perf_counter() - t0)
 
 
@@ -80,7 +96,7 @@ def checkpointed_workspace(count: int, size: int, model_name: str) -> str:
     return url
 
 
-def flow_rate(url: str, count: int, engine: str) -> tuple[float, int]:
+def flow_rate(url: str, count: int, engine: str, device: str = "cpu") -> tuple[float, int]:
     """Images per second of the real ``pseudolabel`` flow over a LocalCluster, warm, and the
     peak resident memory (MB) of the whole process tree (this process, the Dask workers,
     the Prefect server) during the timed run."""
@@ -89,8 +105,8 @@ def flow_rate(url: str, count: int, engine: str) -> tuple[float, int]:
     from flows.runtime import RunConfig, session
     from tasks.pseudolabel import PseudolabelOptions
 
-    opts = PseudolabelOptions(engine=engine)
-    with session(RunConfig(url, None, "cpu")):
+    opts = PseudolabelOptions(engine=engine, device=device)
+    with session(RunConfig(url, None, device)):
         pseudolabel(workspace=url, options=opts, shards="0:2", force=True)  # warm both workers: imports, model
         with PeakRSS() as mem:
             t0 = time.perf_counter()
@@ -100,13 +116,13 @@ def flow_rate(url: str, count: int, engine: str) -> tuple[float, int]:
     return count / dt, round(mem.peak / 2**20)
 
 
-def end_to_end(url: str, count: int, engine: str) -> float:
+def end_to_end(url: str, count: int, engine: str, device: str = "cpu") -> float:
     """One shard of ``count`` images through ``pseudolabel_shard`` in this process."""
     from storage.workspace import Workspace
     from tasks.pseudolabel import PseudolabelOptions, PseudolabelShardSpec, prepare_arrays, pseudolabel_shard
 
     prepare_arrays(Workspace(url))
-    options = PseudolabelOptions(engine=engine).model_dump()
+    options = PseudolabelOptions(engine=engine, device=device).model_dump()
     spec = PseudolabelShardSpec(url, 0, f"bench-{engine}", "bench", list(range(count)), options)
     t0 = time.perf_counter()
     pseudolabel_shard(spec)
@@ -154,40 +170,50 @@ def main() -> None:
     ap.add_argument("--flow-count", type=int, default=1024, help="images of the flow runs (0: skip)")
     ap.add_argument("--memory-count", type=int, default=2048, help="images of a larger flow run (0: skip)")
     ap.add_argument("--model", default="unet-mobilenetv2-small")
-    ap.add_argument("--out", default=str(HERE / "results" / "pseudolabel.json"))
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    ap.add_argument("--out", default=None, help="default: results/pseudolabel.json (pseudolabel-gpu.json on a GPU)")
     a = ap.parse_args()
+    dev = pick_device(a.device)
+    device = dev.type
+    gpu = device == "cuda"
+    out = a.out or str(HERE / "results" / ("pseudolabel-gpu.json" if gpu else "pseudolabel.json"))
     model = create("segmenter", a.model, num_classes=7).eval()
+    rates = {
+        "eager_nchw_batch16": model_rate(model, a.size, 16, False, device=dev),
+        "channels_last_batch16": model_rate(model, a.size, 16, True, device=dev),
+        "channels_last_bf16_batch16": model_rate(model, a.size, 16, True, bf16=True, device=dev),
+    }
+    if gpu:
+        rates["channels_last_bf16_batch64"] = model_rate(model, a.size, 64, True, bf16=True, device=dev)
+    else:
+        rates["onnxruntime_fp32_batch16"] = onnxruntime_rate(model, a.size, 16)
     result: dict[str, Any] = {
         "size": a.size,
         "model": a.model,
         "threads": torch.get_num_threads(),
-        "device": "cpu",
+        "device": torch.cuda.get_device_name(dev) if gpu else "cpu",
         "cpu_has_bf16": cpu_has_bf16(),
-        "model_only_images_per_s": {
-            "eager_nchw_batch16": round(model_rate(model, a.size, 16, False), 2),
-            "channels_last_batch16": round(model_rate(model, a.size, 16, True), 2),
-            "channels_last_bf16_batch16": round(model_rate(model, a.size, 16, True, bf16=True), 2),
-            "onnxruntime_fp32_batch16": round(onnxruntime_rate(model, a.size, 16), 2),
-        },
+        "model_only_images_per_s": {k: round(v, 2) for k, v in rates.items()},
     }
+    engines = ("torch",) if gpu else ("torch", "onnxruntime")
     url = checkpointed_workspace(max(a.count, a.flow_count), a.size, a.model)
     result["end_to_end_one_shard_images_per_s"] = {
-        engine: round(end_to_end(url, min(a.count, 256), engine), 2) for engine in ("torch", "onnxruntime")
+        engine: round(end_to_end(url, min(a.count, 256), engine, device), 2) for engine in engines
     }
     result["host_one_thread"] = host_rates(url, min(a.count, 256), a.size)
-    result["auto_engine"] = pick_engine("auto", "cpu", "auto")[0]
+    result["auto_engine"] = pick_engine("auto", device, "auto")[0]
     release_models()  # the in-process runs' model and session: not part of the flow's memory
     if a.flow_count:
         result["flow_images"] = a.flow_count
-        runs = {engine: flow_rate(url, a.flow_count, engine) for engine in ("torch", "onnxruntime")}
+        runs = {engine: flow_rate(url, a.flow_count, engine, device) for engine in engines}
         result["flow_images_per_s"] = {engine: round(rate, 2) for engine, (rate, _) in runs.items()}
         result["flow_peak_rss_mb"] = {engine: peak for engine, (_, peak) in runs.items()}
     if a.memory_count:  # the same flow over a larger corpus: peak memory should not grow
         big = checkpointed_workspace(a.memory_count, a.size, a.model)
-        rate, peak = flow_rate(big, a.memory_count, result["auto_engine"])
+        rate, peak = flow_rate(big, a.memory_count, result["auto_engine"], device)
         result["flow_larger_corpus"] = {"images": a.memory_count, "images_per_s": round(rate, 2), "peak_rss_mb": peak}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(result, indent=1) + "\n")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
 
 
