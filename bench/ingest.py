@@ -58,10 +58,13 @@ def baseline(files: list[Path], size: int) -> float:
 
 
 class PeakRSS:
-    """Highest total RSS of this process and its children while active."""
+    """Highest total RSS of this process and its children while active (``peak``), and the
+    highest RSS of each process (``peaks``, by pid; this process is ``me``)."""
 
     def __init__(self) -> None:
         self.peak = 0
+        self.peaks: dict[int, int] = {}
+        self.me = os.getpid()
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
@@ -71,7 +74,9 @@ class PeakRSS:
             total = 0
             for p in [me, *me.children(recursive=True)]:
                 with contextlib.suppress(psutil.Error):
-                    total += p.memory_info().rss
+                    rss = p.memory_info().rss
+                    total += rss
+                    self.peaks[p.pid] = max(self.peaks.get(p.pid, 0), rss)
             self.peak = max(self.peak, total)
             time.sleep(0.05)
 

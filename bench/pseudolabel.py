@@ -96,24 +96,36 @@ def checkpointed_workspace(count: int, size: int, model_name: str) -> str:
     return url
 
 
-def flow_rate(url: str, count: int, engine: str, device: str = "cpu") -> tuple[float, int]:
+def flow_rate(url: str, count: int, engine: str, device: str = "cpu") -> tuple[float, dict[str, int]]:
     """Images per second of the real ``pseudolabel`` flow over a LocalCluster, warm, and the
-    peak resident memory (MB) of the whole process tree (this process, the Dask workers,
-    the Prefect server) during the timed run."""
+    peak resident memory (MB) during the timed run: of the whole process tree (this process,
+    the Dask workers, the Prefect server), of the largest Dask worker, and of this process
+    (the flow's; it also holds the benchmark's own data)."""
+    import os
+
+    from distributed import Client
+
     from bench.ingest import PeakRSS
     from flows.pseudolabel import pseudolabel
     from flows.runtime import RunConfig, session
     from tasks.pseudolabel import PseudolabelOptions
 
     opts = PseudolabelOptions(engine=engine, device=device)
-    with session(RunConfig(url, None, device)):
+    with session(RunConfig(url, None, device)) as address, Client(address) as client:
+        workers = set(client.run(os.getpid).values())
         pseudolabel(workspace=url, options=opts, shards="0:2", force=True)  # warm both workers: imports, model
         with PeakRSS() as mem:
             t0 = time.perf_counter()
             r = pseudolabel(workspace=url, options=opts, force=True)
             dt = time.perf_counter() - t0
     assert r["labelled"] == count, r
-    return count / dt, round(mem.peak / 2**20)
+    mb = 2**20
+    peaks = {
+        "tree": round(mem.peak / mb),
+        "largest_worker": round(max(mem.peaks.get(pid, 0) for pid in workers) / mb),
+        "flow_process": round(mem.peaks.get(mem.me, 0) / mb),
+    }
+    return count / dt, peaks
 
 
 def end_to_end(url: str, count: int, engine: str, device: str = "cpu") -> float:

@@ -73,6 +73,13 @@ def rows() -> list[tuple[str, str, str, str, str]]:
         rates = pl.get("flow_images_per_s") or pl["end_to_end_one_shard_images_per_s"]
         where = f"`mangaka pseudolabel` flow, {pl['flow_images']} images" if "flow_images" in pl else "one shard"
         others = "".join(f"; {k} {_f(v)} img/s" for k, v in rates.items() if k != engine)
+        peak = (pl.get("flow_peak_rss_mb") or {}).get(engine)
+        if isinstance(peak, dict):
+            others += f"; peak RSS largest worker {peak['largest_worker']} MB, all processes {peak['tree']} MB"
+        big = pl.get("flow_larger_corpus")
+        if big and isinstance(big["peak_rss_mb"], dict):
+            bp = big["peak_rss_mb"]
+            others += f" ({big['images']} images: {bp['largest_worker']} / {bp['tree']} MB)"
         goal = 1000 if gpu else 10
         met = "met" if rates[engine] >= goal else "not met"
         out.append(
