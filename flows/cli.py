@@ -691,19 +691,17 @@ def _cmd_pseudolabel(a: argparse.Namespace, config: RunConfig) -> int:
 
     if a.shards and not all(p.strip().isdigit() or not p.strip() for p in a.shards.split(":")):
         raise UsageError(f"--shards takes A:B (shard numbers), not {a.shards!r}")
-    if a.engine == "onnxruntime" and (a.precision == "bf16" or config.device == "cuda"):
-        raise UsageError("--engine onnxruntime runs fp32 on the CPU: drop --precision bf16 / --device cuda")
-    resolve(Workspace(config.workspace), "unet", a.model)  # a clear error before starting anything
     options = PseudolabelOptions(
         model=a.model,
         batch_size=a.batch_size,
         flip_tta=a.flip_tta,
         precision=a.precision,
         engine=a.engine,
-        readers=max(a.readers, 0),
+        readers=a.readers,
         confidence_map=a.confidence_map,
         device=config.device,
     )
+    resolve(Workspace(config.workspace), "unet", a.model)  # a clear error before starting anything
     r = _run(
         config,
         lambda: pseudolabel(workspace=config.workspace, options=options, shards=a.shards, force=a.force),
@@ -904,7 +902,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _validation_line(exc: ValidationError) -> str:
     err = exc.errors()[0]
     where = ".".join(str(x) for x in err.get("loc", ()))
-    return f"invalid option {where}: {err.get('msg')}"
+    msg = str(err.get("msg", "")).removeprefix("Value error, ")
+    return f"invalid option {where}: {msg}" if where else f"invalid options: {msg}"
 
 
 if __name__ == "__main__":

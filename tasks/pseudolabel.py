@@ -37,7 +37,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from storage.workspace import Workspace, mask_spec
 from tasks.ingest import ShardResult
@@ -65,6 +65,12 @@ class PseudolabelOptions(BaseModel):
     )
     readers: int = Field(0, ge=0, description="threads reading images ahead; 0: 1 on a CPU, up to 8 on a GPU")
     device: str = "auto"
+
+    @model_validator(mode="after")
+    def _engine_fits(self) -> PseudolabelOptions:
+        if self.engine == "onnxruntime" and (self.precision == "bf16" or self.device not in ("auto", "cpu")):
+            raise ValueError("engine onnxruntime runs fp32 on the CPU: not with precision bf16 or device cuda")
+        return self
 
 
 @dataclass(frozen=True)
@@ -122,12 +128,9 @@ def prepare_arrays(ws: Workspace, confidence_map: bool = False) -> None:
 
 def pick_engine(engine: str, device: str, precision: str) -> tuple[str, torch.device]:
     """The engine and device that run: ``auto`` is ONNX Runtime where PyTorch would run fp32 on
-    a CPU, PyTorch otherwise; ``onnxruntime`` runs on the CPU even where a GPU is present."""
+    a CPU, PyTorch otherwise; ``onnxruntime`` runs on the CPU even where a GPU is present
+    (:class:`PseudolabelOptions` refuses it with bf16 or a CUDA device)."""
     if engine == "onnxruntime":
-        if device not in ("auto", "cpu"):
-            raise ValueError(f"the onnxruntime engine runs on the CPU only, not on {device}: use engine torch")
-        if precision == "bf16":
-            raise ValueError("the onnxruntime engine runs fp32 only: use precision fp32 (or auto) or engine torch")
         return "onnxruntime", torch.device("cpu")
     dev = pick_device(device)
     if engine == "auto" and dev.type == "cpu" and not use_bf16(precision, dev):
@@ -177,7 +180,7 @@ class OnnxSegmenter:
         self.session = ort.InferenceSession(graph, so, providers=["CPUExecutionProvider"])
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.detach().cpu().float().contiguous()
+        x = x.float().contiguous()
         parts = [
             torch.from_numpy(self.session.run(None, {"x": x[i : i + self.max_batch].numpy()})[0])
             for i in range(0, len(x), self.max_batch)

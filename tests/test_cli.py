@@ -73,7 +73,9 @@ def test_usage_errors_exit_2_with_one_line(cluster: str, tmp_path: Path) -> None
     r = run(["serve", "--cron", "not a cron"], tmp_path)
     assert r.returncode == 2 and "--cron" in r.stderr
     r = run(["pseudolabel", "--engine", "onnxruntime", "--precision", "bf16"], tmp_path)
-    assert r.returncode == 2 and "--engine onnxruntime runs fp32 on the CPU" in r.stderr
+    assert r.returncode == 2 and "engine onnxruntime runs fp32 on the CPU" in r.stderr
+    r = run(["pseudolabel", "--readers", "-1"], tmp_path)
+    assert r.returncode == 2 and "readers" in r.stderr
 
 
 def test_a_workspace_keeps_its_size(cluster: str, tmp_path: Path) -> None:
