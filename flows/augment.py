@@ -11,7 +11,15 @@ from flows.ops import mangaka_flow, shard_task
 from flows.shards import run_shards
 from storage.items import item_table, write_item_index
 from storage.workspace import Workspace, WorkspaceError
-from tasks.augment import IMAGES, AugmentOptions, AugmentShardSpec, augment_shard, prepare_arrays, shard_version
+from tasks.augment import (
+    IMAGES,
+    AugmentOptions,
+    AugmentShardSpec,
+    augment_shard,
+    prepare_arrays,
+    shard_version,
+    shards_of_parents,
+)
 from tasks.ingest import ShardResult
 
 
@@ -30,14 +38,9 @@ def augment(workspace: str, options: AugmentOptions = AugmentOptions()) -> dict[
         raise WorkspaceError(f"{ws.url} has no annotated items: run ingest-labelme first")
     prepare_arrays(ws, options, parents.length)
     m, s = options.multiplier, ws.shard_size
-    by_shard: dict[int, list[tuple[int, str, str]]] = {}
-    for pid, e in parents.by_id.items():
-        for shard in {(e["slot"] * m) // s, (e["slot"] * m + m - 1) // s}:
-            by_shard.setdefault(shard, []).append((e["slot"], pid, e["sha256"]))
     done = ws.markers(IMAGES)
     specs = []
-    for shard, members in sorted(by_shard.items()):
-        members = sorted(set(members))
+    for shard, members in shards_of_parents(parents.by_id, m, s).items():
         version = shard_version(options, members)
         if done.get(shard, {}).get("version") != version:
             specs.append(AugmentShardSpec(ws.url, shard, version, options.model_dump(), members))

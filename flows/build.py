@@ -510,12 +510,10 @@ def gaugan_lines(gaugan: dict[str, Any]) -> list[str]:
 
 def synth_truth_lineart(ws: Workspace, lines_url: str) -> dict[str, Any]:
     """Boundary F1 (2 px) of every rendered line-art method against synth's truth lines."""
-    import io
-
     import numpy as np
-    from PIL import Image
 
     from storage.location import Location
+    from tasks.imageio import open_image
     from tasks.lineart import METHODS, array_name, lineart_against
 
     methods = [m for m in METHODS if ws.has_array(array_name(m))]
@@ -525,23 +523,21 @@ def synth_truth_lineart(ws: Workspace, lines_url: str) -> dict[str, Any]:
     truth = {}
     for item in item_table(ws, "corpus").by_id:
         if loc.exists(f"{item}.png"):
-            truth[item] = np.asarray(Image.open(io.BytesIO(loc.read_bytes(f"{item}.png"))).convert("L"))
+            truth[item] = np.asarray(open_image(loc.read_bytes(f"{item}.png")).convert("L"))
     return {m: lineart_against(ws, m, truth) for m in methods}
 
 
 def synth_truth_miou(ws: Workspace, truth_url: str) -> dict[str, Any]:
     """Pseudo-label mIoU against the truth masks ``synth`` drew (for unlabelled corpus items)."""
     import numpy as np
-    from PIL import Image
 
     from storage.location import Location
+    from tasks.imageio import open_image
     from tasks.pseudolabel import miou_against
 
     loc = Location(truth_url)
     truth = {}
     for item in item_table(ws, "corpus").by_id:
         if loc.exists(f"{item}.png"):
-            import io
-
-            truth[item] = np.asarray(Image.open(io.BytesIO(loc.read_bytes(f"{item}.png"))))
+            truth[item] = np.asarray(open_image(loc.read_bytes(f"{item}.png")))
     return miou_against(ws, truth, ws.classes)

@@ -282,6 +282,10 @@ def _cmd_ingest(a: argparse.Namespace, config: RunConfig) -> int:
 
     if not is_remote(a.src) and not os.path.exists(a.src):
         raise UsageError(f"{a.src} does not exist")
+    if not is_remote(a.src):
+        from storage.sources import check_source
+
+        check_source(a.src)  # a compressed tar is refused before anything starts
     ws = Workspace(config.workspace)
     size = a.size or ws.config().get("image_size", 512)
     opts: dict[str, Any] = {"size": size, "fit": a.fit, "min_size": a.min_size}
@@ -300,8 +304,11 @@ def _cmd_ingest(a: argparse.Namespace, config: RunConfig) -> int:
     )
     print(
         f"ingested {r['stored']} new images into corpus/images ({r['corpus_items']} in all); "
-        f"{r['already_ingested']} already there, {r['duplicates_skipped']} duplicates skipped, "
+        f"{r['already_ingested']} already there, "
+        + (f"{r['resumed']} finished from an interrupted run, " if r.get("resumed") else "")
+        + f"{r['duplicates_skipped']} duplicates skipped, "
         f"{r['quarantined']} quarantined, {r['not_image_names']} files not named like images"
+        + (f", {r['missing']} gone since they were listed" if r.get("missing") else "")
     )
     if r["quarantined"]:
         print("see `mangaka status` for the quarantine and its reasons")
@@ -882,6 +889,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from storage.workspace import WorkspaceError
 
     try:
+        # Names that become parts of keys are refused here, before anything starts (the
+        # flows check them again, for runs started from the UI).
+        from storage.workspace import check_name
+
+        for attr, what in (("name", "name (--name)"), ("model", "model (--model)")):
+            if isinstance(getattr(args, attr, None), str):
+                check_name(getattr(args, attr), what)
         return COMMANDS[args.command](args, config)
     except (UsageError, WorkspaceError, FileNotFoundError, ValidationError) as exc:
         msg = str(exc).splitlines()[0] if not isinstance(exc, ValidationError) else _validation_line(exc)

@@ -57,10 +57,11 @@ def ingest_images(
         prepare_array(ws, IngestOptions(**b.options), b.end)
     specs = [s for b in batches for s in shard_specs(ws, b)]
     logger.info(
-        "%s: %d files listed, %d already ingested, %d new, %d shard task(s)",
+        "%s: %d files listed, %d already ingested, %d left by an unfinished run, %d new, %d shard task(s)",
         src,
         len(listing.refs),
         plan.known,
+        plan.resuming,
         len(plan.new),
         len(specs),
     )
@@ -73,9 +74,11 @@ def ingest_images(
         "source": src,
         "listed": len(listing.refs),
         "already_ingested": plan.known,
+        "resumed": plan.resuming,
         "stored": sum(r.ok for r in results),
         "duplicates_skipped": sum(1 for d in table.duplicates if d["slot"] // s in run_slots),
         "quarantined": sum(r.quarantined for r in results) + len(plan.refused),
+        "missing": sum(1 for e in table.missing if e["slot"] // s in run_slots),
         "not_image_names": plan.skipped_names,
         "shards": len(specs),
         "corpus_items": len(table),

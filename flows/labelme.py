@@ -68,6 +68,7 @@ def ingest_labelme(
         "source": root,
         "listed": len(listing.refs),
         "already_ingested": plan.known,
+        "resumed": plan.resuming,
         "stored": sum(r.ok for r in results),
         "quarantined": sum(r.quarantined for r in results) + len(plan.refused),
         "replaced": len(table.replaced),

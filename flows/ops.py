@@ -8,6 +8,13 @@
 - :func:`shard_task`: a Prefect task for one shard, retried with exponential backoff and
   jitter on transient errors only (a bad file is quarantined by the task itself and is
   never retried; a bug fails at once).
+
+Fencing: while a flow holds its lease, the lease's :class:`~storage.lease.Fence` is active
+in the flow (every write of the flow process checks it) and travels with every shard task
+that :func:`flows.shards.run_shards` maps (an unmapped ``fence`` argument that the
+:func:`shard_task` wrapper takes and activates around the shard function on the Dask
+worker). A run whose lease was taken over, or could not be renewed within its ttl, meets
+:class:`~storage.lease.LeaseLost` (never retried) at its next write instead of writing.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from flows.runtime import MangakaTaskRunner
-from storage.lease import WorkspaceLease
+from storage.lease import DEFAULT_TTL, Fence, LeaseLost, WorkspaceLease, fencing
 from storage.workspace import Workspace, now_iso
 
 log = logging.getLogger("flows")
@@ -34,6 +41,8 @@ log = logging.getLogger("flows")
 F = TypeVar("F", bound=Callable[..., Any])
 
 LEASE_WAIT_ENV = "MANGAKA_LEASE_WAIT"
+# Seconds without a landed renewal after which a lease is stale (renewed every ttl/4).
+LEASE_TTL_ENV = "MANGAKA_LEASE_TTL"
 
 # -- transient errors ------------------------------------------------------------------
 
@@ -93,6 +102,8 @@ def is_transient(exc: BaseException | None) -> bool:
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
+        if isinstance(exc, LeaseLost):  # another run holds the workspace now: never retry
+            return False
         if isinstance(exc, (ConnectionError, TimeoutError)):
             return True
         if isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS:
@@ -129,6 +140,11 @@ def retry_transient(task_obj: Any, task_run: Any, state: Any) -> bool:
 def shard_task(name: str, retries: int = 4) -> Callable[[F], F]:
     """Decorate a shard function as a Prefect task: transient errors retried with backoff.
 
+    The task also takes an optional keyword ``fence`` (a :class:`~storage.lease.Fence`,
+    passed by :func:`flows.shards.run_shards`): the lease of the flow that submitted it,
+    checked before the shard starts and, through ``storage.location``, before every write
+    the shard makes. Without one the task runs under whatever fence its caller has.
+
     No Prefect task timeout: shard tasks run in Dask worker threads, where Prefect cannot
     interrupt them. Time limits live where the waiting happens: every S3 request has a
     connect and a read timeout (``storage.location.s3_storage_options``), so a hung
@@ -136,6 +152,18 @@ def shard_task(name: str, retries: int = 4) -> Callable[[F], F]:
     """
 
     def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def fenced(*args: Any, fence: Fence | None = None, **kwargs: Any) -> Any:
+            with fencing(fence):
+                if fence is not None:
+                    fence.check()  # a lost run starts no new shard
+                return fn(*args, **kwargs)
+
+        sig = inspect.signature(fn)
+        params = list(sig.parameters.values())
+        keyword = inspect.Parameter("fence", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Fence | None)
+        at = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_KEYWORD), len(params))
+        fenced.__signature__ = sig.replace(parameters=[*params[:at], keyword, *params[at:]])  # type: ignore[attr-defined]
         return task(  # type: ignore[return-value]
             name=name,
             retries=retries,
@@ -143,7 +171,7 @@ def shard_task(name: str, retries: int = 4) -> Callable[[F], F]:
             retry_jitter_factor=0.5,
             retry_condition_fn=retry_transient,
             cache_policy=NO_CACHE,
-        )(fn)
+        )(fenced)
 
     return wrap
 
@@ -220,7 +248,9 @@ def mangaka_flow(name: str, detail: str = "", lease: bool = True, **flow_kwargs:
 
     ``detail`` formats the run's parameters into its name. Flows with a ``workspace``
     parameter hold the workspace lease ``name`` for the run (``MANGAKA_LEASE_WAIT`` seconds
-    to wait for another run's, default 0: refuse) and record the run in ``_meta/runs``.
+    to wait for another run's, default 0: refuse; ``MANGAKA_LEASE_TTL`` seconds without a
+    renewal before it is stale, default 120) and record the run in ``_meta/runs``. The
+    lease's fence is active for the whole run (see the module docstring).
     """
 
     def wrap(fn: F) -> Any:
@@ -246,7 +276,9 @@ def mangaka_flow(name: str, detail: str = "", lease: bool = True, **flow_kwargs:
                 "start": now_iso(),
             }
             wait = float(os.environ.get(LEASE_WAIT_ENV, "0") or 0)
-            with WorkspaceLease(ws.loc, name, run=record["name"], wait=wait):
+            ttl = float(os.environ.get(LEASE_TTL_ENV, "") or DEFAULT_TTL)
+            lease_run = WorkspaceLease(ws.loc, name, run=str(record["name"]), wait=wait, ttl=ttl)
+            with lease_run as held, fencing(held.fence()):
                 _record(ws, run_id, record)
                 t0 = time.perf_counter()
                 try:

@@ -4,21 +4,31 @@ Every bulk step is ``process_shard(spec) -> result``; this module maps such a Pr
 over specs, shows progress, and collects failures instead of stopping at the first one, so
 one bad shard does not waste the work of the others. The caller decides what a failure
 means (the CLI exits 1; a re-run redoes only the shards without a marker).
+
+Under a workspace lease (every ``mangaka_flow`` with a workspace) each shard task gets the
+lease's fence as an unmapped argument, and the wait for the shards ends with
+:class:`~storage.lease.LeaseLost` as soon as the lease is lost (taken over, or not renewed
+within its ttl) or a shard met that error: a run that lost its lease stops, it does not
+wait for shards whose writes are refused anyway.
 """
 
 from __future__ import annotations
 
+import inspect
+import queue
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from prefect import get_run_logger, tags
+from prefect import get_run_logger, tags, unmapped
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
-from prefect.futures import as_completed
 from prefect.tasks import Task
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from storage.lease import LeaseLost, WorkspaceLease, active_fence, held_lease
+from storage.workspace import marker_matches
 
 
 class ShardFailures(RuntimeError):
@@ -41,21 +51,27 @@ def run_shards(task: Task, specs: Sequence[Any], label: str, resources: dict[str
     key = artifact_key(f"{label}-progress")
     progress = create_progress_artifact(0.0, key=key, description=f"{label}: shards done, in percent")
     t0 = time.perf_counter()
+    fence = active_fence()
+    lease = held_lease(fence)
+    extra: dict[str, Any] = {"fence": unmapped(fence)} if fence is not None and _takes_fence(task) else {}
     if resources:
         import dask
 
         with dask.annotate(resources=resources), tags(*[r.lower() for r in resources]):
-            futures = task.map(list(specs))
+            futures = task.map(list(specs), **extra)
     else:
-        futures = task.map(list(specs))
+        futures = task.map(list(specs), **extra)
     results: list[Any] = []
     failures: list[str] = []
     columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, transient=True, disable=not sys.stderr.isatty()) as bar:
         job = bar.add_task(label, total=len(futures))
-        for done, fut in enumerate(as_completed(futures), 1):
+        for done, fut in enumerate(_as_completed(futures, lease), 1):
             try:
                 results.append(fut.result())
+            except LeaseLost:
+                _cancel(futures)
+                raise
             except Exception as exc:  # a shard's own error, after its retries
                 failures.append(f"{exc.__class__.__name__}: {exc}")
             bar.advance(job)
@@ -82,6 +98,45 @@ def run_shards(task: Task, specs: Sequence[Any], label: str, resources: dict[str
     if failures:
         raise ShardFailures(f"{len(failures)} of {len(futures)} shards of {label} failed; first: {failures[0]}")
     return results
+
+
+def _takes_fence(task: Task) -> bool:
+    """Whether ``task`` takes the ``fence`` argument (every ``flows.ops.shard_task`` does)."""
+    try:
+        return "fence" in inspect.signature(task.fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _as_completed(futures: list[Any], lease: WorkspaceLease | None) -> Iterator[Any]:
+    """The futures as they finish; raises LeaseLost (after cancelling the rest) once ``lease`` is lost."""
+    finished: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    for fut in futures:
+        fut.add_done_callback(finished.put)
+    poll = None if lease is None else max(0.05, min(2.0, lease.ttl / 8))
+    left = len(futures)
+    while left:
+        try:
+            fut = finished.get(timeout=poll)
+        except queue.Empty:
+            fut = None
+        if lease is not None and lease.lost:
+            _cancel(futures)
+            raise LeaseLost(lease.lost_reason)
+        if fut is not None:
+            left -= 1
+            yield fut
+
+
+def _cancel(futures: list[Any]) -> None:
+    """Best effort: shards not started yet need not start (running ones meet LeaseLost at their next write)."""
+    for fut in futures:
+        wrapped = getattr(fut, "wrapped_future", None)
+        try:
+            if wrapped is not None and not wrapped.done():
+                wrapped.cancel()
+        except Exception as exc:  # cancelling is an optimisation only
+            get_run_logger().debug("could not cancel %s: %s", fut, exc)
 
 
 def artifact_key(text: str) -> str:
@@ -116,7 +171,7 @@ def pending_shards(
             continue
         if force:
             ws.clear_markers(array, [shard])
-        elif done.get(shard, {}).get("version") == version:
+        elif marker_matches(done.get(shard), version, slots):
             continue
         todo.append((shard, slots))
     return todo

@@ -16,8 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from storage.location import safe_key
-from storage.workspace import Workspace, WorkspaceError, now_iso
+from storage.workspace import Workspace, WorkspaceError, check_key, check_name, now_iso
 
 
 @dataclass(frozen=True)
@@ -35,7 +34,9 @@ class Checkpoint:
 
 
 def _dir(model: str, name: str = "") -> str:
-    return safe_key(f"models/{model}/{name}" if name else f"models/{model}")
+    """``models/<model>[/<name>]``; every part a plain name (see ``storage.workspace.check_name``)."""
+    check_key(model, "model name")
+    return f"models/{model}/{check_name(name, 'checkpoint name')}" if name else f"models/{model}"
 
 
 def save_checkpoint(
@@ -53,9 +54,24 @@ def save_checkpoint(
     ws.loc.write_json(f"{base}/metrics.json", metrics or {})
     ws.loc.write_json(f"{base}/config.json", config)
     digest = hashlib.sha256(weights).hexdigest()[:16]
-    for tag in tags:
-        ws.loc.write_json(f"{_dir(model)}/tags/{tag}.json", {"checkpoint": name, "digest": digest, "time": now_iso()})
+    set_tags(ws, model, name, tags, digest)
     return digest
+
+
+def set_tags(ws: Workspace, model: str, name: str, tags: tuple[str, ...], digest: str | None = None) -> None:
+    """Point ``tags`` at checkpoint ``name`` (already stored); tags already there are not rewritten."""
+    if digest is None:
+        digest = hashlib.sha256(ws.loc.read_bytes(f"{_dir(model, name)}/weights.safetensors")).hexdigest()[:16]
+    for tag in tags:
+        key = f"{_dir(model)}/tags/{check_name(tag, 'tag')}.json"
+        if ws.loc.exists(key):
+            try:
+                held = ws.loc.read_json(key)
+            except ValueError:
+                held = None
+            if isinstance(held, dict) and held.get("checkpoint") == name and held.get("digest") == digest:
+                continue
+        ws.loc.write_json(key, {"checkpoint": name, "digest": digest, "time": now_iso()})
 
 
 def list_checkpoints(ws: Workspace, model: str) -> list[str]:
@@ -73,7 +89,7 @@ def list_models(ws: Workspace) -> list[str]:
 
 def resolve(ws: Workspace, model: str, ref: str = "latest") -> str:
     """Turn a tag (``latest``, ``best``) or a checkpoint name into a checkpoint name."""
-    tag_key = f"{_dir(model)}/tags/{safe_key(ref)}.json"
+    tag_key = f"{_dir(model)}/tags/{check_name(ref, 'checkpoint or tag (--model)')}.json"
     if ws.loc.exists(tag_key):
         return str(ws.loc.read_json(tag_key)["checkpoint"])
     if ws.loc.exists(f"{_dir(model, ref)}/config.json"):

@@ -12,9 +12,10 @@ always go to new shards: no existing shard is ever rewritten by a later ingestio
 The :class:`ItemTable` is derived from the markers, in slot order:
 
 - the first slot with a given content hash holds the item; a later one with the same hash
-  is a duplicate and stays a hole;
+  is a duplicate: stored in its slot, but not an item while that picture is live elsewhere;
 - a later slot with the same id *and the same source* replaces the earlier one (a file that
-  was changed in place); the earlier slot becomes a hole.
+  was changed in place); the earlier content passes to the first id waiting on it as a
+  duplicate, if any, else its slot becomes a hole (see :func:`derive_items`).
 
 ``<family>/item`` (one id per slot, ``""`` for holes) mirrors the table for readers that do
 not use mangaka; it is rewritten from the markers after every run.
@@ -23,6 +24,7 @@ not use mangaka; it is rewritten from the markers after every run.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,19 +96,39 @@ class Journal:
     def _prefix(self) -> str:
         return f"_meta/batches/{self.family}"
 
+    def _keys(self) -> list[str]:
+        return [k for k in self.ws.loc.list(self._prefix()) if k.endswith(".json")]
+
     def batches(self) -> list[Batch]:
-        keys = [k for k in self.ws.loc.list(self._prefix()) if k.endswith(".json")]
-        got = self.ws.loc.read_json_many(keys)
-        return sorted((Batch(**v) for v in got.values()), key=lambda b: b.number)
+        """The readable batches, by number; an unreadable one is skipped with a warning."""
+        got = self.ws.loc.read_json_many(self._keys())
+        out = []
+        for key, v in got.items():
+            try:
+                out.append(Batch(**v))
+            except TypeError as exc:
+                log.warning("ignoring the damaged ingestion batch %s (%s)", key, exc)
+        return sorted(out, key=lambda b: b.number)
 
     def add(self, version: str, options: dict[str, Any], sources: list[dict[str, Any]]) -> Batch:
-        """Record a new batch for ``sources`` after every existing one, on a shard boundary."""
+        """Record a new batch for ``sources`` after every existing one, on a shard boundary.
+
+        Its number follows every batch file (readable or not) and its first slot follows
+        every readable batch and every shard with a marker, so a damaged batch file can
+        never lead a new batch onto slots that hold data.
+        """
         existing = self.batches()
         s = self.ws.shard_size
         end = max((b.end for b in existing), default=0)
+        marked = self.ws.markers(f"{self.family}/images")
+        if marked:
+            end = max(end, (max(marked) + 1) * s)
+        if self.ws.has_array(f"{self.family}/images"):
+            end = max(end, self.ws.length(f"{self.family}/images"))
         base = -(-end // s) * s
         shards = [sources[i : i + s] for i in range(0, len(sources), s)]
-        number = (existing[-1].number + 1) if existing else 1
+        numbers = [int(n) for k in self._keys() if (n := k.rsplit("/", 1)[-1][:-5]).isdigit()]
+        number = max(numbers, default=0) + 1
         batch = Batch(self.family, number, base, s, version, options, shards, now_iso())
         self.ws.loc.write_json(f"{self._prefix()}/{number:06d}.json", batch.to_dict())
         return batch
@@ -117,7 +139,11 @@ class Journal:
 
 @dataclass
 class ItemTable:
-    """Live items of a family, by id and by slot, and what was set aside."""
+    """Live items of a family, by id and by slot, and what was set aside.
+
+    ``pending`` counts sources planned by a batch whose shard is not done yet (a killed
+    or running ingestion): they are not items yet, and not "already there" either.
+    """
 
     family: str
     length: int
@@ -125,6 +151,8 @@ class ItemTable:
     duplicates: list[dict[str, Any]] = field(default_factory=list)
     replaced: list[dict[str, Any]] = field(default_factory=list)
     quarantined: list[dict[str, Any]] = field(default_factory=list)
+    missing: list[dict[str, Any]] = field(default_factory=list)
+    pending: int = 0
 
     def __len__(self) -> int:
         return len(self.by_id)
@@ -151,28 +179,93 @@ def item_table(ws: Workspace, family: str, array: str | None = None) -> ItemTabl
         return derived_table(ws, family)
     array = array or f"{family}/images"
     markers = ws.markers(array)
-    table = ItemTable(family, Journal(ws, family).length())
-    by_hash: dict[str, str] = {}
-    entries = sorted((e for m in markers.values() for e in m.get("entries", [])), key=lambda e: e["slot"])
-    for e in entries:
-        if e["status"] != "ok":
+    batches = Journal(ws, family).batches()
+    table = derive_items(family, (e for m in markers.values() for e in m.get("entries", [])))
+    table.length = max((b.end for b in batches), default=0)
+    table.pending = sum(
+        len(b.sources_of(shard))
+        for b in batches
+        for shard in b.shard_indices()
+        if markers.get(shard, {}).get("version") != b.version
+    )
+    return table
+
+
+def derive_items(family: str, entries: Iterable[dict[str, Any]]) -> ItemTable:
+    """The item table that marker ``entries`` describe, read in slot order.
+
+    - The first slot with a given content hash holds the item; a later one with the same
+      hash is a *duplicate*: its pixels are stored in its own slot, but it is not an item
+      while the same picture is live under another id.
+    - A later slot with the same id *and the same source* replaces the earlier one (a file
+      changed in place; in ``REPLACE_BY_ID`` families any source). The earlier content
+      leaves that id; if another id was waiting as its duplicate, the first such (by slot)
+      becomes live with the slot it was stored in, so no picture that is still in the
+      source ever ends up under no id.
+    - A duplicate whose own file changes stops waiting: its old picture is no longer
+      anyone's current content.
+    """
+    table = ItemTable(family, 0)
+    by_hash: dict[str, str] = {}  # content hash -> live id
+    waiting: dict[str, dict[str, Any]] = {}  # id -> its current content, a duplicate of a live item
+    waiting_by_hash: dict[str, list[str]] = {}  # hash -> ids waiting on it (slot order)
+
+    def unwait(item: str) -> None:
+        w = waiting.pop(item, None)
+        if w is not None:
+            waiting_by_hash[w["sha256"]].remove(item)
+
+    def wait(e: dict[str, Any], holder: str) -> None:
+        waiting[e["id"]] = {**e, "duplicate_of": holder}
+        waiting_by_hash.setdefault(e["sha256"], []).append(e["id"])
+
+    def release(old: dict[str, Any]) -> None:
+        """``old`` is no longer its id's content: hand its picture to the first waiting duplicate."""
+        sha = old["sha256"]
+        by_hash.pop(sha, None)
+        heirs = waiting_by_hash.get(sha) or []
+        if heirs:
+            heir = heirs[0]
+            promoted = {k: v for k, v in waiting[heir].items() if k != "duplicate_of"}
+            unwait(heir)
+            table.by_id[heir] = promoted
+            by_hash[sha] = heir
+            for other in waiting_by_hash.get(sha, []):
+                waiting[other]["duplicate_of"] = heir
+
+    for e in sorted(entries, key=lambda e: e["slot"]):
+        status = e.get("status")
+        if status == "missing":
+            table.missing.append(e)
+            continue
+        if status != "ok":
             table.quarantined.append(e)
             continue
+        item = e["id"]
+        old = table.by_id.get(item)
+        earlier = old or waiting.get(item)
+        if earlier is not None and earlier["source"] != e["source"] and family not in REPLACE_BY_ID:
+            # Planning keeps ids unique across sources; a clash here means two runs
+            # raced on one workspace. Keep the first and say so rather than lose either.
+            table.duplicates.append({**e, "duplicate_of": item, "clash": True})
+            continue
+        unwait(item)  # whatever this id held before as a duplicate is superseded
         holder = by_hash.get(e["sha256"])
-        if holder is not None:
+        if holder == item:  # the same picture again under its own id (a touched file)
             table.duplicates.append({**e, "duplicate_of": holder})
             continue
-        old = table.by_id.get(e["id"])
         if old is not None:
-            if old["source"] != e["source"] and family not in REPLACE_BY_ID:
-                # Planning keeps ids unique across sources; a clash here means two runs
-                # raced on one workspace. Keep the first and say so rather than lose either.
-                table.duplicates.append({**e, "duplicate_of": e["id"], "clash": True})
-                continue
-            by_hash.pop(old["sha256"], None)
+            del table.by_id[item]
             table.replaced.append(old)
-        table.by_id[e["id"]] = e
-        by_hash[e["sha256"]] = e["id"]
+            release(old)
+            holder = by_hash.get(e["sha256"])
+        if holder is not None:
+            wait(e, holder)
+            continue
+        table.by_id[item] = e
+        by_hash[e["sha256"]] = item
+    table.duplicates.extend(sorted(waiting.values(), key=lambda d: d["slot"]))
+    table.duplicates.sort(key=lambda d: d["slot"])
     return table
 
 

@@ -4,6 +4,12 @@ Listing returns :class:`SourceRef` records (small, picklable: what a task needs 
 file again, plus a fingerprint of its listing metadata); :class:`SourceReader` reads their
 bytes. Nothing is ever extracted to disk, and a folder's symlinks that lead outside the
 folder are refused, so no input can make mangaka read or write outside what it was given.
+
+Every local file is read through :func:`read_regular_file`: a FIFO, a device or a socket
+is refused without blocking, and no read is larger than its limit. A member whose name is
+not UTF-8 is refused at listing (it could not be journalled), and a compressed tar is
+refused with a usage error: members are read in place, at their offset, which needs an
+uncompressed archive.
 """
 
 from __future__ import annotations
@@ -11,13 +17,127 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
+import stat
 import tarfile
 from dataclasses import asdict, dataclass
 from typing import IO, Any
 
 from storage.location import filesystem, is_remote
+from storage.workspace import WorkspaceError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+
+
+class NotRegularFile(ValueError):
+    """A path that is a FIFO, a device, a socket or a folder: mangaka reads only regular files."""
+
+
+class CompressedTar(WorkspaceError, ValueError):
+    """A source that cannot be read as one (a compressed tar, a plain file that is no
+    archive): a usage error (the command line exits 2)."""
+
+
+_O_READ = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISDIR, "a folder"),
+)
+
+
+def _not_regular(mode: int) -> NotRegularFile:
+    kind = next((name for test, name in _KINDS if test(mode)), "something else")
+    return NotRegularFile(f"not a regular file but {kind}: mangaka reads only regular files")
+
+
+def _open_regular(path: str) -> int:
+    """A descriptor of ``path`` open for reading, or :class:`NotRegularFile`; never blocks.
+
+    ``stat`` refuses a FIFO or a device before it is opened at all; ``O_NONBLOCK`` makes
+    opening one that took its place since return at once, and ``fstat`` of the descriptor
+    refuses it. The descriptor is blocking again when returned (regular files only).
+    """
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise _not_regular(st.st_mode)
+    fd = os.open(path, _O_READ)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_regular(st.st_mode)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular_file(path: str, limit: int | None) -> bytes:
+    """The bytes of the regular file ``path``, at most ``limit`` of them.
+
+    Raises :class:`NotRegularFile` (a ``ValueError``) for a FIFO, device, socket or folder,
+    without blocking, and ``ValueError`` for a file over ``limit`` bytes (``None``: no
+    limit), read or not: at most ``limit + 1`` bytes are ever read. ``OSError`` (missing,
+    permission, I/O) propagates unchanged.
+    """
+    fd = _open_regular(path)
+    with open(fd, "rb", closefd=True) as f:
+        if limit is None:
+            return f.read()
+        size = os.fstat(fd).st_size
+        if size > limit:
+            raise ValueError(f"file is {size} bytes, over the {limit}-byte limit")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"file is over the {limit}-byte limit")
+    return data
+
+
+COMPRESSIONS = (
+    (b"\x1f\x8b", "gzip", "gunzip"),
+    (b"BZh", "bzip2", "bunzip2"),
+    (b"\xfd7zXZ\x00", "xz", "unxz"),
+    (b"\x28\xb5\x2f\xfd", "zstd", "unzstd"),
+)
+"""Magic bytes of the compressions a tar commonly comes in, the name, and the tool that undoes it."""
+
+
+def check_source(src: str) -> None:
+    """Refuse a local source that is a compressed file (by its magic bytes, whatever its
+    name) with :class:`CompressedTar`, a usage error; :func:`list_sources` calls it, and a
+    command can call it before it starts a run.
+
+    An uncompressed tar whose first member's name happens to start like a magic number
+    ("BZh...") is not refused: its first header parses as a tar header.
+    """
+    if is_remote(src):
+        return
+    path = os.path.abspath(os.path.expanduser(src))
+    if not os.path.isfile(path):
+        return
+    fd = _open_regular(path)
+    with open(fd, "rb", closefd=True) as f:
+        head = f.read(8)
+    for magic, name, tool in COMPRESSIONS:
+        if head.startswith(magic) and not _readable(path, "r:"):
+            what = "tar" if _readable(path, "r") else "file"
+            article = "an" if name == "xz" else "a"
+            raise CompressedTar(
+                f"{src} is {article} {name}-compressed {what}: mangaka reads members in place and needs an "
+                f"uncompressed .tar; decompress it first ({tool})"
+            )
+
+
+def _readable(path: str, mode: str) -> bool:
+    """Whether the first header of ``path`` parses as a tar (``"r:"`` plain, ``"r"`` any compression)."""
+    try:
+        with tarfile.open(path, mode):  # type: ignore[call-overload]
+            return True
+    except (OSError, EOFError, tarfile.TarError):
+        return False
 
 
 def is_image_name(name: str) -> bool:
@@ -77,10 +197,12 @@ def list_sources(src: str, suffixes: frozenset[str] = IMAGE_SUFFIXES) -> Listing
     path = os.path.abspath(os.path.expanduser(src))
     if os.path.isdir(path):
         return _list_folder(path, suffixes)
-    if os.path.isfile(path) and tarfile.is_tarfile(path):
-        return _list_tar(path)
+    if os.path.isfile(path):
+        check_source(src)
+        if tarfile.is_tarfile(path):
+            return _list_tar(path)
     if os.path.exists(path):
-        raise ValueError(f"{src} is neither a folder nor a .tar archive")
+        raise CompressedTar(f"{src} is neither a folder nor a .tar archive")
     raise FileNotFoundError(f"{src} does not exist")
 
 
@@ -122,8 +244,9 @@ def _list_folder(root: str, suffixes: frozenset[str] = IMAGE_SUFFIXES) -> Listin
 
 def _list_tar(archive: str) -> Listing:
     refs: list[SourceRef] = []
+    refused: list[tuple[str, str]] = []
     skipped = 0
-    with tarfile.open(archive, "r:") as tf:
+    with tarfile.open(archive, "r:") as tf:  # names that are not UTF-8 come with surrogates
         for m in tf:
             if not m.isfile():
                 skipped += int(not m.isdir())
@@ -132,9 +255,15 @@ def _list_tar(archive: str) -> Listing:
             if not is_image_name(rel):
                 skipped += 1
                 continue
+            try:
+                rel.encode("utf-8")
+            except UnicodeEncodeError:
+                shown = f"{archive}::{rel}".encode("utf-8", "backslashreplace").decode()
+                refused.append((shown, "file name is not valid UTF-8: rename it"))
+                continue
             refs.append(SourceRef(f"{archive}::{rel}", "tar", archive, rel, m.size, float(m.mtime), m.offset_data))
     refs.sort(key=lambda r: r.relpath)
-    return Listing(refs, skipped, [])
+    return Listing(refs, skipped, refused)
 
 
 def _list_s3(src: str) -> Listing:
@@ -167,12 +296,11 @@ class SourceReader:
         if limit is not None and ref.size > limit:
             raise ValueError(f"file is {ref.size} bytes, over the {limit}-byte limit")
         if ref.kind == "file":
-            with open(ref.path, "rb") as fh:
-                return fh.read() if limit is None else fh.read(limit + 1)
+            return read_regular_file(ref.path, limit)
         if ref.kind == "tar":
             f = self._archives.get(ref.path)
             if f is None:
-                f = self._archives[ref.path] = open(ref.path, "rb")  # noqa: SIM115 - closed in close()
+                f = self._archives[ref.path] = open(_open_regular(ref.path), "rb")  # noqa: SIM115 - closed in close()
             f.seek(ref.offset)
             return f.read(ref.size)
         if ref.kind == "s3":

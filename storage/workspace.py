@@ -9,14 +9,14 @@ A workspace is a local directory or an ``s3://bucket/prefix``. Its layout::
     _meta/markers/<array>/<shard>.json     completion markers
     _meta/batches/<family>/<n>.json        ingestion journal (see storage.items)
     _meta/quarantine/<stage>/<key>.json    append-only quarantine log
-    _meta/runs/<run>.json  _meta/leases/<flow>.json   run records, workspace leases (storage.lease)
+    _meta/runs/<run>.json  _meta/leases/<flow>/<generation>.json   run records, leases (storage.lease)
     models/<model>/<checkpoint>/...        safetensors + config + metrics
     reports/                               demo reports
 
 Arrays are item-major: axis 0 is the item *slot*, one image per inner chunk, inner chunks
 grouped into Zarr shards of ``shard_size`` slots. A bulk task owns exactly one Zarr shard
 (slots ``[k*S, (k+1)*S)``), so two tasks never write the same shard file. A task writes
-its shard's data first and its marker last; a marker says "shard k of array A is complete
+its shard's data first (after deleting the shard's old marker) and its marker last; a marker says "shard k of array A is complete
 for producer version V". The workspace, not Prefect's database, is the truth about what is
 done.
 
@@ -29,6 +29,7 @@ import datetime as _dt
 import hashlib
 import logging
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,10 +84,61 @@ def family_of(array: str) -> str:
     return family
 
 
+# One segment of a key that a user's name becomes: a style name, a model or checkpoint
+# name, a tag, each part of an array name. Nothing that could be a path (``/``, ``..``,
+# ``.``), start hidden, or differ only in case on one file system and not on another.
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_name(name: object, what: str = "name") -> str:
+    """``name`` if it is one safe key segment; a :class:`WorkspaceError` (exit 2) otherwise.
+
+    Every name a user gives that becomes part of a key (``--name``, model and checkpoint
+    names, tags, the parts of an array name, deployment parameters) passes here, so no
+    name can reach another stage's array or leave the workspace, however it is spelled.
+    """
+    if not isinstance(name, str) or not NAME.match(name) or ".." in name:
+        raise WorkspaceError(
+            f"invalid {what} {name!r}: use one name of letters, digits, '.', '_' and '-' "
+            "(starting with a letter or digit, at most 128 characters, no '/' or '..')"
+        )
+    return name
+
+
+def check_key(key: str, what: str = "array name") -> str:
+    """A ``/``-separated key whose every segment passes :func:`check_name`; never normalised,
+    so ``corpus/styled/x/../../images`` is refused instead of becoming ``corpus/images``."""
+    if not isinstance(key, str) or not key:
+        raise WorkspaceError(f"invalid {what} {key!r}")
+    for part in key.split("/"):
+        try:
+            check_name(part)
+        except WorkspaceError:
+            raise WorkspaceError(
+                f"invalid {what} {key!r}: each part must be a name of letters, digits, '.', '_' and '-' "
+                "(no empty parts, '.' or '..')"
+            ) from None
+    return key
+
+
 def _key_of(array: str) -> str:
-    key = safe_key(array)
+    key = check_key(array)
     family_of(key)
     return key
+
+
+def live_digest(slots: list[int]) -> str:
+    return hashlib.sha1(",".join(str(int(v)) for v in sorted(slots)).encode()).hexdigest()[:16]
+
+
+def marker_matches(marker: dict[str, Any] | None, version: str, live: list[int] | None = None) -> bool:
+    """Whether ``marker`` says its shard is done for ``version`` (and, if given, for the items ``live``).
+
+    Markers written before live digests existed match any items.
+    """
+    if marker is None or marker.get("version") != version:
+        return False
+    return live is None or marker.get("live") in (None, live_digest(live))
 
 
 class Workspace:
@@ -172,7 +224,12 @@ class Workspace:
     def has_array(self, array: str) -> bool:
         """Whether a Zarr v3 array (not a group) exists at ``array``: its ``zarr.json`` says so."""
         meta = f"{_key_of(array)}/zarr.json"
-        return self.loc.exists(meta) and self.loc.read_json(meta).get("node_type") == "array"
+        if not self.loc.exists(meta):
+            return False
+        try:
+            return bool(self.loc.read_json(meta).get("node_type") == "array")
+        except ValueError as exc:
+            raise WorkspaceError(f"{self.url}: {meta} is unreadable ({exc}); the array's metadata is damaged") from None
 
     def array(self, array: str, mode: str = "r"):  # noqa: ANN201
         """Open an existing array (``mode`` ``"r"`` or ``"r+"``)."""
@@ -182,13 +239,22 @@ class Workspace:
             raise WorkspaceError(f"{self.url} has no array {array!r} yet: run the stage that makes it")
         return zarr.open_array(self.loc.zarr_store(read_only=mode == "r"), path=_key_of(array), mode=mode)
 
-    def require_array(self, array: str, spec: ArraySpec, length: int = 0):  # noqa: ANN201
-        """Open ``array``, creating it with ``spec`` if absent; an existing one must match."""
+    def require_array(self, array: str, spec: ArraySpec, length: int = 0, owner: str | None = None):  # noqa: ANN201
+        """Open ``array``, creating it with ``spec`` if absent; an existing one must match.
+
+        ``owner`` (the stage that writes the array) is recorded in the array's attributes
+        when it is created; a stage may not open for writing an array another stage owns.
+        """
         from zarr.codecs import ZstdCodec
 
         key = _key_of(array)
         if self.has_array(key):
             arr = self.array(key, mode="r+")
+            recorded = arr.attrs.get("mangaka_owner")
+            if owner is not None and recorded is not None and recorded != owner:
+                raise WorkspaceError(
+                    f"{key} in {self.url} is written by {recorded}, not by {owner}: choose another name"
+                )
             if tuple(arr.shape[1:]) != spec.item_shape or str(arr.dtype) != spec.dtype:
                 raise WorkspaceError(
                     f"{key} in {self.url} holds items of shape {tuple(arr.shape[1:])} {arr.dtype}, "
@@ -207,14 +273,16 @@ class Workspace:
             compressors=ZstdCodec(level=1),
             fill_value=spec.fill_value,
             dimension_names=("item", *spec.dims),
+            attributes={"mangaka_owner": owner} if owner else None,
         )
         return arr
 
     def drop_array(self, array: str) -> None:
         """Delete an array and its markers (a derived array whose layout must change)."""
         key = _key_of(array)
-        self.loc.delete(key)
+        # markers first: a killed drop must never leave a marker that describes deleted data
         self.loc.delete(f"_meta/markers/{key}")
+        self.loc.delete(key)
 
     def grow(self, array: str, length: int) -> None:
         """Extend an array's item axis to ``length`` (metadata only; no shard is rewritten)."""
@@ -236,7 +304,9 @@ class Workspace:
         """Write one whole Zarr shard: ``data`` covers its first slots; ``holes`` stay empty.
 
         The shard is encoded here and stored with one write (see ``storage.shards``), or
-        through zarr for layouts other than mangaka's own.
+        through zarr for layouts other than mangaka's own. The shard's marker is removed
+        *before* its data is replaced: a run killed in between leaves a shard without a
+        marker (done again), never a marker that describes data that is no longer there.
         """
         from storage.shards import direct_writer
 
@@ -244,6 +314,7 @@ class Workspace:
         start = shard * self.shard_size
         if start + len(data) > arr.shape[0] or len(data) > self.shard_size:
             raise WorkspaceError(f"shard {shard} of {array} does not fit the array ({arr.shape[0]} slots)")
+        self.clear_markers(array, [shard])
         writer = direct_writer(arr)
         if writer is not None:
             key, blob = writer(shard, data, holes or [])
@@ -316,16 +387,31 @@ class Workspace:
         return f"_meta/markers/{_key_of(array)}/{shard:06d}.json"
 
     def read_marker(self, array: str, shard: int) -> dict[str, Any] | None:
+        """The shard's marker; ``None`` (not done) when it is missing or unreadable (warned)."""
         key = self._marker_key(array, shard)
-        return self.loc.read_json(key) if self.loc.exists(key) else None
+        try:
+            got = self.loc.read_json(key)
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:  # empty or torn by a crash: the shard is simply not done
+            log.warning(
+                "ignoring the unreadable marker %s (%s): shard %d of %s will be done again", key, exc, shard, array
+            )
+            return None
+        return got if isinstance(got, dict) else None
 
-    def is_done(self, array: str, shard: int, version: str) -> bool:
-        m = self.read_marker(array, shard)
-        return m is not None and m.get("version") == version
+    def is_done(self, array: str, shard: int, version: str, live: list[int] | None = None) -> bool:
+        return marker_matches(self.read_marker(array, shard), version, live)
 
-    def write_marker(self, array: str, shard: int, version: str, **payload: Any) -> None:
-        """Record that ``shard`` of ``array`` is complete for ``version``. Call after the data."""
+    def write_marker(self, array: str, shard: int, version: str, live: list[int] | None = None, **payload: Any) -> None:
+        """Record that ``shard`` of ``array`` is complete for ``version``. Call after the data.
+
+        ``live`` (the item slots the shard was made for) is recorded as a digest: when the
+        items of a shard change (a duplicate that became an item), the shard is done again.
+        """
         body = {"array": array, "shard": shard, "version": version, "written": now_iso(), **payload}
+        if live is not None:
+            body["live"] = live_digest(live)
         self.loc.write_json(self._marker_key(array, shard), body)
 
     def markers(self, array: str) -> dict[int, dict[str, Any]]:

@@ -21,8 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from storage.sources import SourceReader, SourceRef
 from storage.workspace import DEFAULT_CLASSES, Workspace, image_spec, mask_spec
 from tasks.imageio import DEFAULT_MAX_PIXELS, square, square_mask
-from tasks.ingest import ShardResult, Unusable, read_source, ref_fields, shard_buffer
-from tasks.labelme import LabelmeError, class_ids, read_annotation
+from tasks.ingest import ShardResult, SourceReadError, Unusable, Vanished, read_source, ref_fields, shard_buffer
+from tasks.labelme import ImageReadError, LabelmeError, class_ids, read_annotation
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,8 @@ class LabelmeShardSpec:
 def prepare_arrays(ws: Workspace, options: LabelmeOptions, length: int) -> None:
     """Create or grow both arrays (the flow is their metadata's single writer)."""
     ws.ensure_config(image_size=options.size, classes=list(options.classes))
-    ws.require_array(IMAGES, image_spec(options.size), length)
-    ws.require_array(MASKS, mask_spec(options.size), length)
+    ws.require_array(IMAGES, image_spec(options.size), length, owner="ingest-labelme")
+    ws.require_array(MASKS, mask_spec(options.size), length, owner="ingest-labelme")
 
 
 def ingest_labelme_shard(spec: LabelmeShardSpec) -> ShardResult:
@@ -88,7 +88,15 @@ def ingest_labelme_shard(spec: LabelmeShardSpec) -> ShardResult:
             entry: dict[str, Any] = {"slot": start + j, "id": ref.id, "source": ref.source, "fp": record["fingerprint"]}
             try:
                 raw = read_source(reader, ref, opts.max_bytes)
-                ann = read_annotation(raw, ref.path, spec.root, ids, opts.max_pixels)
+                ann = read_annotation(raw, ref.path, spec.root, ids, opts.max_pixels, max_bytes=opts.max_bytes)
+            except (SourceReadError, ImageReadError):
+                raise  # a fault of the run, not of the file: the shard fails and is done again
+            except Vanished as exc:
+                log.warning("%s: %s; it is ingested when it is there again", ref.source, exc)
+                entry.update(status="missing", reason=str(exc))
+                entries.append(entry)
+                holes.append(j)
+                continue
             except (Unusable, LabelmeError) as exc:
                 reason = str(exc)
             except Exception as exc:  # hostile files: isolate each one

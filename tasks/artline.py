@@ -39,6 +39,7 @@ from torch.nn import functional as F
 
 from models.registry import create
 from storage.checkpoints import load_checkpoint, resolve, save_checkpoint
+from storage.sources import read_regular_file
 from storage.workspace import Workspace, WorkspaceError
 from tasks.lineart import dataset_f1
 from tasks.segment import pick_device
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 
 MODEL_DIR = "artline"
 STATE_KEY = f"models/{MODEL_DIR}/train-state.json"
+PAIR_MAX_BYTES = 200_000_000  # a pair file is read whole; never more than this
 FEATURE_LAYERS = ("relu3_3", "relu4_3", "relu5_3")
 FEATURE_WEIGHTS = (5.0, 15.0, 2.0)
 GRAM_SCALE = 5e3
@@ -116,9 +118,7 @@ def draw_pairs(seed: int, count: int, size: int) -> tuple[np.ndarray, np.ndarray
 
 def read_pairs(folder: str, size: int) -> tuple[list[str], np.ndarray, np.ndarray, list[tuple[str, str]]]:
     """(ids, images, lines, refused) of a folder in synth's layout, squared to ``size``."""
-    from PIL import Image
-
-    from tasks.imageio import BadImage, load_square, square
+    from tasks.imageio import BadImage, load_square, open_image, square
 
     lines_dir = os.path.join(folder, "lines")
     if not os.path.isdir(lines_dir):
@@ -146,10 +146,9 @@ def read_pairs(folder: str, size: int) -> tuple[list[str], np.ndarray, np.ndarra
             refused.append((line_path, "symlink points outside the pairs folder"))
             continue
         try:
-            with open(image_path, "rb") as f:
-                img = load_square(f.read(), size)
-            with Image.open(line_path) as im:
-                line = np.asarray(square(im.convert("L").convert("RGB"), size))[..., 0]
+            img = load_square(read_regular_file(image_path, PAIR_MAX_BYTES), size)
+            im = open_image(read_regular_file(line_path, PAIR_MAX_BYTES))
+            line = np.asarray(square(im.convert("L").convert("RGB"), size))[..., 0]
         except (BadImage, OSError, ValueError) as exc:
             refused.append((line_path, f"unreadable pair: {exc}"))
             continue

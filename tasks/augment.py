@@ -150,6 +150,22 @@ class AugmentShardSpec:
     parents: list[tuple[int, str, str]]  # (parent slot, parent id, parent content hash)
 
 
+def shards_of_parents(
+    parents: dict[str, dict[str, Any]], multiplier: int, shard_size: int
+) -> dict[int, list[tuple[int, str, str]]]:
+    """Every augmented shard that holds a variant of a live parent, with those parents.
+
+    A parent's ``multiplier`` variants fill slots ``[slot*m, slot*m + m)``, which may span
+    many shards when the multiplier exceeds the shard size: each of them is planned.
+    """
+    m, s = multiplier, shard_size
+    by_shard: dict[int, set[tuple[int, str, str]]] = {}
+    for pid, e in parents.items():
+        for shard in range((e["slot"] * m) // s, (e["slot"] * m + m - 1) // s + 1):
+            by_shard.setdefault(shard, set()).add((e["slot"], pid, e["sha256"]))
+    return {shard: sorted(members) for shard, members in sorted(by_shard.items())}
+
+
 def shard_version(options: AugmentOptions, parents: list[tuple[int, str, str]]) -> str:
     """Changes with the options and with the content of any parent in the shard."""
     key = options.version + "|" + "|".join(f"{s}:{h}" for s, _, h in sorted(parents))
@@ -165,8 +181,8 @@ def prepare_arrays(ws: Workspace, options: AugmentOptions, parent_length: int) -
         ws.update_config(augmented_multiplier=options.multiplier)
     ws.ensure_config(augmented_multiplier=options.multiplier)
     length = parent_length * options.multiplier
-    ws.require_array(IMAGES, image_spec(size), length)
-    ws.require_array(MASKS, mask_spec(size), length)
+    ws.require_array(IMAGES, image_spec(size), length, owner="augment")
+    ws.require_array(MASKS, mask_spec(size), length, owner="augment")
 
 
 def augment_shard(spec: AugmentShardSpec) -> ShardResult:

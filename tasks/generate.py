@@ -28,7 +28,7 @@ import torch
 from storage.items import Journal, item_table, write_item_index
 from storage.workspace import IGNORE_INDEX, Workspace, WorkspaceError, image_spec
 from tasks.gaugan import MODEL_DIR, GauganOptions, Trained, collect_pairs, generate_images
-from tasks.imageio import BadImage, encode_png, load_square, square_mask
+from tasks.imageio import BadImage, encode_png, load_square, open_image, square_mask
 from tasks.training import seeded_generator
 
 log = logging.getLogger(__name__)
@@ -182,8 +182,6 @@ def pca_plot(latents: torch.Tensor, labels: list[str], side: int = 560) -> bytes
 # -- generate ----------------------------------------------------------------------------------
 def read_masks(mask_dir: str, size: int, num_classes: int) -> tuple[list[str], list[np.ndarray], list[tuple[str, str]]]:
     """Class-id PNG masks of ``mask_dir`` (not recursive), squared to ``size``; and the refused ones."""
-    from PIL import Image
-
     from storage.sources import item_id
 
     if not os.path.isdir(mask_dir):
@@ -198,12 +196,11 @@ def read_masks(mask_dir: str, size: int, num_classes: int) -> tuple[list[str], l
             refused.append((full, "symlink points outside the mask folder"))
             continue
         try:
-            with Image.open(full) as im:
-                if im.mode not in ("L", "P", "I;16", "I"):
-                    raise ValueError(f"a mask must be a single-channel class-id PNG, not mode {im.mode}")
-                if im.width * im.height > 8192 * 8192:
-                    raise ValueError(f"{im.width}x{im.height} is too large for a mask")
-                arr = np.asarray(im).astype(np.int64)
+            with open(full, "rb") as f:
+                im = open_image(f.read(), 8192 * 8192)  # refuses a larger mask before decoding it
+            if im.mode not in ("L", "P", "I;16", "I"):
+                raise ValueError(f"a mask must be a single-channel class-id PNG, not mode {im.mode}")
+            arr = np.asarray(im).astype(np.int64)
             bad = (arr >= num_classes) & (arr != IGNORE_INDEX)
             if bad.any():
                 raise ValueError(f"class ids {sorted(set(np.unique(arr[bad]).tolist()))[:5]} >= {num_classes} classes")
@@ -300,7 +297,7 @@ def store_generated(
     batch = Journal(ws, "generated").add(
         version, {"style": style}, [{"id": i, "source": s} for i, s in zip(ids, sources, strict=True)]
     )
-    arr = ws.require_array(ARRAY, image_spec(size), batch.end)
+    arr = ws.require_array(ARRAY, image_spec(size), batch.end, owner="generate")
     if arr.shape[0] < batch.end:
         ws.grow(ARRAY, batch.end)
     k = 0

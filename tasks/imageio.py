@@ -5,8 +5,12 @@ RGB, HWC out, or :class:`BadImage` with a reason a person can act on. Never anyt
 every failure of the decoder (truncated data, unknown format, corrupt headers, oversized
 text chunks, ...) becomes a ``BadImage``.
 
-- The pixel count is checked from the header *before* decoding (``max_pixels``), so a
-  decompression bomb costs a header read, not gigabytes.
+- :func:`open_image` is the only way mangaka opens untrusted image bytes: it tries only
+  the raster formats of ``ALLOWED_FORMATS`` (by their magic bytes, whatever the file is
+  named: an EPS named ``.jpg`` never reaches Ghostscript), and checks the pixel count
+  from the header *before* decoding (``max_pixels``), so a decompression bomb costs a
+  header read, not gigabytes. Pillow's own limit (``Image.MAX_IMAGE_PIXELS``) is left at
+  its default, as a backstop for the rest of the process.
 - EXIF orientation is applied: what a person sees in a viewer is what is stored.
 - Every mode becomes RGB the way a viewer shows it: grey and palette expanded, alpha
   composited over white, CMYK through its ICC profile when it has one, 16-bit values
@@ -22,6 +26,7 @@ import io
 import logging
 import struct
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
@@ -31,9 +36,10 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_PIXELS = 50_000_000
 """Images with more pixels than this are refused before decoding (about 7000 x 7000)."""
 
-# Pillow's own check would fire inside Image.open with its limit, not ours; ours reads the
-# size from the header that open parses and refuses before any pixel is decoded.
-Image.MAX_IMAGE_PIXELS = None
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+"""The Pillow formats mangaka opens: those the corpus suffixes name. (The JPEG of phones
+and cameras, with extra frames, opens as JPEG and reports itself as MPO.) Pillow knows many
+more, some handled by other programs (EPS by Ghostscript); none of them is ever tried."""
 
 PAD_COLOR = (255, 255, 255)
 FITS = ("crop", "pad")
@@ -105,28 +111,98 @@ def load_square(
     return np.asarray(square(load_rgb(data, max_pixels, min_size, draft_size=size), size, fit))
 
 
+_DECODER_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    TypeError,
+    IndexError,
+    KeyError,
+    EOFError,
+    struct.error,
+    MemoryError,
+)
+
+
+def _decoder_error(exc: BaseException) -> BadImage:
+    msg = str(exc) or type(exc).__name__
+    if "truncated" in msg.lower() or isinstance(exc, EOFError):
+        return BadImage(f"truncated image: {msg}")
+    return BadImage(f"undecodable image: {msg}")
+
+
+def _sniff_format(data: bytes) -> str | None:
+    """The Pillow format whose magic bytes ``data`` starts with (nothing is parsed), if any."""
+    try:
+        Image.init()
+        prefix = data[:16]
+        for name, (_, accept) in Image.OPEN.items():
+            if accept is not None and accept(prefix) is True:
+                return name
+    except Exception:  # only for a better message: never let it fail the refusal
+        return None
+    return None
+
+
+def open_image(
+    data: bytes,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    formats: Sequence[str] = ALLOWED_FORMATS,
+    *,
+    fit_in: tuple[int, int] | None = None,
+) -> Image.Image:
+    """Open untrusted image bytes with Pillow, header only; the one way mangaka opens them.
+
+    Only ``formats`` are tried; the width and height the header declares are checked
+    against ``fit_in`` (the largest ``(width, height)`` allowed, if given) and
+    ``max_pixels`` before any pixel is decoded. Returns the image not yet loaded, or
+    raises :class:`BadImage` saying why.
+    """
+    if not data:
+        raise BadImage("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns past its own limit; whether that is too many pixels is ours to say
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im: Image.Image = Image.open(io.BytesIO(data), formats=tuple(formats))
+    except UnidentifiedImageError:
+        found = _sniff_format(data)
+        allowed = ", ".join(formats)
+        if found is not None and found not in formats:
+            raise BadImage(
+                f"not an image: unrecognised format (it looks like {found}, which is not an allowed format; "
+                f"mangaka opens {allowed})"
+            ) from None
+        raise BadImage(f"not an image: unrecognised format (mangaka opens {allowed})") from None
+    except Image.DecompressionBombError as exc:
+        raise BadImage(f"decompression bomb refused: {exc}") from None
+    except _DECODER_ERRORS as exc:
+        raise _decoder_error(exc) from None
+    w, h = im.size
+    if w <= 0 or h <= 0:
+        raise BadImage(f"image has no pixels ({w}x{h})")
+    if fit_in is not None and (w > fit_in[0] or h > fit_in[1]):
+        raise BadImage(f"decompression bomb refused: {w}x{h} does not fit in {fit_in[0]}x{fit_in[1]}")
+    if w * h > max_pixels:
+        raise BadImage(
+            f"decompression bomb refused: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} (--max-pixels)"
+        )
+    return im
+
+
 def load_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_size: int = 0, draft_size: int = 0) -> Image.Image:
     """Decode ``data`` to an upright 8-bit RGB Pillow image at full size, or raise BadImage.
 
     ``draft_size`` > 0 lets a large JPEG decode at a reduced scale that keeps at least that
     many pixels on its shorter side.
     """
-    if not data:
-        raise BadImage("empty file (0 bytes)")
+    im = open_image(data, max_pixels)
+    w, h = im.size
+    if min(w, h) < min_size:
+        raise BadImage(f"too small: {w}x{h}, shorter side under --min-size {min_size}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im: Image.Image = Image.open(io.BytesIO(data))
-            w, h = im.size
-            if w <= 0 or h <= 0:
-                raise BadImage(f"image has no pixels ({w}x{h})")
-            if w * h > max_pixels:
-                raise BadImage(
-                    f"decompression bomb refused: {w}x{h} = {w * h} pixels exceeds the limit of "
-                    f"{max_pixels} (--max-pixels)"
-                )
-            if min(w, h) < min_size:
-                raise BadImage(f"too small: {w}x{h}, shorter side under --min-size {min_size}")
             if (
                 draft_size
                 and im.format == "JPEG"
@@ -140,25 +216,10 @@ def load_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_size: int = 
             return to_rgb(im)
     except BadImage:
         raise
-    except UnidentifiedImageError:
-        raise BadImage("not an image: unrecognised format") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadImage(f"decompression bomb refused: {exc}") from None
-    except (
-        OSError,
-        SyntaxError,
-        ValueError,
-        TypeError,
-        IndexError,
-        KeyError,
-        EOFError,
-        struct.error,
-        MemoryError,
-    ) as exc:
-        msg = str(exc) or type(exc).__name__
-        if "truncated" in msg.lower() or isinstance(exc, EOFError):
-            raise BadImage(f"truncated image: {msg}") from None
-        raise BadImage(f"undecodable image: {msg}") from None
+    except _DECODER_ERRORS as exc:
+        raise _decoder_error(exc) from None
 
 
 def load_square_into(

@@ -56,6 +56,7 @@ class IngestPlan:
     open_batches: list[Batch]
     new: list[SourceRef]
     known: int  # sources already ingested (same place, size and time)
+    resuming: int = 0  # listed sources planned by an unfinished batch: done by this run
     refused: list[tuple[str, str]] = field(default_factory=list)  # (source, reason), quarantined by the flow
     skipped_names: int = 0
 
@@ -93,24 +94,34 @@ def plan_ingest(ws: Workspace, listing: Listing, family: str = FAMILY, array: st
     file replaces the item of the same id (``storage.items.REPLACE_BY_ID``).
     """
     batches = Journal(ws, family).batches()
-    done_shards = set(ws.markers(array))
-    open_batches = [b for b in batches if any(s not in done_shards for s in b.shard_indices())]
-    known_fp: set[str] = set()
+    markers = ws.markers(array)
+    open_batches = [b for b in batches if any(s not in markers for s in b.shard_indices())]
+    known_fp: set[str] = set()  # in a done shard: stored, duplicate or quarantined for its content
+    pending_fp: set[str] = set()  # in a shard of an open batch: this run does it
     id_source: dict[str, str] = {}
     if family not in REPLACE_BY_ID:
         id_source = {i: e["source"] for i, e in item_table(ws, family).by_id.items()}
     for b in batches:
-        for shard in b.shards:
-            known_fp.update(s["fingerprint"] for s in shard)
+        for shard, sources in zip(b.shard_indices(), b.shards, strict=True):
+            m = markers.get(shard)
+            if m is None:
+                pending_fp.update(s["fingerprint"] for s in sources)
+                continue
+            # a file that was gone when its shard ran is not known: if it is back, it is new
+            gone = {e.get("fp") for e in m.get("entries", []) if e.get("status") == "missing"}
+            known_fp.update(s["fingerprint"] for s in sources if s["fingerprint"] not in gone)
     for b in open_batches:
-        for shard in b.shards:
-            id_source.update({SourceRef.from_dict(ref_fields(s)).id: s["source"] for s in shard})
+        for planned in b.shards:
+            id_source.update({SourceRef.from_dict(ref_fields(s)).id: s["source"] for s in planned})
     new: list[SourceRef] = []
     refused = list(listing.refused)
-    known = 0
+    known = resuming = 0
     for ref in listing.refs:
         if ref.fingerprint in known_fp:
             known += 1
+            continue
+        if ref.fingerprint in pending_fp:
+            resuming += 1
             continue
         other = id_source.get(ref.id)
         if other is not None and other != ref.source:
@@ -120,7 +131,7 @@ def plan_ingest(ws: Workspace, listing: Listing, family: str = FAMILY, array: st
             continue
         id_source[ref.id] = ref.source
         new.append(ref)
-    return IngestPlan(open_batches, new, known, refused, listing.skipped_names)
+    return IngestPlan(open_batches, new, known, resuming, refused, listing.skipped_names)
 
 
 def start_batches(
@@ -168,28 +179,42 @@ def shard_specs(ws: Workspace, batch: Batch, array: str = ARRAY) -> list[ShardSp
 def prepare_array(ws: Workspace, options: IngestOptions, length: int) -> None:
     """Create or grow ``corpus/images`` (single writer of the array's metadata: the flow)."""
     ws.ensure_config(image_size=options.size)
-    ws.require_array(ARRAY, image_spec(options.size), length)
+    ws.require_array(ARRAY, image_spec(options.size), length, owner=STAGE)
 
 
 class Unusable(Exception):
-    """A source that cannot be read for a reason that retrying will not change."""
+    """A source whose content cannot be used, for a reason that retrying will not change."""
+
+
+class Vanished(Exception):
+    """A source that was listed but is gone when its shard reads it (deleted or moved)."""
+
+
+class SourceReadError(OSError):
+    """Reading a source failed (EIO, a permission refused, a network fault): a fault of the
+    run, not of the file. The shard fails (retried when transient) and is done again by the
+    next run; the file is never quarantined for it."""
 
 
 def read_source(reader: SourceReader, ref: SourceRef, limit: int) -> bytes:
-    """The file's bytes; a vanished, unreadable or oversized file is :class:`Unusable`.
+    """The file's bytes.
 
-    Other errors (a network failure reading S3, say) propagate, so the task is retried
-    and the file is never quarantined for a fault that was not its own.
+    Refused content (oversized, not a regular file) is :class:`Unusable` and quarantined;
+    a file that is gone is :class:`Vanished` (recorded, not quarantined: if it comes back
+    it is ingested then); every other error propagates (as :class:`SourceReadError` for
+    I/O errors), so the shard fails and nothing is quarantined for a fault of the run.
     """
     try:
         return reader.read(ref, limit=limit)
     except ValueError as exc:
         raise Unusable(f"refused: {exc}") from None
-    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-        raise Unusable(f"unreadable: {exc.strerror or exc}") from None
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise Vanished(f"gone since it was listed: {exc.strerror or exc}") from None
+    except IsADirectoryError as exc:
+        raise Unusable(f"refused: {exc.strerror or exc}") from None
     except OSError as exc:
         if ref.kind in ("file", "tar"):
-            raise Unusable(f"unreadable: {exc.strerror or exc}") from None
+            raise SourceReadError(exc.errno, f"cannot read {ref.source}: {exc.strerror or exc}") from exc
         raise
 
 
@@ -232,6 +257,14 @@ def ingest_shard(spec: ShardSpec) -> ShardResult:
                 entry["sha256"] = hashlib.sha256(raw).hexdigest()
                 load_square_into(raw, data[j], opts.fit, opts.max_pixels, opts.min_size)
                 entry["status"] = "ok"
+            except SourceReadError:
+                raise  # a fault of the run: the shard fails (and is done again), the file is not judged
+            except Vanished as exc:
+                log.warning("%s: %s; it is ingested when it is there again", ref.source, exc)
+                entry.update(status="missing", reason=str(exc))
+                holes.append(j)
+                entries.append(entry)
+                continue
             except Unusable as exc:
                 reason = str(exc)
             except BadImage as exc:

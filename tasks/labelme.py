@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 import math
 import os
@@ -25,9 +24,12 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from tasks.imageio import DEFAULT_MAX_PIXELS, BadImage, load_rgb
+from storage.sources import NotRegularFile, read_regular_file
+from tasks.imageio import DEFAULT_MAX_PIXELS, BadImage, load_rgb, open_image
 
 IGNORE = 255
+DEFAULT_MAX_BYTES = 200_000_000
+"""The largest image file an ``imagePath`` may name, in bytes (``LabelmeOptions.max_bytes``)."""
 SHAPE_POINTS = {"rectangle": 2, "circle": 2, "line": 2, "point": 1, "mask": 2}
 
 
@@ -146,11 +148,21 @@ def clip_polygon(xy: Sequence[tuple[float, float]], width: int, height: int) -> 
 
 
 def _mask_patch(height: int, width: int, xy: list[tuple[float, float]], mask_b64: str | None) -> np.ndarray:
-    """A ``mask`` shape: a PNG patch (base64) placed at its box's top-left corner."""
-    if not mask_b64:
+    """A ``mask`` shape: a PNG patch (base64) placed at its box's top-left corner.
+
+    The patch is the box cut out of the image, so it is never larger than the image: its
+    header is checked against the image's size before any pixel is decoded (a few bytes of
+    base64 can otherwise claim 16000 x 16000).
+    """
+    if not isinstance(mask_b64, str) or not mask_b64:
         raise LabelmeError("a mask shape has no mask data")
     try:
-        patch = np.asarray(Image.open(io.BytesIO(base64.b64decode(mask_b64, validate=True))).convert("L")) > 0
+        im = open_image(base64.b64decode(mask_b64, validate=True), height * width, fit_in=(width, height))
+        patch = np.asarray(im.convert("L")) > 0
+    except BadImage as exc:
+        if str(exc).startswith("decompression bomb"):
+            raise LabelmeError(f"a mask shape's patch must fit in its {width}x{height} image: {exc}") from None
+        raise LabelmeError(f"a mask shape's data is not a base64 PNG: {exc}") from None
     except (binascii.Error, OSError, ValueError) as exc:
         raise LabelmeError(f"a mask shape's data is not a base64 PNG: {exc}") from None
     out = np.zeros((height, width), dtype=bool)
@@ -213,8 +225,14 @@ def read_annotation(
     root: str,
     ids: Mapping[str, int],
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Annotation:
-    """Read one labelme file (its bytes, its path, the folder it must stay inside)."""
+    """Read one labelme file (its bytes, its path, the folder it must stay inside).
+
+    Every decode is bounded by ``max_pixels`` (the image, embedded or not, and each mask
+    patch, which must also fit in the image); an ``imagePath`` is read only if it is a
+    regular file of at most ``max_bytes``.
+    """
     try:
         doc = json.loads(raw_json)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -222,7 +240,7 @@ def read_annotation(
     if not isinstance(doc, dict) or "shapes" not in doc or not ("imagePath" in doc or "imageData" in doc):
         raise LabelmeError("not a labelme file: needs shapes and imagePath or imageData")
     shapes = _validate_shapes(doc, ids)
-    image_bytes = _image_bytes(doc, json_path, root)
+    image_bytes = _image_bytes(doc, json_path, root, max_bytes)
     try:
         image = np.asarray(load_rgb(image_bytes, max_pixels))
     except BadImage as exc:
@@ -234,7 +252,7 @@ def read_annotation(
     return Annotation(image, shapes_to_mask(shapes, h, w, ids), image_bytes)
 
 
-def _image_bytes(doc: dict[str, Any], json_path: str, root: str) -> bytes:
+def _image_bytes(doc: dict[str, Any], json_path: str, root: str, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
     data = doc.get("imageData")
     if data:
         try:
@@ -252,12 +270,20 @@ def _image_bytes(doc: dict[str, Any], json_path: str, root: str) -> bytes:
     if os.path.commonpath([real_root, target]) != real_root:
         raise LabelmeError(f"imagePath {rel!r} leads outside the folder")
     try:
-        with open(target, "rb") as f:
-            return f.read()
+        return read_regular_file(target, max_bytes)
+    except NotRegularFile as exc:
+        raise LabelmeError(f"imagePath {rel!r} refused: {exc}") from None
+    except ValueError as exc:  # over the limit
+        raise LabelmeError(f"image {rel} refused: {exc}") from None
     except FileNotFoundError:
         raise LabelmeError(f"missing image: {rel}") from None
-    except OSError as exc:
-        raise LabelmeError(f"unreadable image {rel}: {exc.strerror or exc}") from None
+    except OSError as exc:  # EIO, a permission refused: a fault of the run, not of the annotation
+        raise ImageReadError(exc.errno, f"cannot read image {rel}: {exc.strerror or exc}") from exc
+
+
+class ImageReadError(OSError):
+    """Reading an annotation's image failed for a reason outside the file's content (I/O, permissions):
+    the shard fails and is done again; the annotation is not quarantined for it."""
 
 
 def polygons_to_json(

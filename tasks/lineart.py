@@ -144,7 +144,9 @@ def prepare_array(ws: Workspace, method: str) -> None:
     """Create or grow ``corpus/lineart/<method>`` to the corpus's length."""
     length = ws.length(IMAGES)
     size = int(ws.array(IMAGES).shape[1])
-    ws.require_array(array_name(method), ArraySpec((size, size), "uint8", ("y", "x"), 255), length)
+    ws.require_array(
+        array_name(method), ArraySpec((size, size), "uint8", ("y", "x"), 255), length, owner="render-lineart"
+    )
 
 
 def _artline(ws: Workspace, checkpoint: str, device: str) -> tuple[Any, Any]:
@@ -175,7 +177,7 @@ def lineart_shard(spec: LineartShardSpec) -> ShardResult:
     one_thread_per_worker()
     ws = Workspace(spec.workspace)
     array = array_name(spec.method)
-    if ws.is_done(array, spec.shard, spec.version):
+    if ws.is_done(array, spec.shard, spec.version, live=spec.slots):
         return ShardResult(array, spec.shard, skipped=True)
     t0 = time.perf_counter()
     start = spec.shard * ws.shard_size
@@ -196,7 +198,7 @@ def lineart_shard(spec: LineartShardSpec) -> ShardResult:
             for j, img in zip(rows, images, strict=True):
                 out[j] = render(spec.method, img)
     ws.write_shard(array, spec.shard, out, sorted(set(range(n)) - set(live)))
-    ws.write_marker(array, spec.shard, spec.version, checkpoint=spec.checkpoint or None)
+    ws.write_marker(array, spec.shard, spec.version, live=spec.slots, checkpoint=spec.checkpoint or None)
     dt = time.perf_counter() - t0
     log.info("lineart %s shard %d: %d images in %.1f s", spec.method, spec.shard, len(live), dt)
     return ShardResult(array, spec.shard, False, len(live), 0, dt)

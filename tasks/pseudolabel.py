@@ -110,9 +110,9 @@ def prepare_arrays(ws: Workspace, confidence_map: bool = False) -> None:
     """Create or grow ``corpus/masks`` and ``corpus/confidence`` to the corpus's length."""
     length = ws.length(IMAGES)
     size = int(ws.array(IMAGES).shape[1])
-    ws.require_array(MASKS, mask_spec(size), length)
+    ws.require_array(MASKS, mask_spec(size), length, owner="pseudolabel")
     if confidence_map:
-        ws.require_array(CONFIDENCE_MAP, mask_spec(size), length)
+        ws.require_array(CONFIDENCE_MAP, mask_spec(size), length, owner="pseudolabel")
     if not ws.has_array(CONFIDENCE):
         ws.group().create_array(
             CONFIDENCE,
@@ -251,7 +251,7 @@ def read_ahead(read: Callable[[T], np.ndarray], batches: list[T], threads: int) 
 
 def pseudolabel_shard(spec: PseudolabelShardSpec) -> ShardResult:
     ws = Workspace(spec.workspace)
-    if ws.is_done(MASKS, spec.shard, spec.version):
+    if ws.is_done(MASKS, spec.shard, spec.version, live=spec.slots):
         return ShardResult(MASKS, spec.shard, skipped=True)
     t0 = time.perf_counter()
     opts = PseudolabelOptions(**spec.options)
@@ -280,7 +280,7 @@ def pseudolabel_shard(spec: PseudolabelShardSpec) -> ShardResult:
         ws.write_marker(CONFIDENCE_MAP, spec.shard, spec.version)
     ws.write_shard(CONFIDENCE, spec.shard, conf)
     ws.write_marker(CONFIDENCE, spec.shard, spec.version)
-    ws.write_marker(MASKS, spec.shard, spec.version, checkpoint=spec.checkpoint)
+    ws.write_marker(MASKS, spec.shard, spec.version, live=spec.slots, checkpoint=spec.checkpoint)
     dt = time.perf_counter() - t0
     log.info("pseudolabel shard %d: %d images in %.1f s (%s)", spec.shard, len(live), dt, engine)
     return ShardResult(MASKS, spec.shard, False, len(live), 0, dt)

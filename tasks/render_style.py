@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from storage.workspace import ArraySpec, Workspace
+from storage.workspace import ArraySpec, Workspace, check_name
 from tasks.ingest import ShardResult
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ _MODELS: dict[str, Any] = {}
 
 
 def array_name(name: str) -> str:
-    return f"corpus/styled/{name}"
+    return f"corpus/styled/{check_name(name, 'style name (--name)')}"
 
 
 def style_version(method: str, params: dict[str, Any], digest: str = "") -> str:
@@ -58,7 +58,9 @@ class StyleShardSpec:
 def prepare_array(ws: Workspace, name: str) -> None:
     length = ws.length(IMAGES)
     size = int(ws.array(IMAGES).shape[1])
-    ws.require_array(array_name(name), ArraySpec((size, size, 3), "uint8", ("y", "x", "rgb"), 0), length)
+    ws.require_array(
+        array_name(name), ArraySpec((size, size, 3), "uint8", ("y", "x", "rgb"), 0), length, owner="render-style"
+    )
 
 
 def store_style_image(ws: Workspace, data: bytes, suffix: str) -> str:
@@ -134,7 +136,7 @@ def style_shard(spec: StyleShardSpec) -> ShardResult:
     one_thread_per_worker()
     ws = Workspace(spec.workspace)
     array = array_name(spec.name)
-    if ws.is_done(array, spec.shard, spec.version):
+    if ws.is_done(array, spec.shard, spec.version, live=spec.slots):
         return ShardResult(array, spec.shard, skipped=True)
     t0 = time.perf_counter()
     start = spec.shard * ws.shard_size
@@ -145,7 +147,7 @@ def style_shard(spec: StyleShardSpec) -> ShardResult:
     if live:
         out[live] = render_images(ws, spec, ws.read_items(IMAGES, spec.slots), live)
     ws.write_shard(array, spec.shard, out, sorted(set(range(n)) - set(live)))
-    ws.write_marker(array, spec.shard, spec.version, method=spec.method, params=spec.params)
+    ws.write_marker(array, spec.shard, spec.version, live=spec.slots, method=spec.method, params=spec.params)
     dt = time.perf_counter() - t0
     log.info("style %s (%s) shard %d: %d images in %.1f s", spec.name, spec.method, spec.shard, len(live), dt)
     return ShardResult(array, spec.shard, False, len(live), 0, dt)

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch.nn import functional as F
 
 from models.registry import create
-from storage.checkpoints import load_checkpoint, save_checkpoint
+from storage.checkpoints import load_checkpoint, save_checkpoint, set_tags
 from storage.items import item_table
 from storage.workspace import IGNORE_INDEX, Workspace, WorkspaceError
 from tasks.augment import validation_split
@@ -220,6 +220,27 @@ def run_key(opts: TrainOptions, split: Split, classes: list[str], size: int) -> 
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
+def name_of(key: str, epoch: int) -> str:
+    """The checkpoint of epoch ``epoch`` (0-based) of run ``key``."""
+    return f"{key[:8]}-epoch-{epoch + 1:04d}"
+
+
+def drop_stale_state(ws: Workspace, state_key: str, keep: str) -> None:
+    """Delete optimiser states other than the one the train state names (one epoch's, at most)."""
+    for k in ws.loc.list(state_key):
+        if k.rsplit("/", 1)[-1].startswith("optimizer") and k != keep:
+            ws.loc.delete(k)
+
+
+def repair_tags(ws: Workspace, meta: dict[str, Any]) -> None:
+    """Point ``latest`` and ``best`` where the train state says (a run killed after its state
+    was written but before its tags moved)."""
+    if meta.get("checkpoint"):
+        set_tags(ws, MODEL_DIR, str(meta["checkpoint"]), ("latest",))
+    if meta.get("best_checkpoint"):
+        set_tags(ws, MODEL_DIR, str(meta["best_checkpoint"]), ("best",))
+
+
 def train_unet(
     ws: Workspace,
     opts: TrainOptions,
@@ -249,11 +270,16 @@ def train_unet(
     steps = -(-len(train_x) // opts.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=opts.lr, total_steps=opts.epochs * steps)
     start, best = 0, -1.0
+    best_checkpoint: str | None = None
     state_key = f"models/{MODEL_DIR}/train-state"
     if ws.loc.exists(f"{state_key}/meta.json"):
         meta = ws.loc.read_json(f"{state_key}/meta.json")
+        if meta.get("run") == key:
+            repair_tags(ws, meta)
+            if meta.get("optimizer"):
+                drop_stale_state(ws, state_key, str(meta["optimizer"]))
         if meta.get("run") == key and meta["epoch"] >= opts.epochs:
-            last = load_checkpoint(ws, MODEL_DIR, "latest").metrics
+            last = load_checkpoint(ws, MODEL_DIR, meta.get("checkpoint", "latest")).metrics
             log.info("train-unet: run %s already finished its %d epochs; nothing to do", key, opts.epochs)
             return {
                 "run": key,
@@ -267,10 +293,14 @@ def train_unet(
                 "already_done": True,
             }
         if meta.get("run") == key:
-            ckpt = load_checkpoint(ws, MODEL_DIR, "latest")
+            # The state names its own checkpoint and optimiser file: a run killed between
+            # writes resumes from one consistent epoch, whatever the tags said.
+            ckpt = load_checkpoint(ws, MODEL_DIR, meta.get("checkpoint", "latest"))
             model.load_state_dict(load(ckpt.weights))
-            start = _load_state(optimizer, scheduler, ws.loc.read_bytes(f"{state_key}/optimizer.safetensors"), meta)
+            opt_key = meta.get("optimizer", f"{state_key}/optimizer.safetensors")
+            start = _load_state(optimizer, scheduler, ws.loc.read_bytes(opt_key), meta)
             best = float(meta.get("best", -1.0))
+            best_checkpoint = meta.get("best_checkpoint")
             log.info("resuming train-unet at epoch %d of %d (run %s)", start + 1, opts.epochs, key)
     history: list[dict[str, Any]] = []
     metrics: dict[str, Any] = {}
@@ -304,7 +334,8 @@ def train_unet(
         miou = float(metrics.get("miou", -total))
         tags = ("latest", "best") if miou > best else ("latest",)
         best = max(best, miou)
-        name = f"{key[:8]}-epoch-{epoch + 1:04d}"  # runs never overwrite each other
+        best_checkpoint = name_of(key, epoch) if "best" in tags else best_checkpoint
+        name = name_of(key, epoch)  # runs never overwrite each other
         config = {
             "model": opts.model,
             "num_classes": len(classes),
@@ -317,12 +348,19 @@ def train_unet(
             "encoder_weights": opts.encoder_weights,
         }
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_checkpoint(ws, MODEL_DIR, name, save(state), config, metrics, tags=tags)
+        # Order: the checkpoint and its optimiser state (new keys, invisible until named),
+        # then the train state that names them (the commit), then the tags.
+        digest = save_checkpoint(ws, MODEL_DIR, name, save(state), config, metrics, tags=())
         if len(val_x):
             ws.loc.write_bytes(f"models/{MODEL_DIR}/{name}/validation.png", _preview(val_x, val_y, preds))
         blob, meta = _state_bytes(optimizer, scheduler, epoch + 1)
-        ws.loc.write_bytes(f"{state_key}/optimizer.safetensors", blob)
-        ws.loc.write_json(f"{state_key}/meta.json", {**meta, "run": key, "best": best})
+        opt_key = f"{state_key}/optimizer-{epoch + 1:04d}.safetensors"
+        ws.loc.write_bytes(opt_key, blob)
+        state_meta = {**meta, "run": key, "best": best, "checkpoint": name, "optimizer": opt_key}
+        state_meta["best_checkpoint"] = best_checkpoint
+        ws.loc.write_json(f"{state_key}/meta.json", state_meta)
+        set_tags(ws, MODEL_DIR, name, tags, digest)
+        drop_stale_state(ws, state_key, opt_key)
         history.append(metrics)
         log.info("epoch %d/%d: %s", epoch + 1, opts.epochs, {k: v for k, v in metrics.items() if k != "iou"})
         if on_epoch:

@@ -25,7 +25,10 @@ def workspace_status(ws: Workspace) -> dict[str, Any]:
             tables[family] = item_table(ws, family)
         table = tables[family]
         if name == f"{family}/images":
-            stages[name] = {"done": len(table), "total": len(table)}
+            # planned but not yet stored (a killed or running ingestion) is not done
+            stages[name] = {"done": len(table), "total": len(table) + table.pending}
+            if table.pending:
+                stages[name]["pending"] = table.pending
             continue
         marked = set(ws.markers(name))
         s = ws.shard_size
@@ -97,6 +100,8 @@ def status_lines(status: dict[str, Any]) -> list[str]:
             extra = f"  held-out palette accuracy {st['palette_accuracy']:.3f}"
         if "f1" in st:
             extra = f"  held-out line F1 {st['f1']:.3f}"
+        if st.get("pending"):
+            extra = f"  {st['pending']} planned, not stored yet: run the ingestion again to finish"
         if "semantic_miou" in st:
             extra = f"  step {st.get('step')}, semantic mIoU {st['semantic_miou']:.3f}"
         lines.append(f"{name:<28} {st['done']:>9} {st['total']:>9}  {pct:6.1f}%{extra}")

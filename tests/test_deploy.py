@@ -36,8 +36,10 @@ WORK_POOL = "mangaka"
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "0.0.0.0"}
 AWS_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")
 
-# Compose interpolation: ${VAR}, ${VAR:-default}, ${VAR-default}; $$ is a literal $.
-_COMPOSE_VAR = re.compile(r"\$\{(?P<name>\w+)(?:(?P<sep>:?-)(?P<default>[^}]*))?\}")
+# Compose interpolation: ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error};
+# $$ is a literal $.
+_COMPOSE_VAR = re.compile(r"\$\{(?P<name>\w+)(?:(?P<sep>:?[-?])(?P<default>[^}]*))?\}")
+_CREDENTIAL = re.compile(r"SECRET|PASSWORD|ACCESS_KEY|ROOT_USER|TOKEN")
 _URL = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s\"'`]+")
 
 
@@ -61,10 +63,16 @@ def _walk_strings(obj: Any) -> Iterator[str]:
             yield from _walk_strings(v)
 
 
+def _substitute(m: re.Match[str]) -> str:
+    if m["sep"] and m["sep"].endswith("?"):  # required: what the operator sets, here a stand-in
+        return f"<{m['name']}>"
+    return m["default"] or ""
+
+
 def _interpolate(obj: Any) -> Any:
-    """What compose makes of the file with no variable set: every default."""
+    """What compose makes of the file with no variable set: every default (``<VAR>`` for required ones)."""
     if isinstance(obj, str):
-        return _COMPOSE_VAR.sub(lambda m: m["default"] or "", obj.replace("$$", "\0")).replace("\0", "$")
+        return _COMPOSE_VAR.sub(_substitute, obj.replace("$$", "\0")).replace("\0", "$")
     if isinstance(obj, dict):
         return {_interpolate(k): _interpolate(v) for k, v in obj.items()}
     if isinstance(obj, list):
@@ -128,15 +136,46 @@ def test_every_yaml_file_parses() -> None:
 # -- docker compose ----------------------------------------------------------------------
 
 
-def test_compose_variables_have_placeholder_defaults() -> None:
-    """``docker compose up`` works with nothing set, and no default is a real secret."""
+def test_compose_variables_have_harmless_defaults_and_credentials_none() -> None:
+    """Settings default to something harmless; credentials have no default: compose refuses
+    to start until the operator sets them (``${VAR:?message}``)."""
     text = COMPOSE.read_text()
     found = list(_COMPOSE_VAR.finditer(text.replace("$$", "")))
     assert found
+    required = set()
     for m in found:
-        assert m["sep"] == ":-", f"${{{m['name']}}} has no default"
-        if re.search("SECRET|PASSWORD|ACCESS_KEY", m["name"]):
-            assert "dev-only" in m["default"], f"{m['name']} defaults to {m['default']!r}"
+        if _CREDENTIAL.search(m["name"]):
+            assert m["sep"] == ":?", f"${{{m['name']}}} must be required (${{{m['name']}:?...}}), not defaulted"
+            assert m["name"] in m["default"], f"the error of ${{{m['name']}}} should name it"
+            required.add(m["name"])
+        else:
+            assert m["sep"] == ":-", f"${{{m['name']}}} has no default"
+    assert required == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "POSTGRES_PASSWORD"}
+
+
+def test_compose_holds_no_credential_and_publishes_ports_on_loopback_only() -> None:
+    raw = _load(COMPOSE)
+    # no credential literal: every credential-like setting is a required variable
+    for name, svc in raw["services"].items():
+        for key, value in _env(svc).items():
+            if _CREDENTIAL.search(key):
+                assert re.fullmatch(r"\$\{\w+:\?[^}]*\}", value), f"{name}: {key} is a literal ({value!r})"
+            for m in _COMPOSE_VAR.finditer(value):
+                if _CREDENTIAL.search(m["name"]):
+                    assert m["sep"] == ":?", f"{name}: {key} has a default credential"
+    text = COMPOSE.read_text()
+    for literal in ("dev-only", "minioadmin", "changeme", "password123"):
+        assert literal not in text, literal
+    # every published port is bound to one address, 127.0.0.1 unless the operator says otherwise
+    published = 0
+    for name, svc in _interpolate(raw)["services"].items():
+        for port in svc.get("ports") or ():
+            assert isinstance(port, str), f"{name}: use the short syntax HOST_IP:PORT:PORT ({port!r})"
+            parts = port.split(":")
+            assert len(parts) == 3, f"{name}: {port!r} publishes on all interfaces"
+            assert parts[0] == "127.0.0.1", f"{name}: {port!r} is not bound to 127.0.0.1"
+            published += 1
+    assert published == 4
 
 
 def test_compose_references_only_defined_services(services: dict[str, dict[str, Any]]) -> None:

@@ -53,3 +53,16 @@ def test_augment_multiplies_and_redoes_only_what_changed(cluster: str, tmp_path:
     r = augment(workspace=ws_url, options=AugmentOptions(multiplier=2))
     length = item_table(ws, "annotated").length
     assert r["augmented_items"] == 10 and ws.array("augmented/images").shape[0] == 2 * length
+
+
+def test_a_multiplier_over_the_shard_size_fills_every_shard(cluster: str, tmp_path: Path) -> None:
+    write_synth_shard(str(tmp_path / "s"), seed=9, size=32, start=0, stop=3, annotated=3)
+    ws_url = str(tmp_path / "ws")
+    ingest_labelme(workspace=ws_url, src=str(tmp_path / "s" / "labelme"), options=LabelmeOptions(size=32), shard_size=4)
+    r = augment(workspace=ws_url, options=AugmentOptions(multiplier=10, seed=1))
+    assert r["augmented_items"] == 30 and r["shards"] == 8  # 30 slots over shards 0..7, none skipped
+    ws = Workspace(ws_url)
+    assert sorted(ws.markers("augmented/images")) == list(range(8))
+    images = ws.array("augmented/images")
+    for i, e in item_table(ws, "augmented").by_id.items():  # every variant written, not left blank
+        assert images[e["slot"]].any(), i

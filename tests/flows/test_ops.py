@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import errno
+import inspect
+import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -10,8 +14,9 @@ from prefect import flow
 
 from flows.ingest import ingest_images
 from flows.lineart import render_lineart
-from flows.ops import is_transient, shard_task
-from storage.lease import LeaseHeld, WorkspaceLease
+from flows.ops import LEASE_TTL_ENV, is_transient, mangaka_flow, shard_task
+from flows.shards import run_shards
+from storage.lease import LeaseHeld, LeaseLost, WorkspaceLease, generation_key, generations
 from storage.workspace import Workspace
 from tasks.ingest import IngestOptions
 from tasks.synth import write_synth_shard
@@ -41,6 +46,112 @@ def test_transient_errors_are_told_from_permanent_ones() -> None:
     assert not is_transient(FileNotFoundError("missing.png"))
     assert not is_transient(FileNotFoundError("s11-000503.jpg"))  # a name is not a status
     assert not is_transient(RuntimeError("shard 500 of corpus/masks failed: KeyError"))
+    # a lost lease is permanent however it is worded, and whatever caused the loss
+    try:
+        try:
+            raise ConnectionResetError("connection reset")
+        except ConnectionResetError as inner:
+            raise LeaseLost("the x lease was not renewed: connection timed out") from inner
+    except LeaseLost as lost:
+        assert not is_transient(lost)
+
+
+def test_shard_tasks_keep_their_signature_and_take_a_fence() -> None:
+    @shard_task("sig-shard")
+    def f(spec: int, scale: int = 2) -> int:
+        return spec * scale
+
+    params = inspect.signature(f.fn).parameters
+    assert list(params) == ["spec", "scale", "fence"]
+    assert params["fence"].kind is inspect.Parameter.KEYWORD_ONLY and params["fence"].default is None
+    assert f.fn(3) == 6 and f.fn(3, scale=3, fence=None) == 9
+
+
+def _take_over(ws: Workspace, name: str, when: Path, then: Path | None = None) -> threading.Thread:
+    """Once ``when`` exists, create the next generation of lease ``name`` as another run would."""
+
+    def run() -> None:
+        deadline = time.monotonic() + 120
+        while not when.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        top = max(generations(ws.loc, name))
+        body = {"token": "the-other-run", "run": "the other run", "host": "elsewhere", "pid": 1, "released": False}
+        assert ws.loc.create_json(generation_key(name, top + 1), body)
+        if then is not None:
+            then.touch()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_run_whose_lease_was_taken_over_fails_at_its_next_marker_write(cluster: str, tmp_path: Path) -> None:
+    ws = Workspace(str(tmp_path / "ws"))
+    ws.ensure_config(shard_size=4)
+    calls, taken = tmp_path / "calls", tmp_path / "taken"
+    calls.mkdir()
+
+    @shard_task("two-markers-shard")
+    def two_markers(spec: tuple[str, str, str]) -> int:
+        url, calls_dir, taken_flag = spec
+        Path(calls_dir, f"call-{time.time_ns()}").touch()
+        w = Workspace(url)
+        w.write_marker("corpus/images", 0, "v1")  # the lease is this run's: written
+        deadline = time.monotonic() + 60
+        while not os.path.exists(taken_flag) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        w.write_marker("corpus/images", 1, "v1")  # taken over meanwhile: refused
+        return 1
+
+    @mangaka_flow("fence-test")
+    def fenced(workspace: str, calls_dir: str, taken_flag: str) -> list[int]:
+        return run_shards(two_markers, [(workspace, calls_dir, taken_flag)], "fence-test")
+
+    marker0 = tmp_path / "ws" / "_meta" / "markers" / "corpus" / "images" / "000000.json"
+    thief = _take_over(ws, "fence-test", when=marker0, then=taken)
+    with pytest.raises(LeaseLost, match="taken over by generation 2"):
+        fenced(workspace=ws.url, calls_dir=str(calls), taken_flag=str(taken))
+    thief.join(timeout=30)
+    assert sorted(ws.markers("corpus/images")) == [0]
+    assert len(list(calls.iterdir())) == 1  # a lost lease is not retried
+    held = WorkspaceLease(ws.loc, "fence-test").current()
+    assert held is not None and held["token"] == "the-other-run"  # the loser did not release it
+
+
+def test_a_run_that_lost_its_lease_stops_waiting_for_its_shards(
+    cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(LEASE_TTL_ENV, "1.2")  # renewed every 0.3 s: the loss is seen within a beat
+    ws = Workspace(str(tmp_path / "ws"))
+    ws.ensure_config(shard_size=4)
+    started, release = tmp_path / "started", tmp_path / "release"
+
+    @shard_task("stuck-shard")
+    def stuck(spec: tuple[str, str, str]) -> int:
+        url, started_flag, release_flag = spec
+        Path(started_flag).touch()
+        deadline = time.monotonic() + 60
+        while not os.path.exists(release_flag) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        Workspace(url).write_marker("corpus/images", 5, "v1")
+        return 1
+
+    @mangaka_flow("stuck-test")
+    def stuck_flow(workspace: str, started_flag: str, release_flag: str) -> list[int]:
+        return run_shards(stuck, [(workspace, started_flag, release_flag)], "stuck-test")
+
+    thief = _take_over(ws, "stuck-test", when=started)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(LeaseLost, match="taken over"):
+            stuck_flow(workspace=ws.url, started_flag=str(started), release_flag=str(release))
+        assert time.monotonic() - t0 < 30  # did not wait for the stuck shard
+        assert not release.exists()
+    finally:
+        release.touch()
+        thief.join(timeout=30)
+    time.sleep(2)  # the shard, let go, meets the fence at its write
+    assert ws.markers("corpus/images") == {}
 
 
 def test_shard_tasks_retry_transient_errors_and_not_permanent_ones(cluster: str, tmp_path: Path) -> None:

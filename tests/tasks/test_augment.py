@@ -64,3 +64,14 @@ def test_validation_split_is_by_parent_and_stable() -> None:
     train2, val2 = validation_split([*ids, "new-1", "new-2"], 0.1, seed=0)
     assert set(val) <= set(val2)  # adding items never moves an old one across the split
     assert validation_split(["only"], 0.1)[1] == ["only"]
+
+
+def test_every_shard_of_a_parent_is_planned_when_the_multiplier_exceeds_the_shard_size() -> None:
+    from tasks.augment import shards_of_parents
+
+    parents = {"a": {"slot": 0, "sha256": "h0"}, "b": {"slot": 2, "sha256": "h2"}}
+    plan = shards_of_parents(parents, multiplier=16, shard_size=4)  # a: slots 0-15, b: slots 32-47
+    assert sorted(plan) == [0, 1, 2, 3, 8, 9, 10, 11]
+    assert plan[1] == [(0, "a", "h0")] and plan[9] == [(2, "b", "h2")]
+    plan = shards_of_parents(parents, multiplier=3, shard_size=4)  # a: 0-2, b: 6-8 (spans shards 1 and 2)
+    assert plan == {0: [(0, "a", "h0")], 1: [(2, "b", "h2")], 2: [(2, "b", "h2")]}

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.imageio import BadImage, encode_png, load_square, to_rgb
-from tests.conftest import HOSTILE, gradient, jpeg_bytes, png_bytes
+from tasks.imageio import BadImage, encode_png, load_square, open_image, to_rgb
+from tests.conftest import HOSTILE, gradient, jpeg_bytes, png_bytes, png_header_only
 
 
 def test_rgb_jpeg_is_cropped_and_resized() -> None:
@@ -140,3 +140,53 @@ def test_direct_jpeg_path_equals_the_general_path() -> None:
     load_square_into(rotated, out)  # orientation 3 = 180 degrees: the general path applies it
     assert np.abs(out.astype(int) - load_square(rotated, 64).astype(int)).max() == 0
     assert np.abs(out[::-1, ::-1].astype(int) - direct.astype(int)).mean() < 3
+
+
+# -- hostile formats and sizes (issue 18, items 9 and 13) -------------------------------------------
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\nnewpath 0 0 moveto 64 64 lineto stroke\nshowpage\n%%EOF\n"
+
+
+def test_an_eps_named_jpg_never_reaches_ghostscript(monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import EpsImagePlugin
+
+    called = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *a, **k: called.append(a))
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", "gs")  # as on a machine that has it
+    with pytest.raises(BadImage, match="not an image: unrecognised format .*EPS.* not an allowed format"):
+        load_square(EPS, 32)
+    assert called == []
+
+
+@pytest.mark.parametrize("fmt", ["PCX", "TGA", "ICO", "PPM", "SGI"])
+def test_formats_outside_the_allow_list_are_not_images(fmt: str) -> None:
+    """Pillow can decode these; mangaka refuses them whatever they are named."""
+    buf = io.BytesIO()
+    Image.fromarray(gradient(32, 32)).save(buf, format=fmt)
+    with pytest.raises(BadImage, match="not an image: unrecognised format"):
+        load_square(buf.getvalue(), 16)
+    with pytest.raises(BadImage, match="mangaka opens JPEG, PNG, WEBP, BMP, GIF, TIFF"):
+        open_image(buf.getvalue())
+
+
+def test_a_phone_jpeg_with_extra_frames_opens_as_jpeg() -> None:
+    im = Image.fromarray(gradient(32, 32))
+    buf = io.BytesIO()
+    im.save(buf, format="MPO", save_all=True, append_images=[im.copy()])
+    assert open_image(buf.getvalue()).format == "MPO"
+    assert load_square(buf.getvalue(), 16).shape == (16, 16, 3)
+
+
+def test_open_image_checks_the_header_and_leaves_pillow_alone() -> None:
+    import tasks.imageio
+
+    assert Image.MAX_IMAGE_PIXELS is not None and tasks.imageio.Image.MAX_IMAGE_PIXELS == Image.MAX_IMAGE_PIXELS
+    with pytest.raises(BadImage, match="7100x7100 = 50410000 pixels exceeds the limit of 50000000"):
+        open_image(png_header_only(7100, 7100))
+    with pytest.raises(BadImage, match="decompression bomb refused"):  # past Pillow's own ceiling too
+        open_image(png_header_only(16000, 16000))
+    with pytest.raises(BadImage, match="5000x3000 does not fit in 6000x2000"):
+        open_image(png_header_only(5000, 3000), fit_in=(6000, 2000))
+    # a limit above Pillow's warning band is ours to set: a 100 MP header opens, not decoded
+    assert open_image(png_header_only(10000, 10000), max_pixels=200_000_000).size == (10000, 10000)
+    with pytest.raises(BadImage, match="empty"):
+        open_image(b"")

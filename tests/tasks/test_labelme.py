@@ -23,7 +23,7 @@ from tasks.labelme import (
     shapes_to_mask,
 )
 from tasks.synth import draw_portrait
-from tests.conftest import gradient, png_bytes
+from tests.conftest import gradient, png_bytes, png_header_only
 
 IDS = class_ids(DEFAULT_CLASSES)
 
@@ -194,3 +194,47 @@ def test_image_bytes_are_kept_for_hashing(folder: Path) -> None:
     raw = json.dumps(d).encode()
     ann = read_annotation(raw, str(folder / "a.json"), str(folder), IDS)
     assert Image.open(io.BytesIO(ann.image_bytes)).size == (60, 40)
+
+
+# -- hostile files found by the audit (issue 18, items 9 and 10) ------------------------------------
+def test_a_mask_patch_bomb_is_refused_from_its_header(folder: Path) -> None:
+    """42 bytes of PNG claiming 16000 x 16000: refused before decoding, like any larger patch."""
+    bomb = base64.b64encode(png_header_only(16000, 16000)).decode()
+    with pytest.raises(LabelmeError, match="mask shape's patch must fit in its 60x40 image: decompression bomb"):
+        read(folder, doc([poly("skin", [[0, 0], [5, 5]], "mask", mask=bomb)]))
+    wide = base64.b64encode(png_bytes(Image.new("L", (61, 4), 1))).decode()  # real, one column too wide
+    with pytest.raises(LabelmeError, match="61x4 does not fit in 60x40"):
+        read(folder, doc([poly("skin", [[0, 0], [60, 3]], "mask", mask=wide)]))
+    whole = base64.b64encode(png_bytes(Image.new("L", (60, 40), 1))).decode()  # the whole image: fine
+    assert (read(folder, doc([poly("skin", [[0, 0], [59, 39]], "mask", mask=whole)])) == 1).all()
+
+
+def test_embedded_image_data_is_bounded_by_the_pixel_limit(tmp_path: Path) -> None:
+    bomb = base64.b64encode(png_header_only(16000, 16000)).decode()
+    d = doc([poly("hair", [[0, 0], [10, 0], [10, 10]])], image="nowhere.png", imageData=bomb)
+    with pytest.raises(LabelmeError, match="image: decompression bomb"):
+        read(tmp_path, d)
+    data = base64.b64encode(png_bytes(Image.fromarray(gradient(40, 60)))).decode()
+    raw = json.dumps(doc([poly("hair", [[0, 0], [10, 0], [10, 10]])], imageData=data)).encode()
+    with pytest.raises(LabelmeError, match="exceeds the limit of 2399"):
+        read_annotation(raw, str(tmp_path / "a.json"), str(tmp_path), IDS, max_pixels=2399)
+
+
+@pytest.mark.timeout(60)
+def test_an_image_path_that_is_a_fifo_is_refused_without_blocking(folder: Path) -> None:
+    import os
+
+    os.mkfifo(folder / "pipe.png")
+    with pytest.raises(LabelmeError, match="imagePath 'pipe.png' refused: not a regular file but a FIFO"):
+        read(folder, doc([poly("skin", [[0, 0], [10, 0], [10, 10]])], image="pipe.png"))
+    with pytest.raises(LabelmeError, match="imagePath '.' refused: not a regular file but a folder"):
+        read(folder, doc([poly("skin", [[0, 0], [10, 0], [10, 10]])], image="."))
+
+
+def test_an_image_path_is_read_up_to_max_bytes(folder: Path) -> None:
+    d = doc([poly("skin", [[0, 0], [10, 0], [10, 10]])])
+    raw = json.dumps(d).encode()
+    size = (folder / "img.png").stat().st_size
+    with pytest.raises(LabelmeError, match=f"image img.png refused: file is {size} bytes, over the {size - 1}-byte"):
+        read_annotation(raw, str(folder / "a.json"), str(folder), IDS, max_bytes=size - 1)
+    assert read_annotation(raw, str(folder / "a.json"), str(folder), IDS, max_bytes=size).image.shape == (40, 60, 3)

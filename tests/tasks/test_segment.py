@@ -19,6 +19,9 @@ def tiny_workspace(root: Path, n: int = 6, size: int = 64) -> Workspace:
     """Annotated items written straight into the arrays with their ingestion markers."""
     ws = Workspace(str(root))
     ws.ensure_config(shard_size=8, image_size=size)
+    from storage.items import Journal
+
+    Journal(ws, "annotated").add("v", {}, [{"fingerprint": str(i)} for i in range(n)])  # planned first, as a run does
     ws.require_array("annotated/images", image_spec(size), n)
     ws.require_array("annotated/masks", mask_spec(size), n)
     portraits = [draw_portrait(7, i, size) for i in range(n)]
@@ -29,9 +32,6 @@ def tiny_workspace(root: Path, n: int = 6, size: int = 64) -> Workspace:
         for i in range(n)
     ]
     ws.write_marker("annotated/images", 0, "v", entries=entries)
-    from storage.items import Journal
-
-    Journal(ws, "annotated").add("v", {}, [{"fingerprint": str(i)} for i in range(n)])
     return ws
 
 
@@ -105,3 +105,54 @@ def test_training_on_random_crops_resumes_exactly_and_is_its_own_run(tmp_path: P
 
     with pytest.raises(WorkspaceError, match="multiple of 32"):
         train_unet(tiny_workspace(tmp_path / "bad"), OPTS.model_copy(update={"crop": 40}))
+
+
+class Crash(BaseException):
+    """The process dies here: nothing after this write happens (BaseException: no handler runs)."""
+
+
+def test_killed_at_every_write_point_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
+    """Enumerate train-unet's writes from the storage layer, stop the run at each in turn,
+    resume, and compare weights, optimiser state and tags with an uninterrupted run."""
+    from storage import writepoints
+
+    opts = OPTS.model_copy(update={"epochs": 2})
+    whole = tiny_workspace(tmp_path / "whole")
+    points: list[tuple[str, str]] = []
+    writepoints.HOOKS.append(lambda op, key: points.append((op, key)) if key.startswith("models/") else None)
+    try:
+        train_unet(whole, opts)
+    finally:
+        writepoints.HOOKS.clear()
+    assert any(k.endswith("meta.json") for _, k in points) and any("/tags/" in k for _, k in points)
+
+    def outcome(ws: Workspace) -> dict:
+        state = ws.loc.read_json("models/unet/train-state/meta.json")
+        return {
+            "latest": load_checkpoint(ws, "unet", "latest").name,
+            "best": load_checkpoint(ws, "unet", "best").name,
+            "weights": load_checkpoint(ws, "unet").weights,
+            "optimizer": ws.loc.read_bytes(state["optimizer"]),
+            "files": sorted(str(p.relative_to(ws.loc.root)) for p in Path(ws.loc.root, "models").rglob("*")),
+        }
+
+    expected = outcome(whole)
+    for n in range(1, len(points) + 1):
+        cut = tiny_workspace(tmp_path / f"cut-{n}")
+        seen = [0]
+
+        def crash_at(op: str, key: str, n: int = n, seen: list = seen) -> None:
+            if key.startswith("models/"):
+                seen[0] += 1
+                if seen[0] == n:
+                    raise Crash(f"{op} {key}")
+
+        writepoints.HOOKS.append(crash_at)
+        try:
+            with pytest.raises(Crash):
+                train_unet(cut, opts)
+        finally:
+            writepoints.HOOKS.clear()
+        train_unet(cut, opts)
+        got = outcome(cut)
+        assert got == expected, (n, points[n - 1])

@@ -1,0 +1,88 @@
+"""A hostile or unlucky user at the command line: names that try to reach another array, and
+a duplicate whose original changes. Every case through the real ``mangaka`` command."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from storage.items import item_table
+from storage.workspace import Workspace
+from tests.conftest import gradient
+from tests.test_cli import run
+
+
+def digests(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+    }
+
+
+def test_names_that_would_reach_another_array_are_usage_errors(cluster: str, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        Image.fromarray(gradient(32, 32, i)).save(src / f"im{i}.png")
+    ws = tmp_path / "ws"
+    base = ["--workspace", str(ws)]
+    r = run([*base, "ingest-images", str(src), "--size", "32"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    before = digests(ws / "corpus" / "images") | digests(ws / "_meta" / "markers")
+    attempts = [
+        ["render-style", "--method", "npr", "--name", "x/../../images"],
+        ["render-style", "--method", "npr", "--name", "../images"],
+        ["render-style", "--method", "npr", "--name", ".."],
+        ["export", "corpus/styled/../images", str(tmp_path / "out")],
+        ["render-lineart", "--method", "artline", "--model", "../../corpus"],
+        ["pseudolabel", "--model", "../x"],
+    ]
+    for args in attempts:
+        r = run([*base, *args], tmp_path)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert "invalid" in r.stderr and r.stderr.strip().count("\n") == 0, (args, r.stderr)
+    assert digests(ws / "corpus" / "images") | digests(ws / "_meta" / "markers") == before
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_duplicate_keeps_its_picture_when_the_original_changes(cluster: str, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    a, b, c = gradient(32, 32, 1), gradient(32, 32, 2), gradient(32, 32, 3)
+    Image.fromarray(a).save(src / "p.png")
+    shutil.copy(src / "p.png", src / "q.png")  # q is p's twin
+    Image.fromarray(b).save(src / "r.png")
+    ws = tmp_path / "ws"
+    base = ["--workspace", str(ws)]
+    r = run([*base, "ingest-images", str(src), "--size", "32", "--shard-size", "4"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "ingested 3 new images" in r.stdout and "1 duplicates skipped" in r.stdout
+    r = run([*base, "render-lineart", "--method", "xdog"], tmp_path)
+    assert r.returncode == 0, r.stderr
+
+    Image.fromarray(c).save(src / "p.png")  # p.png now holds another picture; q.png still holds a
+    r = run([*base, "ingest-images", str(src)], tmp_path)
+    assert r.returncode == 0, r.stderr
+    w = Workspace(str(ws))
+    table = item_table(w, "corpus")
+    assert sorted(table.by_id) == ["p", "q", "r"]
+    pixels = {i: w.read_items("corpus/images", [e["slot"]])[0] for i, e in table.by_id.items()}
+    assert np.array_equal(pixels["q"], a) and np.array_equal(pixels["p"], c) and np.array_equal(pixels["r"], b)
+
+    r = run([*base, "ingest-images", str(src)], tmp_path)
+    assert r.returncode == 0 and "ingested 0 new images" in r.stdout, r.stdout
+    r = run([*base, "status", "--json"], tmp_path)
+    status = json.loads(r.stdout)
+    assert status["stages"]["corpus/images"] == {"done": 3, "total": 3}
+    # q became an item in a shard that was rendered without it: it is rendered now
+    assert status["stages"]["corpus/lineart/xdog"]["done"] == 2
+    r = run([*base, "render-lineart", "--method", "xdog"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = w.read_items("corpus/lineart/xdog", [table.by_id["q"]["slot"]])[0]
+    assert (lines < 255).any()
+    r = run([*base, "status", "--json"], tmp_path)
+    assert json.loads(r.stdout)["stages"]["corpus/lineart/xdog"]["done"] == 3
