@@ -86,3 +86,53 @@ def test_a_duplicate_keeps_its_picture_when_the_original_changes(cluster: str, t
     assert (lines < 255).any()
     r = run([*base, "status", "--json"], tmp_path)
     assert json.loads(r.stdout)["stages"]["corpus/lineart/xdog"]["done"] == 3
+
+
+def test_a_torn_marker_is_not_done_and_the_next_run_repairs_it(cluster: str, tmp_path: Path) -> None:
+    """What a power cut can leave after a rename without fsync: an empty marker file."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(6):
+        Image.fromarray(gradient(32, 32, 10 + i)).save(src / f"im{i}.png")
+    ws = tmp_path / "ws"
+    base = ["--workspace", str(ws)]
+    r = run([*base, "ingest-images", str(src), "--size", "32", "--shard-size", "4"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    before = digests(ws / "corpus" / "images")
+    (ws / "_meta/markers/corpus/images/000001.json").write_bytes(b"")
+    r = run([*base, "status", "--json"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["stages"]["corpus/images"] == {"done": 4, "total": 6, "pending": 2}
+    r = run([*base, "ingest-images", str(src)], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "2 finished from an interrupted run" in r.stdout
+    assert "000001.json" in r.stderr  # said, not silent
+    r = run([*base, "status", "--json"], tmp_path)
+    assert json.loads(r.stdout)["stages"]["corpus/images"] == {"done": 6, "total": 6}
+    assert digests(ws / "corpus" / "images") == before
+
+
+def test_two_runs_of_one_flow_started_together_never_both_run(cluster: str, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(4):
+        Image.fromarray(gradient(32, 32, 20 + i)).save(src / f"im{i}.png")
+    ws = tmp_path / "ws"
+    args = [sys.executable, "-m", "flows.cli", "--workspace", str(ws), "ingest-images", str(src), "--size", "32"]
+    procs = [
+        subprocess.Popen(args, cwd=tmp_path, env=os.environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outs = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    codes = sorted(code for code, _, _ in outs)
+    refused = [err for code, _, err in outs if code != 0]
+    assert codes == [0, 0] or (codes[0] == 0 and all("another ingest-images run holds" in e for e in refused)), outs
+    w = Workspace(str(ws))
+    assert len(item_table(w, "corpus")) == 4 and len(w.markers("corpus/images")) == 1
+    from storage.items import Journal
+
+    assert len(Journal(w, "corpus").batches()) == 1  # planned once: never by two holders
