@@ -15,10 +15,10 @@ A workspace is a local directory or an ``s3://bucket/prefix``. Its layout::
 
 Arrays are item-major: axis 0 is the item *slot*, one image per inner chunk, inner chunks
 grouped into Zarr shards of ``shard_size`` slots. A bulk task owns exactly one Zarr shard
-(slots ``[k*S, (k+1)*S)``), so two tasks never write the same shard file. A task writes
-its shard's data first (after deleting the shard's old marker) and its marker last; a marker says "shard k of array A is complete
-for producer version V". The workspace, not Prefect's database, is the truth about what is
-done.
+(slots ``[k*S, (k+1)*S)``), so two tasks never write the same shard file. A task deletes
+its shard's old marker, writes the data, and writes its marker last; a marker says "shard
+k of array A is complete for producer version V". The workspace, not Prefect's database,
+is the truth about what is done.
 
 This module must never import Prefect, Dask or torch.
 """
