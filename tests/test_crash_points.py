@@ -275,6 +275,7 @@ def test_killed_at_write_points_then_resumed_equals_an_uninterrupted_run(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # every point: pseudolabel (with its rollback) takes about 20 minutes
 @pytest.mark.parametrize("name", ["ingest-images", "render-lineart", "render-style", "pseudolabel"])
 def test_killed_at_every_write_point_then_resumed_equals_an_uninterrupted_run(
     cluster: str, tmp_path: Path, name: str
@@ -283,6 +284,7 @@ def test_killed_at_every_write_point_then_resumed_equals_an_uninterrupted_run(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_killed_at_every_write_point_on_s3(cluster: str, bucket: str, tmp_path: Path) -> None:
     env = cli_env(tmp_path)
     src = image_folder(tmp_path / "src", 9)
