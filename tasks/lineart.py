@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -163,11 +164,12 @@ def _artline(ws: Workspace, checkpoint: str, device: str) -> tuple[Any, Any]:
 
 def one_thread_per_worker() -> None:
     """Inside a Dask worker (one per core), keep OpenCV to one thread: no oversubscription."""
+    distributed = sys.modules.get("distributed")  # loaded in every Dask worker; never imported here
+    if distributed is None:
+        return
     try:
-        from distributed import get_worker
-
-        get_worker()
-    except (ImportError, ValueError):
+        distributed.get_worker()
+    except ValueError:
         return
     cv2.setNumThreads(1)
 
