@@ -21,7 +21,7 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check flows tasks models storage tests bench
 	$(BIN)/ruff format --check flows tasks models storage tests bench
-	$(BIN)/mypy tasks models storage
+	$(BIN)/mypy flows tasks models storage
 
 test: lint
 	$(BIN)/pytest -m "not slow and not gpu"

@@ -26,6 +26,8 @@ from pathlib import Path
 import psutil
 from PIL import Image
 
+from tests.faults import Background
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -57,7 +59,7 @@ def baseline(files: list[Path], size: int) -> float:
     return time.perf_counter() - t0
 
 
-class PeakRSS:
+class PeakRSS(Background):
     """Highest total RSS of this process and its children while active (``peak``), and the
     highest RSS of each process (``peaks``, by pid; this process is ``me``)."""
 
@@ -66,7 +68,7 @@ class PeakRSS:
         self.peaks: dict[int, int] = {}
         self.me = os.getpid()
         self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
+        super().__init__(self._run)
 
     def _run(self) -> None:
         me = psutil.Process()
@@ -80,13 +82,8 @@ class PeakRSS:
             self.peak = max(self.peak, total)
             time.sleep(0.05)
 
-    def __enter__(self) -> PeakRSS:
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
         self._stop.set()
-        self._t.join()
 
 
 def mangaka_run(src: Path, size: int) -> tuple[float, int]:

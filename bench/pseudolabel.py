@@ -33,8 +33,8 @@ from typing import Any
 import torch
 
 from models.registry import create
-from tasks.pseudolabel import cpu_has_bf16, pick_engine, release_models
-from tasks.segment import pick_device
+from tasks.device import cpu_has_bf16, pick_device
+from tasks.pseudolabel import pick_engine, release_models
 
 HERE = Path(__file__).resolve().parent
 

@@ -1,15 +1,21 @@
 """Orchestration: Prefect flows, the command line, and the Dask/Prefect run-time.
 
 Adding a flow: write the computation as ``process_shard(spec) -> result`` in ``tasks/``,
-wrap it here with ``@shard_task("name")`` (``flows.ops``: retries on transient errors, no
-result cache: the workspace's markers are the cache), write a ``@mangaka_flow("name")``
-that plans shards and calls ``flows.shards.run_shards`` (run name, lease, run record and
-failure hook come with it), add a command in ``flows/cli.py``, a stage in
-``flows/build.py`` and, if it takes a workspace, the flow in ``flows.serve.workspace_flows``
-(its backfill deployment).
+wrap it here as ``shard_task("name")(process_shard)`` (``flows.ops``: retries on
+transient errors, no result cache: the workspace's markers are the cache), write a
+``@mangaka_flow("name")`` with an ``Args:`` docstring that plans shards and calls
+``flows.shards.run_shards`` or ``render_corpus`` (run name, lease, run record and failure
+hook come with it), add a ``Command`` in ``flows/cli/`` (its options come from the flow;
+``serve`` then offers its backfill) and, if it belongs to the chain, a ``Stage`` in
+``flows.build.STAGES``. See docs/ARCHITECTURE.md, "Extending".
 """
 
 import logging
+
+
+class UsageError(ValueError):
+    """A request that cannot be carried out as asked: the command line exits 2 with its message."""
+
 
 # Task and storage code logs through the standard library; Prefect forwards these loggers
 # to the run's logs in the UI (PREFECT_LOGGING_EXTRA_LOGGERS), at INFO.

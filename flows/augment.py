@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import get_run_logger
-from prefect.artifacts import create_table_artifact
 
 from flows.ops import mangaka_flow, shard_task
-from flows.shards import run_shards
+from flows.shards import run_shards, summarise
 from storage.items import item_table, write_item_index
 from storage.workspace import Workspace, WorkspaceError
 from tasks.augment import (
@@ -22,10 +21,7 @@ from tasks.augment import (
 )
 from tasks.ingest import ShardResult
 
-
-@shard_task("augment-shard")
-def augment_shard_task(spec: AugmentShardSpec) -> ShardResult:
-    return augment_shard(spec)
+augment_shard_task = shard_task("augment-shard")(augment_shard)
 
 
 @mangaka_flow("augment")
@@ -55,10 +51,11 @@ def augment(workspace: str, options: AugmentOptions = AugmentOptions()) -> dict[
         "augmented_items": len(table),
         "shards": len(specs),
     }
-    create_table_artifact(
-        key="augment-summary",
-        table=[{"what": k, "count": v} for k, v in summary.items()],
-        description=f"augment of {ws.url}",
+    return summarise(ws, "augment-summary", summary, f"augment of {ws.url}")
+
+
+def describe_augment(r: dict[str, Any], params: dict[str, Any]) -> str:
+    return (
+        f"augmented {r['parents']} annotated items x{r['multiplier']}: {r['augmented_items']} items in "
+        f"augmented/images + augmented/masks ({r['variants_written']} written now)"
     )
-    logger.info("summary: %s", summary)
-    return summary

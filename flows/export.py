@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import get_run_logger
 
 from flows.ops import mangaka_flow, shard_task
@@ -10,15 +12,18 @@ from storage.items import item_table
 from storage.workspace import Workspace, WorkspaceError, family_of
 from tasks.export import ExportSpec, LabelmeExportSpec, export_labelme_shard, export_shard
 
-
-@shard_task("export-shard")
-def export_shard_task(spec: ExportSpec) -> int:
-    return export_shard(spec)
+export_shard_task = shard_task("export-shard")(export_shard)
 
 
 @mangaka_flow("export", "{array} to {out}")
 def export(workspace: str, array: str, out: str) -> dict[str, int]:
-    """Write ``out/<id>.png`` for every item of ``array`` that has been produced."""
+    """Write ``out/<id>.png`` for every item of ``array`` that has been produced.
+
+    Args:
+        workspace: local directory or s3://bucket/prefix
+        array: the array, e.g. corpus/masks or corpus/lineart/xdog
+        out: the folder (local or s3://) to write into
+    """
     ws = Workspace(workspace)
     family = family_of(array)
     arr = ws.array(array)  # a clear error if it does not exist
@@ -39,14 +44,18 @@ def export(workspace: str, array: str, out: str) -> dict[str, int]:
     return {"exported": written}
 
 
-@shard_task("export-labelme-shard")
-def export_labelme_shard_task(spec: LabelmeExportSpec) -> int:
-    return export_labelme_shard(spec)
+export_labelme_shard_task = shard_task("export-labelme-shard")(export_labelme_shard)
 
 
 @mangaka_flow("export-labelme", "to {out}")
-def export_labelme(workspace: str, out: str, lowest_confidence: int | None = None) -> dict[str, int]:
-    """Pseudo-labelled corpus images as labelme files (the ``lowest_confidence`` least sure)."""
+def export_labelme(workspace: str, out: str, lowest_confidence: int | None = None) -> dict[str, float]:
+    """Pseudo-labelled corpus images as labelme files, to correct and ingest again.
+
+    Args:
+        workspace: local directory or s3://bucket/prefix
+        out: the folder to write image + JSON pairs into
+        lowest_confidence: only the K least confident images (default: all)
+    """
     import math
 
     ws = Workspace(workspace)
@@ -68,3 +77,22 @@ def export_labelme(workspace: str, out: str, lowest_confidence: int | None = Non
     written = sum(run_shards(export_labelme_shard_task, specs, "export-labelme"))
     get_run_logger().info("wrote %d labelme files to %s", written, out)
     return {"exported": written, "max_confidence": round(chosen[-1][0], 4) if chosen else 0}
+
+
+def describe_export(r: dict[str, Any], params: dict[str, Any]) -> str:
+    return f"exported {r['exported']} items of {params['array']} to {params['out']}"
+
+
+def describe_export_labelme(r: dict[str, Any], params: dict[str, Any]) -> str:
+    out = params["out"]
+    return (
+        f"wrote {r['exported']} labelme files (image + JSON) to {out} (confidence up to {r['max_confidence']}); "
+        f"correct them with `mangaka annotate {out}`, then `mangaka ingest-labelme {out}`"
+    )
+
+
+def precheck_export(params: dict[str, Any], given: set[str]) -> None:
+    """The array name and its kind are refused before anything starts."""
+    arr = Workspace(params["workspace"]).array(params["array"])
+    if arr.ndim not in (3, 4):
+        raise WorkspaceError(f"{params['array']} is not an image or mask array")

@@ -7,47 +7,44 @@ table artifact, and its sample sheet to an image artifact.
 
 from __future__ import annotations
 
-import sys
+import json
 from typing import Any
 
 from prefect import get_run_logger
-from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from prefect.artifacts import create_image_artifact, create_markdown_artifact
 
+from flows import UsageError
 from flows.ops import mangaka_flow
+from flows.training import monitored
+from storage.checkpoints import has_tag, side_key, write_side_file
+from storage.location import file_url
 from storage.workspace import Workspace, WorkspaceError
-from tasks.gaugan import MODEL_DIR, GauganOptions, collect_pairs, evaluate, load_gaugan, train_gaugan
+from tasks.gaugan import MODEL_DIR, GauganOptions, collect_pairs, evaluate, train_gaugan
+from tasks.generate import load_gaugan
 
 
-def _file_url(ws: Workspace, key: str) -> str:
-    path = ws.loc.path(key)
-    return path if "://" in path else f"file://{path}"
-
-
-@mangaka_flow("train-gaugan")
+@mangaka_flow("train-gaugan", cluster=False)
 def train_gaugan_flow(workspace: str, options: GauganOptions = GauganOptions()) -> dict[str, Any]:  # noqa: B008
     """Pretrain the encoder as a VAE, then train GauGAN; checkpoints land in ``models/gaugan``."""
     logger = get_run_logger()
     ws = Workspace(workspace)
-    rows: list[dict[str, Any]] = []
 
-    def on_checkpoint(m: dict[str, Any]) -> None:
-        rows.append(m)
-        create_table_artifact(key="train-gaugan-losses", table=rows, description=f"train-gaugan on {ws.url}")
-        if m["phase"] == "gan":
-            create_image_artifact(
-                image_url=_file_url(ws, f"models/{MODEL_DIR}/{m['checkpoint']}/samples.png"),
-                key="train-gaugan-samples",
-                description=f"step {m['step']}: mask | real | styled by the real image | two random latents",
-            )
-        logger.info("%s", {k: v for k, v in m.items() if k != "seconds"})
+    def line(m: dict[str, Any]) -> str:
+        return str({k: v for k, v in m.items() if k != "seconds"})
 
-    columns = (TextColumn("train-gaugan {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, transient=True, disable=not sys.stderr.isatty()) as bar:
-        job = bar.add_task("", total=None)
+    with monitored("train-gaugan-losses", f"train-gaugan on {ws.url}", line) as mon:
+
+        def on_checkpoint(m: dict[str, Any]) -> None:
+            mon.on_epoch(m)
+            if m["phase"] == "gan":
+                create_image_artifact(
+                    image_url=file_url(ws.loc.url_of(side_key(MODEL_DIR, m["checkpoint"], "samples.png"))),
+                    key="train-gaugan-samples",
+                    description=f"step {m['step']}: mask | real | styled by the real image | two random latents",
+                )
 
         def on_step(phase: str, done: int, total: int) -> None:
-            bar.update(job, description=phase, completed=done, total=total)
+            mon.on_step(done, total, phase)
 
         result = train_gaugan(ws, options, on_checkpoint=on_checkpoint, on_step=on_step)
     if result.resumed_at:
@@ -57,7 +54,7 @@ def train_gaugan_flow(workspace: str, options: GauganOptions = GauganOptions()) 
     return result.to_dict()
 
 
-@mangaka_flow("generate", "to {out}")
+@mangaka_flow("generate", "to {out}", cluster=False)
 def generate_flow(
     workspace: str,
     masks: str,
@@ -69,7 +66,19 @@ def generate_flow(
     model: str = "latest",
     device: str = "auto",
 ) -> dict[str, Any]:
-    """One portrait per class-id mask in ``masks``, into ``out`` and ``generated/images``."""
+    """One portrait per class-id mask in ``masks``, into ``out`` and ``generated/images``.
+
+    Args:
+        workspace: local directory or s3://bucket/prefix
+        masks: a folder of class-id PNG masks (local or s3://)
+        out: the folder to write the portraits into (local or s3://)
+        style_image: a reference image whose style to copy (through the encoder)
+        seed: random latents (one per mask id) from this seed, when no style image is given
+        attribute: NAME=VALUE, e.g. hair=blonde: move every latent along that direction
+        strength: how far along the attribute's direction
+        model: a GauGAN checkpoint tag (latest, best) or name
+        device: auto, cpu or cuda
+    """
     from tasks.generate import generate
 
     ws = Workspace(workspace)
@@ -78,7 +87,7 @@ def generate_flow(
     r = generate(ws, trained, masks, out, style_image, seed, attr, strength)
     r["checkpoint"] = trained.checkpoint
     if r["strip"]:
-        create_image_artifact(image_url=f"file://{r['strip']}", key="generate-attribute-strip")
+        create_image_artifact(image_url=file_url(r["strip"]), key="generate-attribute-strip")
     return r
 
 
@@ -89,13 +98,21 @@ def parse_attribute(text: str) -> tuple[str, str]:
     return name.strip(), value.strip()
 
 
-@mangaka_flow("eval-gaugan")
+@mangaka_flow("eval-gaugan", cluster=False)
 def eval_gaugan_flow(
     workspace: str, model: str = "latest", count: int = 0, seed: int = 0, device: str = "auto"
 ) -> dict[str, Any]:
-    """SPADE's semantic consistency on the held-out masks, with the real images as the upper bound."""
+    """SPADE's semantic consistency on the held-out masks, with the real images as the upper bound.
+
+    Args:
+        workspace: local directory or s3://bucket/prefix
+        model: a GauGAN checkpoint tag (latest, best) or name
+        count: held-out masks to use (0: all)
+        seed: the latents' seed
+        device: auto, cpu or cuda
+    """
     ws = Workspace(workspace)
-    if not ws.loc.exists("models/unet/tags/latest.json"):
+    if not has_tag(ws, "unet"):
         raise WorkspaceError(f"{ws.url} has no segmenter to evaluate with: run train-unet first")
     trained = load_gaugan(ws, model, device)
     opts = GauganOptions(**{**trained.config["options"], "device": "cpu"})
@@ -111,7 +128,7 @@ def eval_gaugan_flow(
         "real": {k: ev["real"][k] for k in ("semantic_miou", "pixel_accuracy", "iou")},
         "segmenter": ev["segmenter"],
     }
-    ws.loc.write_json(f"models/{MODEL_DIR}/{trained.checkpoint}/eval.json", result)
+    write_side_file(ws, MODEL_DIR, trained.checkpoint, "eval.json", json.dumps(result, indent=1).encode())
     create_markdown_artifact(
         key="eval-gaugan",
         markdown=(
@@ -121,3 +138,46 @@ def eval_gaugan_flow(
         ),
     )
     return result
+
+
+def precheck_generate_flow(params: dict[str, Any], given: set[str]) -> None:
+    if params.get("style_image") and "seed" in given:
+        raise UsageError("give --style-image or --seed, not both")
+    if params.get("attribute"):
+        parse_attribute(params["attribute"])
+
+
+def describe_train_gaugan_flow(r: dict[str, Any], params: dict[str, Any]) -> str:
+    lines = []
+    if r["resumed_at"]:
+        at = r["resumed_at"]
+        lines.append(f"resumed run {r['run']} from its checkpoint at {at['phase']} step {at['step']}")
+    if r["already_done"]:
+        lines.append(f"run {r['run']} already finished its {r['step']} steps: nothing to do (--steps N continues it)")
+    pairs = ", ".join(f"{v} {k}" for k, v in r["train_pairs"].items())
+    m = r["metrics"]
+    sem = (
+        f"; semantic mIoU {m['semantic_miou']:.4f} on {m['eval_images']} held-out masks" if "semantic_miou" in m else ""
+    )
+    lines.append(
+        f"trained GauGAN to step {r['step']} on {pairs} pairs{sem}; checkpoint {r['checkpoint']} in models/gaugan"
+    )
+    if r["vgg"].startswith("random"):
+        lines.append("note: no --vgg-weights given, the perceptual loss used fixed-seed random VGG19 features")
+    return "\n".join(lines)
+
+
+def describe_generate_flow(r: dict[str, Any], params: dict[str, Any]) -> str:
+    return "\n".join(
+        [f"generated {r['generated']} portraits ({r['style']}) into {params['out']} with {r['checkpoint']}"]
+        + ([f"{r['refused']} mask(s) refused: see `mangaka status`"] if r["refused"] else [])
+        + ([f"interpolation strip: {r['strip']}"] if r["strip"] else [])
+    )
+
+
+def describe_eval_gaugan_flow(r: dict[str, Any], params: dict[str, Any]) -> str:
+    return (
+        f"{r['checkpoint']}: semantic mIoU {r['semantic_miou']:.4f}, pixel accuracy {r['pixel_accuracy']:.4f} "
+        f"on {r['images']} held-out masks (real images: {r['real']['semantic_miou']:.4f} / "
+        f"{r['real']['pixel_accuracy']:.4f})"
+    )

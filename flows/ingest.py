@@ -6,13 +6,13 @@ tasks on Dask read, decode and write; the flow then refreshes ``corpus/item`` an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from prefect import get_run_logger
-from prefect.artifacts import create_table_artifact
 
 from flows.ops import mangaka_flow, shard_task
-from flows.shards import run_shards
+from flows.shards import run_shards, summarise
 from storage.items import item_table, write_item_index
 from storage.sources import list_sources
 from storage.workspace import Workspace
@@ -22,7 +22,6 @@ from tasks.ingest import (
     STAGE,
     IngestOptions,
     ShardResult,
-    ShardSpec,
     fix_shard_size,
     ingest_shard,
     prepare_array,
@@ -30,10 +29,7 @@ from tasks.ingest import (
     start_batches,
 )
 
-
-@shard_task("ingest-shard")
-def ingest_shard_task(spec: ShardSpec) -> ShardResult:
-    return ingest_shard(spec)
+ingest_shard_task = shard_task("ingest-shard")(ingest_shard)
 
 
 @mangaka_flow("ingest-images", "from {src}", log_prints=False)
@@ -45,48 +41,107 @@ def ingest_images(
 ) -> dict[str, Any]:
     """Add the images under ``src`` to the workspace's corpus; returns a summary.
 
-    ``shard_size`` (items per shard and per task) is fixed when a workspace is created;
-    ``None`` keeps the workspace's, or 256 for a new one.
+    Args:
+        workspace: local directory or s3://bucket/prefix
+        src: the images: a folder, a .tar, or s3://bucket/prefix
+        options: how images are checked and made square
+        shard_size: items per shard (fixed at the first ingestion; default the workspace's, else 256)
     """
-    logger = get_run_logger()
     ws = Workspace(workspace)
     fix_shard_size(ws, shard_size)
-    listing = list_sources(src)
-    plan, batches = start_batches(ws, listing, FAMILY, ARRAY, STAGE, options.version, options.model_dump())
+    summary, results, table, plan = ingest_family(
+        ws,
+        stage=STAGE,
+        family=FAMILY,
+        array=ARRAY,
+        listing=list_sources(src),
+        version=options.version,
+        record=options.model_dump(),
+        prepare=lambda b: prepare_array(ws, IngestOptions(**b.options), b.end),
+        specs_of=lambda b: shard_specs(ws, b),
+        task=ingest_shard_task,
+        source=src,
+    )
+    run_slots, s = {r.shard for r in results}, ws.shard_size
+    summary.update(
+        duplicates_skipped=sum(1 for d in table.duplicates if d["slot"] // s in run_slots),
+        missing=sum(1 for e in table.missing if e["slot"] // s in run_slots),
+        not_image_names=plan.skipped_names,
+        corpus_items=len(table),
+    )
+    return summarise(ws, "ingest-images-summary", summary, f"ingest-images of {src} into {ws.url} ({ARRAY})")
+
+
+def ingest_family(
+    ws: Workspace,
+    *,
+    stage: str,
+    family: str,
+    array: str,
+    listing: Any,
+    version: str,
+    record: dict[str, Any],
+    prepare: Callable[[Any], None],
+    specs_of: Callable[[Any], list[Any]],
+    task: Any,
+    source: str,
+) -> tuple[dict[str, Any], list[ShardResult], Any, Any]:
+    """Every ingestion's flow body: journal the new files in batches, run their shards, index the items.
+
+    Returns the summary so far (what was listed, known, resumed, stored, quarantined, and
+    the shard count), the shard results, the family's item table and the plan.
+    """
+    plan, batches = start_batches(ws, listing, family, array, stage, version, record)
     for b in batches:
-        prepare_array(ws, IngestOptions(**b.options), b.end)
-    specs = [s for b in batches for s in shard_specs(ws, b)]
-    logger.info(
+        prepare(b)
+    specs = [s for b in batches for s in specs_of(b)]
+    get_run_logger().info(
         "%s: %d files listed, %d already ingested, %d left by an unfinished run, %d new, %d shard task(s)",
-        src,
+        source,
         len(listing.refs),
         plan.known,
         plan.resuming,
         len(plan.new),
         len(specs),
     )
-    results: list[ShardResult] = run_shards(ingest_shard_task, specs, "ingest-images")
-    table = item_table(ws, FAMILY)
+    results: list[ShardResult] = run_shards(task, specs, stage)
+    table = item_table(ws, family)
     write_item_index(ws, table)
-    run_slots = {r.shard for r in results}
-    s = ws.shard_size
     summary = {
-        "source": src,
+        "source": source,
         "listed": len(listing.refs),
         "already_ingested": plan.known,
         "resumed": plan.resuming,
         "stored": sum(r.ok for r in results),
-        "duplicates_skipped": sum(1 for d in table.duplicates if d["slot"] // s in run_slots),
         "quarantined": sum(r.quarantined for r in results) + len(plan.refused),
-        "missing": sum(1 for e in table.missing if e["slot"] // s in run_slots),
-        "not_image_names": plan.skipped_names,
         "shards": len(specs),
-        "corpus_items": len(table),
     }
-    create_table_artifact(
-        key="ingest-images-summary",
-        table=[{"what": k, "count": v} for k, v in summary.items() if k != "source"],
-        description=f"ingest-images of {src} into {ws.url} ({ARRAY})",
+    return summary, results, table, plan
+
+
+def describe_ingest_images(r: dict[str, Any], params: dict[str, Any]) -> str:
+    return (
+        f"ingested {r['stored']} new images into corpus/images ({r['corpus_items']} in all); "
+        f"{r['already_ingested']} already there, "
+        + (f"{r['resumed']} finished from an interrupted run, " if r.get("resumed") else "")
+        + f"{r['duplicates_skipped']} duplicates skipped, "
+        f"{r['quarantined']} quarantined, {r['not_image_names']} files not named like images"
+        + (f", {r['missing']} gone since they were listed" if r.get("missing") else "")
+        + ("\nsee `mangaka status` for the quarantine and its reasons" if r["quarantined"] else "")
     )
-    logger.info("summary: %s", summary)
-    return summary
+
+
+def precheck_ingest_images(params: dict[str, Any], given: set[str]) -> None:
+    """Before anything starts: a compressed tar is refused; the size defaults to the workspace's."""
+    from storage.sources import check_source
+
+    check_source(params["src"])
+    workspace_size(params, given)
+
+
+def workspace_size(params: dict[str, Any], given: set[str], **check: Any) -> None:
+    """``options.size`` left out means the workspace's image size (else the options' default)."""
+    ws, opts = Workspace(params["workspace"]), params["options"]
+    size = opts.size if "options.size" in given else ws.config().get("image_size", opts.size)
+    params["options"] = opts.model_copy(update={"size": size})
+    ws.check_config(image_size=size, shard_size=params.get("shard_size"), **check)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
+import argparse
 from typing import Any
 
-from prefect import get_run_logger
-from prefect.artifacts import create_table_artifact
-
+from flows import UsageError
+from flows.ingest import ingest_family
 from flows.ops import mangaka_flow, shard_task
-from flows.shards import run_shards
-from storage.items import item_table, write_item_index
+from flows.shards import summarise
+from storage.location import absolute, exists_dir
 from storage.sources import list_sources
 from storage.workspace import Workspace
 from tasks.annotations import (
@@ -21,14 +20,13 @@ from tasks.annotations import (
     LabelmeOptions,
     LabelmeShardSpec,
     ingest_labelme_shard,
+    labels_file_classes,
     prepare_arrays,
 )
-from tasks.ingest import ShardResult, fix_shard_size, shard_specs, start_batches
+from tasks.ingest import fix_shard_size, shard_specs
+from tasks.labelme import LabelmeError
 
-
-@shard_task("ingest-labelme-shard")
-def ingest_labelme_shard_task(spec: LabelmeShardSpec) -> ShardResult:
-    return ingest_labelme_shard(spec)
+ingest_labelme_shard_task = shard_task("ingest-labelme-shard")(ingest_labelme_shard)
 
 
 @mangaka_flow("ingest-labelme", "from {src}")
@@ -37,48 +35,79 @@ def ingest_labelme(
     src: str,
     options: LabelmeOptions = LabelmeOptions(),  # noqa: B008 - pydantic models are immutable
     shard_size: int | None = None,
+    labels: str | None = None,
 ) -> dict[str, Any]:
-    """Add (or replace, by id) the labelme annotations under the folder ``src``."""
-    logger = get_run_logger()
-    root = os.path.abspath(src)
+    """Add (or replace, by id) the labelme annotations under the folder ``src``.
+
+    Args:
+        workspace: local directory or s3://bucket/prefix
+        src: a folder of labelme JSON files and their images
+        options: how annotations are checked, rasterised and made square
+        shard_size: items per shard (fixed at the first ingestion; default the workspace's, else 256)
+        labels: labels.txt in labelme2voc's format, for options.classes (default: the 7 classes)
+    """
+    if labels is not None:
+        try:
+            options = options.model_copy(update={"classes": labels_file_classes(labels)})
+        except LabelmeError as exc:
+            raise UsageError(f"{labels}: {exc}") from None
+    root = absolute(src)
     ws = Workspace(workspace)
     fix_shard_size(ws, shard_size, classes=list(options.classes))
-    listing = list_sources(root, JSON_SUFFIXES)
     record = {**options.model_dump(), "root": root}
-    plan, batches = start_batches(ws, listing, FAMILY, IMAGES, STAGE, options.version, record)
-    for b in batches:
-        opts = {k: v for k, v in b.options.items() if k != "root"}
-        prepare_arrays(ws, LabelmeOptions(**opts), b.end)
-    specs = [
-        LabelmeShardSpec(
-            ws.url,
-            b.options["root"],
-            s.shard,
-            s.version,
-            {k: v for k, v in b.options.items() if k != "root"},
-            s.sources,
-        )
-        for b in batches
-        for s in shard_specs(ws, b, IMAGES)
-    ]
-    results: list[ShardResult] = run_shards(ingest_labelme_shard_task, specs, "ingest-labelme")
-    table = item_table(ws, FAMILY)
-    write_item_index(ws, table)
-    summary = {
-        "source": root,
-        "listed": len(listing.refs),
-        "already_ingested": plan.known,
-        "resumed": plan.resuming,
-        "stored": sum(r.ok for r in results),
-        "quarantined": sum(r.quarantined for r in results) + len(plan.refused),
-        "replaced": len(table.replaced),
-        "shards": len(specs),
-        "annotated_items": len(table),
-    }
-    create_table_artifact(
-        key="ingest-labelme-summary",
-        table=[{"what": k, "count": v} for k, v in summary.items() if k != "source"],
-        description=f"ingest-labelme of {root} into {ws.url}",
+
+    def options_of(b: Any) -> dict[str, Any]:
+        return {k: v for k, v in b.options.items() if k != "root"}
+
+    summary, _, table, _ = ingest_family(
+        ws,
+        stage=STAGE,
+        family=FAMILY,
+        array=IMAGES,
+        listing=list_sources(root, JSON_SUFFIXES),
+        version=options.version,
+        record=record,
+        prepare=lambda b: prepare_arrays(ws, LabelmeOptions(**options_of(b)), b.end),
+        specs_of=lambda b: [
+            LabelmeShardSpec(ws.url, b.options["root"], s.shard, s.version, options_of(b), s.sources)
+            for s in shard_specs(ws, b, IMAGES)
+        ],
+        task=ingest_labelme_shard_task,
+        source=root,
     )
-    logger.info("summary: %s", summary)
-    return summary
+    summary.update(replaced=len(table.replaced), annotated_items=len(table))
+    return summarise(ws, "ingest-labelme-summary", summary, f"ingest-labelme of {root} into {ws.url}")
+
+
+def describe_ingest_labelme(r: dict[str, Any], params: dict[str, Any]) -> str:
+    return (
+        f"ingested {r['stored']} annotations into annotated/images + annotated/masks ({r['annotated_items']} in "
+        f"all, {r['replaced']} replaced so far); {r['already_ingested']} already there, {r['quarantined']} quarantined"
+        + ("\nsee `mangaka status` for the quarantine and its reasons" if r["quarantined"] else "")
+    )
+
+
+def annotate_command(a: argparse.Namespace, config: Any) -> int:
+    """``mangaka annotate DIR``: the labelme GUI on DIR with the workspace's classes."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    from flows import UsageError
+    from storage.workspace import Workspace
+
+    if not exists_dir(a.dir):
+        raise UsageError(f"{a.dir} is not a folder")
+    if (exe := shutil.which("labelme")) is None:
+        raise UsageError("labelme is not installed: install the annotate extra, pip install -e '.[annotate]'")
+    classes = Workspace(config.workspace).classes
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", prefix="mangaka-labels-", delete=False) as f:
+        f.write("\n".join(["__ignore__", "_background_", *classes[1:]]) + "\n")
+    # --nodata keeps images out of the JSON (imagePath only), as mangaka's own files do.
+    return subprocess.call([exe, a.dir, "--labels", f.name, "--nodata", "--autosave"])
+
+
+def precheck_ingest_labelme(params: dict[str, Any], given: set[str]) -> None:
+    from flows.ingest import workspace_size
+
+    workspace_size(params, given)

@@ -2,87 +2,118 @@
 
 from __future__ import annotations
 
-import sys
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from prefect import get_run_logger
-from prefect.artifacts import create_table_artifact
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from flows.ops import mangaka_flow, shard_task
-from flows.runtime import gpu_workers
-from flows.shards import corpus_table, live_slots, pending_shards, run_shards
+from flows.shards import corpus_table, render_corpus
+from flows.training import monitored
 from storage.checkpoints import load_checkpoint
 from storage.workspace import Workspace
-from tasks.artline import MODEL_DIR, LineartTrainOptions, train_lineart
-from tasks.ingest import ShardResult
-from tasks.lineart import METHODS, LineartShardSpec, array_name, lineart_shard, method_version, prepare_array
+from tasks.artline import LineartTrainOptions, train_lineart
+from tasks.lineart import (
+    METHODS,
+    LineartShardSpec,
+    array_name,
+    lineart_shard,
+    method_names,
+    method_version,
+    prepare_array,
+)
+
+if TYPE_CHECKING:
+    MethodName = str
+else:  # the registry's names: the UI form's choices, checked by Prefect
+    MethodName = Literal[method_names()]
 
 
-@mangaka_flow("train-lineart")
+@mangaka_flow("train-lineart", cluster=False)
 def train_lineart_flow(workspace: str, options: LineartTrainOptions = LineartTrainOptions()) -> dict[str, Any]:  # noqa: B008
     """Train the ArtLine-style model with progressive resizing; checkpoints in ``models/artline``."""
-    logger = get_run_logger()
     ws = Workspace(workspace)
-    rows: list[dict[str, Any]] = []
 
-    def on_epoch(m: dict[str, Any]) -> None:
-        rows.append(m)
-        create_table_artifact(key="train-lineart-metrics", table=rows, description=f"train-lineart on {ws.url}")
-        logger.info("epoch %s at %s px: F1 %s (%s s)", m["epoch"], m["size"], m["f1"], m["seconds"])
+    def line(m: dict[str, Any]) -> str:
+        return f"epoch {m['epoch']} at {m['size']} px: F1 {m['f1']} ({m['seconds']} s)"
 
-    columns = (TextColumn("train-lineart"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, transient=True, disable=not sys.stderr.isatty()) as bar:
-        job = bar.add_task("steps", total=None)
-        result = train_lineart(ws, options, on_epoch, lambda d, t: bar.update(job, completed=d, total=t))
+    with monitored("train-lineart-metrics", f"train-lineart on {ws.url}", line) as mon:
+        result = train_lineart(ws, options, mon.on_epoch, mon.on_step)
     if result["resumed_at"] and not result["already_done"]:
-        logger.info("resumed after epoch %d", result["resumed_at"])
+        get_run_logger().info("resumed after epoch %d", result["resumed_at"])
     return result
 
 
-@shard_task("lineart-shard")
-def lineart_shard_task(spec: LineartShardSpec) -> ShardResult:
-    return lineart_shard(spec)
+lineart_shard_task = shard_task("lineart-shard")(lineart_shard)
 
 
 @mangaka_flow("render-lineart", "{method}")
 def render_lineart(
     workspace: str,
-    method: Literal[METHODS] = "xdog",  # type: ignore[valid-type] - the tuple's values, checked by Prefect
+    method: MethodName,
     model: str = "latest",
     shards: str | None = None,
     force: bool = False,
     device: str = "auto",
 ) -> dict[str, Any]:
-    """Fill ``corpus/lineart/<method>`` for every corpus shard not yet rendered by this version."""
-    logger = get_run_logger()
+    """Fill ``corpus/lineart/<method>`` for every corpus shard not yet rendered by this version.
+
+    Args:
+        workspace: local directory or s3://bucket/prefix
+        method: the line-art method (one per file of tasks/lineart/)
+        model: learned methods: a checkpoint tag (latest, best) or name
+        shards: A:B, a range of shards (backfills)
+        force: render again even shards done with this version
+        device: auto, cpu or cuda (learned methods)
+    """
     ws = Workspace(workspace)
     table = corpus_table(ws)
+    m = METHODS[method]
     checkpoint, digest = "", ""
-    if method == "artline":
-        ckpt = load_checkpoint(ws, MODEL_DIR, model)
+    if m.model is not None:
+        ckpt = load_checkpoint(ws, m.model, model)
         checkpoint, digest = ckpt.name, ckpt.digest
     version = method_version(method, digest)
-    array = array_name(method)
     prepare_array(ws, method)
-    todo = pending_shards(ws, table.length, live_slots(table), array, version, shards, force)
-    specs = [LineartShardSpec(ws.url, s, method, version, checkpoint, slots, device) for s, slots in todo]
-    logger.info("render-lineart %s (version %s): %d shard task(s)", method, version, len(specs))
-    resources = {"GPU": 1} if method == "artline" and gpu_workers() else None
-    results: list[ShardResult] = run_shards(lineart_shard_task, specs, f"lineart-{method}", resources)
-    seconds = sum(r.seconds for r in results)
-    summary = {
-        "method": method,
-        "version": version,
-        "checkpoint": checkpoint or None,
-        "rendered": sum(r.ok for r in results),
-        "shards": len(specs),
-        "corpus_items": len(table),
-        "task_seconds": round(seconds, 1),
-    }
-    create_table_artifact(
-        key=f"render-lineart-{method}",
-        table=[{"what": k, "value": v} for k, v in summary.items()],
-        description=f"render-lineart {method} of {ws.url}",
+    return render_corpus(
+        ws,
+        table,
+        stage="render-lineart",
+        array=array_name(method),
+        version=version,
+        task=lineart_shard_task,
+        make_spec=lambda s, slots: LineartShardSpec(ws.url, s, method, version, checkpoint, slots, device),
+        shards=shards,
+        force=force,
+        gpu=m.model is not None,
+        head={"method": method, "version": version, "checkpoint": checkpoint or None},
+        label=f"lineart-{method}",
+        artifact=f"render-lineart-{method}",
     )
-    return summary
+
+
+def describe_train_lineart_flow(r: dict[str, Any], params: dict[str, Any]) -> str:
+    head = ""
+    if r["already_done"]:
+        head = f"run {r['run']} already finished its {r['epochs']} epochs: nothing to do\n"
+    elif r["resumed_at"]:
+        head = f"resumed run {r['run']} after epoch {r['resumed_at']} of {r['epochs']}\n"
+    last = r["last"]
+    return head + (
+        f"trained the line-art model {r['epochs']} epochs on {r['pairs']}; held-out boundary F1 {last.get('f1')} "
+        f"at {last.get('size')} px; checkpoint {r['checkpoint']} in models/artline"
+    )
+
+
+def describe_render_lineart(r: dict[str, Any], params: dict[str, Any]) -> str:
+    return (
+        f"rendered {r['rendered']} corpus images with {r['method']} in {r['shards']} shard(s) into "
+        f"corpus/lineart/{r['method']}; {r['corpus_items']} corpus items in all"
+    )
+
+
+def precheck_render_lineart(params: dict[str, Any], given: set[str]) -> None:
+    from storage.checkpoints import resolve
+
+    model_dir = METHODS[params["method"]].model
+    if model_dir is not None:  # a learned method: its checkpoint must be there
+        resolve(Workspace(params["workspace"]), model_dir, params.get("model", "latest"))

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from prefect.tasks import exponential_backoff
+from prefect.tasks import Task, exponential_backoff
 
 from flows.runtime import MangakaTaskRunner
 from storage.lease import DEFAULT_TTL, Fence, LeaseLost, WorkspaceLease, fencing
@@ -39,6 +39,7 @@ from storage.workspace import Workspace, now_iso
 log = logging.getLogger("flows")
 
 F = TypeVar("F", bound=Callable[..., Any])
+R = TypeVar("R")
 
 LEASE_WAIT_ENV = "MANGAKA_LEASE_WAIT"
 # Seconds without a landed renewal after which a lease is stale (renewed every ttl/4).
@@ -137,7 +138,7 @@ def retry_transient(task_obj: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-def shard_task(name: str, retries: int = 4) -> Callable[[F], F]:
+def shard_task(name: str, retries: int = 4) -> Callable[[Callable[..., R]], Task[..., R]]:
     """Decorate a shard function as a Prefect task: transient errors retried with backoff.
 
     The task also takes an optional keyword ``fence`` (a :class:`~storage.lease.Fence`,
@@ -151,7 +152,7 @@ def shard_task(name: str, retries: int = 4) -> Callable[[F], F]:
     connection becomes a transient error that is retried here.
     """
 
-    def wrap(fn: F) -> F:
+    def wrap(fn: Callable[..., R]) -> Task[..., R]:
         @functools.wraps(fn)
         def fenced(*args: Any, fence: Fence | None = None, **kwargs: Any) -> Any:
             with fencing(fence):
@@ -164,7 +165,7 @@ def shard_task(name: str, retries: int = 4) -> Callable[[F], F]:
         keyword = inspect.Parameter("fence", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Fence | None)
         at = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_KEYWORD), len(params))
         fenced.__signature__ = sig.replace(parameters=[*params[:at], keyword, *params[at:]])  # type: ignore[attr-defined]
-        return task(  # type: ignore[return-value]
+        return task(
             name=name,
             retries=retries,
             retry_delay_seconds=exponential_backoff(backoff_factor=2),
@@ -243,14 +244,17 @@ def _plain(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def mangaka_flow(name: str, detail: str = "", lease: bool = True, **flow_kwargs: Any) -> Callable[[F], Any]:
+def mangaka_flow(
+    name: str, detail: str = "", lease: bool = True, cluster: bool = True, **flow_kwargs: Any
+) -> Callable[[F], Any]:
     """``@mangaka_flow("render-lineart", "{method}")``: a Prefect flow as mangaka runs one.
 
     ``detail`` formats the run's parameters into its name. Flows with a ``workspace``
     parameter hold the workspace lease ``name`` for the run (``MANGAKA_LEASE_WAIT`` seconds
     to wait for another run's, default 0: refuse; ``MANGAKA_LEASE_TTL`` seconds without a
     renewal before it is stale, default 120) and record the run in ``_meta/runs``. The
-    lease's fence is active for the whole run (see the module docstring).
+    lease's fence is active for the whole run (see the module docstring). ``cluster``:
+    whether the command line starts a Dask cluster for it (False: it runs in process).
     """
 
     def wrap(fn: F) -> Any:
@@ -308,6 +312,8 @@ def mangaka_flow(name: str, detail: str = "", lease: bool = True, **flow_kwargs:
             "validate_parameters": True,
         }
         kwargs.update(flow_kwargs)
-        return flow(**kwargs)(body)
+        made = flow(**kwargs)(body)
+        setattr(made, "mangaka_cluster", cluster)  # noqa: B010 - read by flows.runtime.launch
+        return made
 
     return wrap

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import get_run_logger
-from prefect.artifacts import create_table_artifact
-
 from flows.ops import mangaka_flow, shard_task
-from flows.runtime import gpu_workers
-from flows.shards import corpus_table, live_slots, pending_shards, run_shards
+from flows.shards import corpus_table, render_corpus
 from storage.checkpoints import load_checkpoint
 from storage.workspace import Workspace
-from tasks.ingest import ShardResult
 from tasks.pseudolabel import (
     MASKS,
     PseudolabelOptions,
@@ -22,10 +17,7 @@ from tasks.pseudolabel import (
     pseudolabel_shard,
 )
 
-
-@shard_task("pseudolabel-shard")
-def pseudolabel_shard_task(spec: PseudolabelShardSpec) -> ShardResult:
-    return pseudolabel_shard(spec)
+pseudolabel_shard_task = shard_task("pseudolabel-shard")(pseudolabel_shard)
 
 
 @mangaka_flow("pseudolabel")
@@ -35,31 +27,45 @@ def pseudolabel(
     shards: str | None = None,
     force: bool = False,
 ) -> dict[str, Any]:
-    """Label every corpus shard not yet labelled by this model (``shards`` "A:B" limits the range)."""
-    logger = get_run_logger()
+    """Label every corpus shard not yet labelled by this model.
+
+    Args:
+        workspace: local directory or s3://bucket/prefix
+        options: the segmenter and how to run it
+        shards: A:B, a range of shards (backfills)
+        force: relabel even shards done with this model
+    """
     ws = Workspace(workspace)
     ckpt = load_checkpoint(ws, "unet", options.model)
     version = producer_version(ckpt.digest, options)
     table = corpus_table(ws)
     prepare_arrays(ws, options.confidence_map)
-    todo = pending_shards(ws, table.length, live_slots(table), MASKS, version, shards, force)
-    specs = [PseudolabelShardSpec(ws.url, s, version, ckpt.name, slots, options.model_dump()) for s, slots in todo]
-    logger.info("model %s (%s): %d shard task(s)", ckpt.name, ckpt.digest, len(specs))
-    gpus = gpu_workers() if options.engine != "onnxruntime" else 0  # that engine runs on CPUs
-    if gpus:
-        logger.info("pinning pseudolabel tasks to the cluster's %d GPU worker(s)", gpus)
-    resources = {"GPU": 1} if gpus else None
-    results: list[ShardResult] = run_shards(pseudolabel_shard_task, specs, "pseudolabel", resources)
-    summary = {
-        "checkpoint": ckpt.name,
-        "digest": ckpt.digest,
-        "labelled": sum(r.ok for r in results),
-        "shards": len(specs),
-        "corpus_items": len(table),
-    }
-    create_table_artifact(
-        key="pseudolabel-summary",
-        table=[{"what": k, "value": v} for k, v in summary.items()],
-        description=f"pseudolabel of {ws.url}",
+    opts = options.model_dump()
+    return render_corpus(
+        ws,
+        table,
+        stage="pseudolabel",
+        array=MASKS,
+        version=version,
+        task=pseudolabel_shard_task,
+        make_spec=lambda s, slots: PseudolabelShardSpec(ws.url, s, version, ckpt.name, slots, opts),
+        shards=shards,
+        force=force,
+        gpu=options.engine != "onnxruntime",  # that engine runs on CPUs
+        head={"checkpoint": ckpt.name, "digest": ckpt.digest},
+        count="labelled",
+        artifact="pseudolabel-summary",
     )
-    return summary
+
+
+def describe_pseudolabel(r: dict[str, Any], params: dict[str, Any]) -> str:
+    return (
+        f"labelled {r['labelled']} corpus images in {r['shards']} shard(s) with {r['checkpoint']} ({r['digest']}); "
+        f"{r['corpus_items']} corpus items in all"
+    )
+
+
+def precheck_pseudolabel(params: dict[str, Any], given: set[str]) -> None:
+    from storage.checkpoints import resolve
+
+    resolve(Workspace(params["workspace"]), "unet", params["options"].model)  # trained?

@@ -193,6 +193,27 @@ def session(config: RunConfig) -> Iterator[str]:
             os.environ.pop(DASK_ADDRESS_ENV, None)
 
 
+def quiet_libraries(verbose: bool) -> None:
+    """The command line's logging: warnings (every task's log with ``verbose``), libraries quieter."""
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().handlers[0].setLevel(level)
+    for name in ("distributed", "tornado", "asyncio", "botocore", "aiobotocore", "s3fs"):
+        logging.getLogger(name).setLevel(logging.WARNING if verbose else logging.ERROR)
+    if not verbose:
+        # Quiet terminal, full record: runs still log at INFO to the Prefect API (the UI);
+        # only the console handlers (here and in every Dask worker) show warnings alone.
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+
+
+def launch(flow: Any, config: RunConfig, **kwargs: Any) -> Any:
+    """Run ``flow`` the one way every command does: on one Prefect API, and one Dask
+    cluster for the flows that map shard tasks (``mangaka_flow(..., cluster=False)`` marks
+    the ones that run in this process, the trainers)."""
+    with session(config) if getattr(flow, "mangaka_cluster", True) else prefect_api():
+        return flow(**kwargs)
+
+
 DASK_ADDRESS_ENV = "MANGAKA_DASK_ADDRESS"
 HEARTBEATS_ENV = "MANGAKA_FLOW_HEARTBEATS"
 

@@ -16,6 +16,7 @@ no one serves them.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import os
@@ -34,37 +35,14 @@ GPU_TAG = "gpu"
 
 
 def workspace_flows() -> dict[str, Any]:
-    """Every flow that takes a ``workspace`` parameter, by its Prefect name."""
-    from flows.augment import augment
-    from flows.build import build
-    from flows.export import export, export_labelme
-    from flows.gaugan import eval_gaugan_flow, generate_flow, train_gaugan_flow
-    from flows.ingest import ingest_images
-    from flows.labelme import ingest_labelme
-    from flows.lineart import render_lineart, train_lineart_flow
-    from flows.pseudolabel import pseudolabel
-    from flows.segment import train_unet_flow
-    from flows.style import render_style, train_colorizer_flow, train_style_flow
+    """Every command's flow that takes a ``workspace`` parameter, by its Prefect name."""
+    import inspect
 
-    flows = [
-        build,
-        ingest_images,
-        ingest_labelme,
-        augment,
-        train_unet_flow,
-        pseudolabel,
-        export_labelme,
-        train_gaugan_flow,
-        generate_flow,
-        eval_gaugan_flow,
-        train_lineart_flow,
-        render_lineart,
-        train_style_flow,
-        train_colorizer_flow,
-        render_style,
-        export,
-    ]
-    return {f.name: f for f in flows}
+    from flows.cli import COMMANDS
+    from flows.cli.options import load
+
+    flows = [load(c.flow) for c in COMMANDS.values() if c.flow and c.name != "demo"]  # demo draws its own corpus
+    return {f.name: f for f in flows if "workspace" in inspect.signature(f.fn).parameters}
 
 
 def deployments(
@@ -177,3 +155,52 @@ def pause_schedules(deps: list[RunnerDeployment]) -> None:
                     log.info("paused the schedule of %s/%s", dep.flow_name, dep.name)
             except Exception as exc:  # noqa: BLE001 - stopping goes on; say what is left running
                 log.warning("could not pause %s/%s: %s", dep.flow_name, dep.name, exc)
+
+
+# -- the command line ---------------------------------------------------------------------
+def serve_options(p: argparse.ArgumentParser) -> None:
+    """The options of ``mangaka serve``."""
+    p.add_argument("--cron", default="0 3 * * *", help="the nightly build's schedule (default 0 3 * * *)")
+    p.add_argument("--timezone", default="UTC", help="the schedule's time zone (default UTC)")
+    p.add_argument("--src", help="the nightly build's corpus source (new files are ingested)")
+    p.add_argument("--labelme", help="the nightly build's labelme folder (corrections are ingested)")
+    p.add_argument("--gpu-limit", type=int, default=1, help="GPU shard tasks at once, all runs (0: no limit)")
+    p.add_argument("--limit", type=int, help="flow runs at once from this process")
+
+
+def serve_command(a: argparse.Namespace, config: Any) -> int:
+    """``mangaka serve``: check the server, the schedule and the options, then serve until stopped."""
+    from flows import UsageError
+    from flows.runtime import _ensure_prefect_home
+
+    if not os.environ.get("PREFECT_API_URL"):
+        raise UsageError(
+            "serve needs a Prefect server: start one (`prefect server start`) and set PREFECT_API_URL, "
+            "e.g. http://127.0.0.1:4200/api"
+        )
+    try:
+        from prefect.client.schemas.schedules import CronSchedule
+
+        CronSchedule(cron=a.cron, timezone=a.timezone)
+    except ValueError as exc:
+        raise UsageError(f"invalid --cron/--timezone: {str(exc).splitlines()[0]}") from None
+    if a.limit is not None and a.limit <= 0:
+        raise UsageError(f"--limit must be positive, not {a.limit}")
+    _ensure_prefect_home()
+
+    def absolute(url: str | None) -> str | None:
+        from storage.location import absolute as absolute_url
+
+        return None if url is None else absolute_url(url)
+
+    serve(
+        str(absolute(config.workspace)),
+        cron=a.cron,
+        timezone=a.timezone,
+        src=absolute(a.src),
+        labelme=absolute(a.labelme),
+        gpu_limit=a.gpu_limit,
+        limit=a.limit,
+        dask_address=config.dask_address,
+    )
+    return 0

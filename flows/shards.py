@@ -19,7 +19,7 @@ import queue
 import re
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from prefect import get_run_logger, tags, unmapped
@@ -27,8 +27,11 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from prefect.tasks import Task
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from flows.runtime import gpu_workers
+from storage.items import ItemTable, item_table
 from storage.lease import LeaseLost, WorkspaceLease, active_fence, held_lease
-from storage.workspace import marker_matches
+from storage.workspace import Workspace, WorkspaceError, marker_matches
+from tasks.shards import ShardResult
 
 
 class ShardFailures(RuntimeError):
@@ -152,7 +155,13 @@ def _update_progress(artifact_id: Any, percent: float) -> None:
 
 
 def pending_shards(
-    ws: Any, length: int, slots_of: Any, array: str, version: str, shards: str | None, force: bool
+    ws: Workspace,
+    length: int,
+    slots_of: Callable[[range], list[int]],
+    array: str,
+    version: str,
+    shards: str | None,
+    force: bool,
 ) -> list[tuple[int, list[int]]]:
     """(shard, live slots) of every shard of ``array`` still to do for ``version``.
 
@@ -161,8 +170,8 @@ def pending_shards(
     """
     lo, hi = 0, ws.shards_of(length)
     if shards:
-        a, _, b = shards.partition(":")
-        lo, hi = int(a or lo), int(b or hi)
+        a, _, b = parse_shards(shards)
+        lo, hi = a if a is not None else lo, b if b is not None else hi
     done = ws.markers(array)
     todo = []
     for shard in range(lo, hi):
@@ -177,17 +186,75 @@ def pending_shards(
     return todo
 
 
-def corpus_table(ws: Any) -> Any:
-    """The corpus's item table, or a clear error when nothing was ingested yet."""
-    from storage.items import item_table
-    from storage.workspace import WorkspaceError
+def parse_shards(text: str) -> tuple[int | None, str, int | None]:
+    """``"A:B"`` (either end may be left out) as ``(A, ":", B)``; a clear error for anything else."""
+    a, sep, b = text.partition(":")
+    if not sep or not all(p.strip().isdigit() or not p.strip() for p in (a, b)):
+        raise ValueError(f"shards takes A:B (shard numbers), not {text!r}")
+    return (int(a) if a.strip() else None), sep, (int(b) if b.strip() else None)
 
+
+def corpus_table(ws: Workspace) -> ItemTable:
+    """The corpus's item table, or a clear error when nothing was ingested yet."""
     table = item_table(ws, "corpus")
     if not len(table):
         raise WorkspaceError(f"{ws.url} has no corpus images: run ingest-images first")
     return table
 
 
-def live_slots(table: Any) -> Any:
+def live_slots(table: ItemTable) -> Callable[[range], list[int]]:
     """``slots_of`` for :func:`pending_shards`: the live items of an item table in a slot range."""
     return lambda slots: [s for s, _ in table.slots_in(slots)]
+
+
+def summarise(ws: Workspace, key: str, summary: dict[str, Any], description: str) -> dict[str, Any]:
+    """Log a flow's summary and make it the run's table artifact ``key`` (one ``what | value`` row per
+    number); returns it. Every flow's summary artifact has these two columns."""
+    rows = [{"what": k, "value": v} for k, v in summary.items() if isinstance(v, (int, float, type(None)))]
+    create_table_artifact(key=artifact_key(key), table=rows, description=description)
+    get_run_logger().info("summary: %s", summary)
+    return summary
+
+
+def render_corpus(
+    ws: Workspace,
+    table: ItemTable,
+    *,
+    stage: str,
+    array: str,
+    version: str,
+    task: Task,
+    make_spec: Callable[[int, list[int]], Any],
+    shards: str | None = None,
+    force: bool = False,
+    gpu: bool = False,
+    head: dict[str, Any] | None = None,
+    count: str = "rendered",
+    label: str | None = None,
+    artifact: str | None = None,
+) -> dict[str, Any]:
+    """Every corpus rendering's flow body: pending shards -> specs -> (GPU pin) -> run -> summary.
+
+    ``make_spec(shard, live_slots)`` builds one shard task's argument. ``gpu``: the task
+    wants a GPU; it is pinned to GPU workers when the cluster has any. The summary is
+    ``head`` followed by ``count`` (images done now), ``shards``, ``corpus_items`` and
+    ``task_seconds``; it is also the run's table artifact ``artifact`` (default the stage).
+    ``label`` names the shard tasks' progress (default the stage).
+    """
+    logger = get_run_logger()
+    label = label or stage
+    todo = pending_shards(ws, table.length, live_slots(table), array, version, shards, force)
+    specs = [make_spec(shard, slots) for shard, slots in todo]
+    logger.info("%s %s (version %s): %d shard task(s)", stage, array, version, len(specs))
+    gpus = gpu_workers() if gpu else 0
+    if gpus:
+        logger.info("pinning %s tasks to the cluster's %d GPU worker(s)", stage, gpus)
+    results: list[ShardResult] = run_shards(task, specs, label, {"GPU": 1} if gpus else None)
+    summary = {
+        **(head or {}),
+        count: sum(r.ok for r in results),
+        "shards": len(specs),
+        "corpus_items": len(table),
+        "task_seconds": round(sum(r.seconds for r in results), 1),
+    }
+    return summarise(ws, artifact or stage, summary, f"{stage} of {ws.url}")

@@ -43,8 +43,13 @@ def list_models(kind: str) -> list[str]:
 
 
 def _load_builtin() -> None:
-    # Importing the model modules registers them; kept lazy so importing the registry is cheap.
-    import models.artline  # noqa: F401
-    import models.spade  # noqa: F401
-    import models.transformer  # noqa: F401
-    import models.unet  # noqa: F401
+    """Import every module of the ``models`` package: each registers its networks (a new
+    network is one new file). Kept lazy so that importing the registry is cheap."""
+    import importlib
+    import pkgutil
+
+    import models
+
+    for info in pkgutil.iter_modules(models.__path__):
+        if info.name != "registry":
+            importlib.import_module(f"models.{info.name}")

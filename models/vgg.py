@@ -11,8 +11,8 @@ caller produces with it.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -37,17 +37,22 @@ RELU = {
 }  # fmt: skip
 
 
-def _load_state(path: str) -> dict[str, torch.Tensor]:
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"VGG weights {path} do not exist")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+def _load_state(path: str) -> tuple[dict[str, torch.Tensor], bytes]:
+    """The state dict in the weights file ``path`` (local or ``s3://``) and the file's bytes."""
+    from storage.location import exists_file
+    from storage.sources import read_file
 
-        return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not exists_file(path):
+        raise FileNotFoundError(f"VGG weights {path} do not exist")
+    data = read_file(path)
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load
+
+        return load(data), data
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
         raise ValueError(f"{path} does not hold a state dict")
-    return state
+    return state, data
 
 
 class VGGFeatures(nn.Module):
@@ -63,6 +68,8 @@ class VGGFeatures(nn.Module):
         super().__init__()
         from torchvision import models
 
+        from storage.location import url_name
+
         if arch not in RELU:
             raise ValueError(f"arch must be one of {sorted(RELU)}, not {arch!r}")
         unknown = [name for name in layers if name not in RELU[arch]]
@@ -72,13 +79,13 @@ class VGGFeatures(nn.Module):
             torch.manual_seed(FALLBACK_SEED)
             net = getattr(models, arch)(weights=None)
         if weights:
-            state = _load_state(weights)
+            state, data = _load_state(weights)
             feats = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
             if not feats:
                 raise ValueError(f"{weights} has no 'features.*' tensors of a torchvision {arch}")
             net.features.load_state_dict(feats)
-            digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:16]
-            self.source = f"imagenet:{Path(weights).name}:{digest}"
+            digest = hashlib.sha256(data).hexdigest()[:16]
+            self.source = f"imagenet:{url_name(weights)}:{digest}"
         else:
             log.warning(
                 "no ImageNet %s weights given: using fixed-seed random VGG features (seed %d); perceptual losses "

@@ -25,99 +25,22 @@ S3 credentials and the endpoint come from the standard AWS variables and files
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import errno
-import hashlib
 import json
 import logging
 import os
 import posixpath
-import re
 import secrets
-import socket
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import fsspec
 
+from storage.identity import TMP_PREFIX, tmp_prefix
 from storage.writepoints import write_point
 
 log = logging.getLogger(__name__)
-
-TMP_PREFIX = ".tmp-"
-
-
-# -- who is writing: machine identity and process start times --------------------------
-
-
-def _read_text(path: str) -> str:
-    try:
-        with open(path, encoding="ascii", errors="replace") as fh:
-            return fh.read().strip()
-    except OSError:
-        return ""
-
-
-def _pid_namespace() -> str:
-    try:
-        return str(os.stat("/proc/self/ns/pid").st_ino)
-    except OSError:
-        return ""
-
-
-def machine_identity() -> dict[str, str]:
-    """Host name, boot id and PID namespace of this process ('' where /proc cannot say).
-
-    Two processes whose identities are equal and complete run on the same kernel, booted
-    once, in the same PID namespace: only then does a pid mean the same process to both.
-    """
-    return {
-        "host": socket.gethostname(),
-        "boot_id": _read_text("/proc/sys/kernel/random/boot_id"),
-        "pidns": _pid_namespace(),
-    }
-
-
-def identity_complete(ident: dict[str, Any]) -> bool:
-    return all(str(ident.get(k) or "") for k in ("host", "boot_id", "pidns"))
-
-
-def same_machine(ident: dict[str, Any]) -> bool:
-    """True only when ``ident`` is provably this machine and this PID namespace."""
-    mine = machine_identity()
-    return identity_complete(mine) and all(str(ident.get(k) or "") == mine[k] for k in mine)
-
-
-def machine_digest(ident: dict[str, Any] | None = None) -> str:
-    """16 hex digits naming a machine and PID namespace (``x`` * 16 when not provable)."""
-    ident = ident if ident is not None else machine_identity()
-    if not identity_complete(ident):
-        return "x" * 16
-    text = "\0".join(str(ident[k]) for k in ("host", "boot_id", "pidns"))
-    return hashlib.sha1(text.encode()).hexdigest()[:16]
-
-
-def process_start(pid: int) -> str:
-    """The start time of process ``pid`` in clock ticks since boot (``/proc/<pid>/stat``
-    field 22), or '' when it cannot be read (no such process, or no /proc)."""
-    raw = _read_text(f"/proc/{int(pid)}/stat")
-    if not raw or ")" not in raw:
-        return ""
-    fields = raw.rsplit(")", 1)[1].split()
-    return fields[19] if len(fields) > 19 else ""  # fields[0] is field 3 (state)
-
-
-_tmp_prefix: tuple[int, str] | None = None
-
-
-def tmp_prefix() -> str:
-    """``.tmp-<machine digest>_<pid>_<start time>_`` of this process (recomputed after a fork)."""
-    global _tmp_prefix
-    pid = os.getpid()
-    if _tmp_prefix is None or _tmp_prefix[0] != pid:
-        _tmp_prefix = (pid, f"{TMP_PREFIX}{machine_digest()}_{pid}_{process_start(pid) or 0}_")
-    return _tmp_prefix[1]
 
 
 # -- durable local writes ---------------------------------------------------------------
@@ -215,6 +138,11 @@ def is_remote(url: str) -> bool:
     return "://" in url and not url.startswith("file://")
 
 
+def absolute(url: str) -> str:
+    """``url`` as it is when remote, else as an absolute local path (runs elsewhere find it)."""
+    return url if is_remote(url) else os.path.abspath(url)
+
+
 def s3_storage_options() -> dict[str, Any]:
     """Options for s3fs from the standard AWS environment (endpoint for S3-compatible servers)."""
     # Every request has a time limit, so a hung connection surfaces as a transient error
@@ -304,6 +232,13 @@ class Location:
         k = safe_key(key)
         return f"{self.root}/{k}" if k else self.root
 
+    def url_of(self, key: str = "") -> str:
+        """The full address of ``key``: a local path, or ``s3://bucket/prefix/key``."""
+        if not self.remote:
+            return self.path(key)
+        protocol = self.url.partition("://")[0]
+        return f"{protocol}://{self.path(key)}"
+
     # -- the one gate every mutation passes ---------------------------------------------
     def before_mutation(self, op: str, key: str) -> None:
         """Check the active lease fence (if any), then announce the write point."""
@@ -315,6 +250,13 @@ class Location:
     # -- reads --------------------------------------------------------------------------
     def exists(self, key: str) -> bool:
         return bool(self.fs.exists(self.path(key)))
+
+    def is_dir(self, key: str = "") -> bool:
+        """A folder (locally), or a prefix with objects below it or a bucket (S3)."""
+        return bool(self.fs.isdir(self.path(key)))
+
+    def is_file(self, key: str) -> bool:
+        return bool(self.fs.isfile(self.path(key)))
 
     def read_bytes(self, key: str) -> bytes:
         return bytes(self.fs.cat_file(self.path(key)))
@@ -469,167 +411,77 @@ class Location:
         :meth:`write_bytes` (temporary name, fsync, rename, directory fsync; never zarr's
         own ``*.<uuid>.partial`` files); on S3 a :class:`zarr.storage.FsspecStore`.
         """
-        _define_stores()
+        from storage import zarrstore
+
         if not self.remote:
             os.makedirs(self.root, exist_ok=True)
-            return globals()["DurableLocalStore"](self.root, read_only=read_only, loc=self)
+            store: Any = zarrstore.store_class("DurableLocalStore")
+            return store(self.root, read_only=read_only, loc=self)
         fs, path = filesystem(self.url, asynchronous=True)
-        return globals()["GuardedFsspecStore"](fs, path=path, read_only=read_only, loc=self)
+        store = zarrstore.store_class("GuardedFsspecStore")
+        return store(fs, path=path, read_only=read_only, loc=self)
 
 
-# -- zarr stores ----------------------------------------------------------------------------
-# Defined on first use (importing zarr costs 0.2 s, and most commands never open an array);
-# module-level names, so a pickled store finds its class again (PEP 562 __getattr__).
-
-# zarr 3.1's LocalStore writes ``<name minus suffix>.<uuid4 hex>.partial`` and renames it.
-ZARR_PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
+# -- a user's own files and folders: OUT, --masks DIR, --style-image IMG, ... ---------------
+# Commands take local paths and ``s3://`` URLs alike; these are the only places that turn one
+# into a folder and a name.
 
 
-def is_temporary_name(name: str) -> bool:
-    """A writer's temporary file (ours, or zarr's own), never data."""
-    return name.startswith(TMP_PREFIX) or bool(ZARR_PARTIAL.search(name))
+def split_url(url: str) -> tuple[Location, str]:
+    """The :class:`Location` of the folder that holds the file ``url`` and the file's name.
+
+    ``url`` is a local path (relative to the working directory, or ``file://``) or
+    ``s3://bucket/key``; a URL that names no file (``s3://bucket``) is a ``ValueError``.
+    """
+    if is_remote(url):
+        protocol, _, rest = url.partition("://")
+        parent, _, name = rest.rstrip("/").rpartition("/")
+        if not parent or not name:
+            raise ValueError(f"{url} names no file: give s3://bucket/key")
+        return Location(f"{protocol}://{parent}"), name
+    _, path = filesystem(url)
+    name = os.path.basename(path)
+    if not name:
+        raise ValueError(f"{url} names no file")
+    return Location(os.path.dirname(path)), name
 
 
-_STORES = ("DurableLocalStore", "GuardedFsspecStore")
+def url_name(url: str) -> str:
+    """The last part of a path or URL (``a/b.png`` and ``s3://bucket/a/b.png``: ``b.png``)."""
+    return posixpath.basename(url.rstrip("/"))
 
 
-def __getattr__(name: str) -> Any:
-    if name in _STORES:
-        _define_stores()
-        return globals()[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def child_url(url: str, key: str) -> str:
+    """The path or URL of ``key`` below the folder ``url``, written the way ``url`` was given
+    (a relative folder gives a relative path); ``key`` may not leave the folder."""
+    k = safe_key(key)
+    return f"{url.rstrip('/')}/{k}" if url.rstrip("/") else f"/{k}"
 
 
-def _define_stores() -> None:
-    if all(n in globals() for n in _STORES):
-        return
-    from pathlib import Path
+def exists_dir(url: str) -> bool:
+    """Whether ``url`` is a folder (local), or a bucket or a prefix with objects below it (S3)."""
+    return Location(url).is_dir()
 
-    from zarr.core.buffer import Buffer
-    from zarr.storage import FsspecStore, LocalStore
-    from zarr.storage._fsspec import ALLOWED_EXCEPTIONS, _dereference_path
 
-    class DurableLocalStore(LocalStore):
-        """LocalStore whose writes are durable, named like Location's, and announced."""
+def exists_file(url: str) -> bool:
+    """Whether ``url`` is a file (local; a link to one counts) or an object (S3)."""
+    try:
+        loc, name = split_url(url)
+    except ValueError:
+        return False
+    return loc.is_file(name)
 
-        def __init__(self, root: Path | str, *, read_only: bool = False, loc: Location | None = None) -> None:
-            super().__init__(root, read_only=read_only)
-            self.loc = loc if loc is not None else Location(str(root))
 
-        def with_read_only(self, read_only: bool = False) -> DurableLocalStore:
-            return type(self)(self.root, read_only=read_only, loc=self.loc)
+def write_file(url: str, data: bytes) -> str:
+    """Write one file of the user's (``OUT/x.png`` or ``s3://bucket/x.png``), atomically and
+    durably like :meth:`Location.write_bytes`; returns ``url``."""
+    loc, name = split_url(url)
+    loc.write_bytes(name, data)
+    return url
 
-        def _put(self, key: str, value: Buffer, exclusive: bool = False) -> None:
-            if not isinstance(value, Buffer):
-                raise TypeError(f"set(): `value` must be a Buffer instance, not {type(value)}")
-            self.loc.before_mutation("create" if exclusive else "write", key)
-            if not write_file_durably(str(self.root / key), value.as_buffer_like(), exclusive=exclusive):
-                raise FileExistsError(key)
 
-        def set_sync(self, key: str, value: Buffer) -> None:
-            self._ensure_open_sync()
-            self._check_writable()
-            self._put(key, value)
-
-        async def _set(self, key: str, value: Buffer, exclusive: bool = False) -> None:
-            if not self._is_open:
-                await self._open()
-            self._check_writable()
-            await asyncio.to_thread(self._put, key, value, exclusive)
-
-        def delete_sync(self, key: str) -> None:
-            self._ensure_open_sync()
-            self._check_writable()
-            self.loc.before_mutation("delete", key)
-            super().delete_sync(key)
-
-        async def delete(self, key: str) -> None:
-            self._check_writable()
-            await asyncio.to_thread(self.loc.before_mutation, "delete", key)
-            await super().delete(key)
-
-        async def delete_dir(self, prefix: str) -> None:
-            self._check_writable()
-            await asyncio.to_thread(self.loc.before_mutation, "delete", prefix)
-            await super().delete_dir(prefix)
-
-        async def clear(self) -> None:
-            self._check_writable()
-            await asyncio.to_thread(self.loc.before_mutation, "delete", "")
-            await super().clear()
-
-        async def list(self) -> Any:
-            async for key in super().list():
-                if not is_temporary_name(posixpath.basename(key)):
-                    yield key
-
-        async def list_prefix(self, prefix: str) -> Any:
-            async for key in super().list_prefix(prefix):
-                if not is_temporary_name(posixpath.basename(key)):
-                    yield key
-
-        async def list_dir(self, prefix: str) -> Any:
-            async for key in super().list_dir(prefix):
-                if not is_temporary_name(key):
-                    yield key
-
-    class GuardedFsspecStore(FsspecStore):
-        """FsspecStore whose writes and deletes are announced and fenced like Location's."""
-
-        def __init__(
-            self,
-            fs: Any,
-            read_only: bool = False,
-            path: str = "/",
-            allowed_exceptions: tuple[type[Exception], ...] = ALLOWED_EXCEPTIONS,
-            loc: Location | None = None,
-        ) -> None:
-            super().__init__(fs, read_only=read_only, path=path, allowed_exceptions=allowed_exceptions)
-            self.loc = loc if loc is not None else Location(f"s3://{path}")
-
-        def with_read_only(self, read_only: bool = False) -> GuardedFsspecStore:
-            return type(self)(
-                fs=self.fs,
-                path=self.path,
-                allowed_exceptions=self.allowed_exceptions,
-                read_only=read_only,
-                loc=self.loc,
-            )
-
-        async def set(self, key: str, value: Buffer, byte_range: tuple[int, int] | None = None) -> None:
-            if not self._is_open:
-                await self._open()
-            self._check_writable()
-            await asyncio.to_thread(self.loc.before_mutation, "write", key)
-            await super().set(key, value, byte_range)
-
-        async def set_if_not_exists(self, key: str, value: Buffer) -> None:
-            if not self._is_open:
-                await self._open()
-            self._check_writable()
-            await asyncio.to_thread(self.loc.before_mutation, "create", key)
-            try:
-                await self.fs._pipe_file(_dereference_path(self.path, key), value.to_bytes(), mode="create")
-            except OSError as exc:
-                if not _precondition_failed(exc):
-                    raise
-
-        async def delete(self, key: str) -> None:
-            self._check_writable()
-            await asyncio.to_thread(self.loc.before_mutation, "delete", key)
-            await super().delete(key)
-
-        async def delete_dir(self, prefix: str) -> None:
-            self._check_writable()
-            await asyncio.to_thread(self.loc.before_mutation, "delete", prefix)
-            await super().delete_dir(prefix)
-
-        async def clear(self) -> None:
-            self._check_writable()
-            await asyncio.to_thread(self.loc.before_mutation, "delete", "")
-            await super().clear()
-
-    for cls in (DurableLocalStore, GuardedFsspecStore):
-        cls.__module__ = __name__
-        cls.__qualname__ = cls.__name__
-        globals()[cls.__name__] = cls
+def file_url(url: str) -> str:
+    """``url`` as a URL: ``file:///abs/path`` for a local path, unchanged for ``s3://``."""
+    if is_remote(url):
+        return url
+    return "file://" + filesystem(url)[1]

@@ -22,7 +22,7 @@ import tarfile
 from dataclasses import asdict, dataclass
 from typing import IO, Any
 
-from storage.location import filesystem, is_remote
+from storage.location import child_url, exists_dir, filesystem, is_remote
 from storage.workspace import WorkspaceError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
@@ -94,6 +94,57 @@ def read_regular_file(path: str, limit: int | None) -> bytes:
     if len(data) > limit:
         raise ValueError(f"file is over the {limit}-byte limit")
     return data
+
+
+def read_file(url: str, limit: int | None = None) -> bytes:
+    """The bytes of one file a user named (a local path or ``s3://bucket/key``), at most
+    ``limit`` of them: locally exactly as :func:`read_regular_file`; on S3 an object over
+    ``limit`` is refused (``ValueError``) before it is read. A missing one is
+    ``FileNotFoundError``."""
+    fs, path = filesystem(url)
+    if not is_remote(url):
+        return read_regular_file(path, limit)
+    if limit is not None:
+        size = int(fs.size(path) or 0)
+        if size > limit:
+            raise ValueError(f"file is {size} bytes, over the {limit}-byte limit")
+    return bytes(fs.cat_file(path))
+
+
+class OutsideFolder(ValueError):
+    """A name read from an input file (labelme's ``imagePath``) that is absolute, or that
+    leads outside the folder every such name must stay inside."""
+
+    def __init__(self, rel: str, absolute: bool) -> None:
+        super().__init__(f"{rel!r} is absolute" if absolute else f"{rel!r} leads outside the folder")
+        self.rel = rel
+        self.absolute = absolute
+
+
+def read_relative(base: str, rel: str, root: str, limit: int | None = None) -> bytes:
+    """The bytes of the file ``rel`` names relative to the file ``base``, which lies in the
+    folder ``root`` (local, or ``s3://``; ``base`` as a path, ``bucket/key`` or URL).
+
+    ``rel`` comes from an untrusted file: backslashes count as separators, and an absolute
+    ``rel`` or one that leads outside ``root`` (locally after following every link) is
+    :class:`OutsideFolder`, never read. Otherwise as :func:`read_file`.
+    """
+    rel = rel.replace("\\", "/")
+    if os.path.isabs(rel):
+        raise OutsideFolder(rel, absolute=True)
+    if is_remote(root):
+        protocol = root.partition("://")[0]
+        _, root_path = filesystem(root)
+        base_path = filesystem(base)[1] if is_remote(base) else base
+        target = posixpath.normpath(posixpath.join(posixpath.dirname(base_path), rel))
+        if posixpath.commonpath([root_path, target]) != root_path:
+            raise OutsideFolder(rel, absolute=False)
+        return read_file(f"{protocol}://{target}", limit)
+    real_root = os.path.realpath(root)
+    target = os.path.realpath(os.path.join(os.path.dirname(base), rel))
+    if os.path.commonpath([real_root, target]) != real_root:
+        raise OutsideFolder(rel, absolute=False)
+    return read_regular_file(target, limit)
 
 
 COMPRESSIONS = (
@@ -189,11 +240,12 @@ class Listing:
 
 def list_sources(src: str, suffixes: frozenset[str] = IMAGE_SUFFIXES) -> Listing:
     """List the files under ``src`` (folder, ``.tar``, or ``s3://`` prefix) named with one
-    of ``suffixes`` (images by default), sorted."""
-    if suffixes != IMAGE_SUFFIXES and not (not is_remote(src) and os.path.isdir(src)):
-        raise ValueError(f"{src} must be a local folder")
+    of ``suffixes`` (images by default), sorted; other suffixes than images' want a folder
+    or a prefix."""
+    if suffixes != IMAGE_SUFFIXES and not is_remote(src) and not os.path.isdir(src):
+        raise ValueError(f"{src} must be a folder")
     if is_remote(src):
-        return _list_s3(src)
+        return _list_s3(src, suffixes)
     path = os.path.abspath(os.path.expanduser(src))
     if os.path.isdir(path):
         return _list_folder(path, suffixes)
@@ -266,7 +318,13 @@ def _list_tar(archive: str) -> Listing:
     return Listing(refs, skipped, refused)
 
 
-def _list_s3(src: str) -> Listing:
+def _s3_ref(path: str, rel: str, info: dict[str, Any]) -> SourceRef:
+    mtime = info.get("LastModified") or info.get("mtime") or 0
+    stamp = mtime.timestamp() if hasattr(mtime, "timestamp") else float(mtime)
+    return SourceRef(f"s3://{path}", "s3", path, rel, int(info.get("size") or 0), stamp)
+
+
+def _list_s3(src: str, suffixes: frozenset[str] = IMAGE_SUFFIXES) -> Listing:
     fs, root = filesystem(src)
     refs: list[SourceRef] = []
     skipped = 0
@@ -275,13 +333,48 @@ def _list_s3(src: str) -> Listing:
         if info.get("type") == "directory":
             continue
         rel = path[len(root) :].lstrip("/")
-        if not is_image_name(rel):
+        if posixpath.splitext(rel)[1].lower() not in suffixes:
             skipped += 1
             continue
-        mtime = info.get("LastModified") or info.get("mtime") or 0
-        stamp = mtime.timestamp() if hasattr(mtime, "timestamp") else float(mtime)
-        refs.append(SourceRef(f"s3://{path}", "s3", path, rel, int(info.get("size") or 0), stamp))
+        refs.append(_s3_ref(path, rel, info))
     return Listing(refs, skipped, [])
+
+
+def list_folder(url: str, suffix: str, what: str = "folder") -> Listing:
+    """The files directly in the folder ``url`` (local or ``s3://``) whose names end with
+    ``suffix`` (any case), sorted by name; ``what`` names the folder in reasons.
+
+    Sub-folders and anything that is not a (link to a) regular file are passed over; a
+    local link that leads outside the folder is refused. Each ``source`` is written the
+    way ``url`` was given. A folder that does not exist is ``FileNotFoundError``.
+    """
+    if not exists_dir(url):
+        raise FileNotFoundError(f"{url} is not a folder")
+    fs, root = filesystem(url)
+    refs: list[SourceRef] = []
+    refused: list[tuple[str, str]] = []
+    skipped = 0
+    if is_remote(url):
+        for info in sorted(fs.ls(root, detail=True), key=lambda i: str(i["name"])):
+            path = str(info["name"])
+            name = posixpath.basename(path)
+            if info.get("type") != "file" or not name.lower().endswith(suffix):
+                skipped += 1
+                continue
+            refs.append(_s3_ref(path, name, info))
+        return Listing(refs, skipped, refused)
+    real_root = os.path.realpath(root)
+    for name in sorted(os.listdir(root)):
+        full = os.path.join(root, name)
+        if not name.lower().endswith(suffix) or not os.path.isfile(full):
+            skipped += 1
+            continue
+        if os.path.commonpath([real_root, os.path.realpath(full)]) != real_root:
+            refused.append((child_url(url, name), f"symlink points outside the {what}"))
+            continue
+        st = os.stat(full)
+        refs.append(SourceRef(child_url(url, name), "file", full, name, st.st_size, st.st_mtime))
+    return Listing(refs, skipped, refused)
 
 
 class SourceReader:

@@ -277,6 +277,12 @@ class Workspace:
         )
         return arr
 
+    def require_pair(self, images: str, masks: str, size: int, length: int, owner: str) -> None:
+        """Open or create an image array and its mask array of ``size``, both ``owner``'s
+        (:meth:`require_array` for each)."""
+        self.require_array(images, image_spec(size), length, owner=owner)
+        self.require_array(masks, mask_spec(size), length, owner=owner)
+
     def drop_array(self, array: str) -> None:
         """Delete an array and its markers (a derived array whose layout must change)."""
         key = _key_of(array)
@@ -455,5 +461,6 @@ class Workspace:
 
     # -- reports and other plain files -------------------------------------------------
     def write_file(self, key: str, data: bytes) -> str:
+        """Store ``data`` at ``key``; returns its address (a local path or ``s3://...``)."""
         self.loc.write_bytes(key, data)
-        return self.loc.path(key)
+        return self.loc.url_of(key)

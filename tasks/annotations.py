@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from storage.sources import SourceReader, SourceRef
-from storage.workspace import DEFAULT_CLASSES, Workspace, image_spec, mask_spec
+from storage.location import exists_file
+from storage.sources import SourceRef, read_file
+from storage.workspace import DEFAULT_CLASSES, Workspace
 from tasks.imageio import DEFAULT_MAX_PIXELS, square, square_mask
-from tasks.ingest import ShardResult, SourceReadError, Unusable, Vanished, read_source, ref_fields, shard_buffer
+from tasks.ingest import ShardResult, read_shard_sources, shard_buffer, unless_done
 from tasks.labelme import ImageReadError, LabelmeError, class_ids, read_annotation
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,8 @@ class LabelmeOptions(BaseModel):
     size: int = Field(512, ge=16, le=4096, description="side of the stored square image and mask")
     fit: Literal["crop", "pad"] = Field("crop", description="centre-crop, or pad (image white, mask ignore)")
     classes: tuple[str, ...] = Field(DEFAULT_CLASSES, description="class names, background first")
-    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
-    max_bytes: int = Field(200_000_000, ge=1)
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="refuse larger images before decoding")
+    max_bytes: int = Field(200_000_000, ge=1, description="refuse larger files before reading them")
 
     @property
     def version(self) -> str:
@@ -64,56 +64,38 @@ class LabelmeShardSpec:
 def prepare_arrays(ws: Workspace, options: LabelmeOptions, length: int) -> None:
     """Create or grow both arrays (the flow is their metadata's single writer)."""
     ws.ensure_config(image_size=options.size, classes=list(options.classes))
-    ws.require_array(IMAGES, image_spec(options.size), length, owner="ingest-labelme")
-    ws.require_array(MASKS, mask_spec(options.size), length, owner="ingest-labelme")
+    ws.require_pair(IMAGES, MASKS, options.size, length, owner="ingest-labelme")
 
 
-def ingest_labelme_shard(spec: LabelmeShardSpec) -> ShardResult:
+@unless_done(IMAGES)
+def ingest_labelme_shard(spec: LabelmeShardSpec, ws: Workspace) -> ShardResult:
     """Read, check and rasterise the labelme files of one shard; quarantine the bad ones."""
-    ws = Workspace(spec.workspace)
-    if ws.is_done(IMAGES, spec.shard, spec.version):
-        return ShardResult(IMAGES, spec.shard, skipped=True)
+    from PIL import Image
+
     t0 = time.perf_counter()
     opts = LabelmeOptions(**spec.options)
     ids = class_ids(opts.classes)
-    start = spec.shard * ws.shard_size
     n = len(spec.sources)
     images = shard_buffer(n, (opts.size, opts.size, 3))
     masks = shard_buffer(n, (opts.size, opts.size))
-    entries: list[dict[str, Any]] = []
-    holes: list[int] = []
-    with SourceReader() as reader:
-        for j, record in enumerate(spec.sources):
-            ref = SourceRef.from_dict(ref_fields(record))
-            entry: dict[str, Any] = {"slot": start + j, "id": ref.id, "source": ref.source, "fp": record["fingerprint"]}
-            try:
-                raw = read_source(reader, ref, opts.max_bytes)
-                ann = read_annotation(raw, ref.path, spec.root, ids, opts.max_pixels, max_bytes=opts.max_bytes)
-            except (SourceReadError, ImageReadError):
-                raise  # a fault of the run, not of the file: the shard fails and is done again
-            except Vanished as exc:
-                log.warning("%s: %s; it is ingested when it is there again", ref.source, exc)
-                entry.update(status="missing", reason=str(exc))
-                entries.append(entry)
-                holes.append(j)
-                continue
-            except (Unusable, LabelmeError) as exc:
-                reason = str(exc)
-            except Exception as exc:  # hostile files: isolate each one
-                reason = f"unreadable annotation: {exc.__class__.__name__}: {exc}"
-            else:
-                from PIL import Image
 
-                entry["sha256"] = hashlib.sha256(raw + b"\0" + ann.image_bytes).hexdigest()
-                images[j] = square(Image.fromarray(ann.image), opts.size, opts.fit)
-                masks[j] = square_mask(ann.mask, opts.size, opts.fit)
-                entry["status"] = "ok"
-                entries.append(entry)
-                continue
-            ws.quarantine(ref.source, STAGE, reason)
-            entry.update(status="quarantined", reason=reason)
-            entries.append(entry)
-            holes.append(j)
+    def use(j: int, raw: bytes, ref: SourceRef, entry: dict[str, Any]) -> None:
+        ann = read_annotation(raw, ref.path, spec.root, ids, opts.max_pixels, max_bytes=opts.max_bytes)
+        entry["sha256"] = hashlib.sha256(raw + b"\0" + ann.image_bytes).hexdigest()
+        images[j] = square(Image.fromarray(ann.image), opts.size, opts.fit)
+        masks[j] = square_mask(ann.mask, opts.size, opts.fit)
+
+    entries, holes = read_shard_sources(
+        ws,
+        spec.sources,
+        spec.shard * ws.shard_size,
+        STAGE,
+        opts.max_bytes,
+        use,
+        judged=(LabelmeError,),
+        faults=(ImageReadError,),  # a fault of the run, not of the file: the shard fails and is done again
+        decoder="unreadable annotation",
+    )
     ws.write_shard(IMAGES, spec.shard, images, holes)
     ws.write_shard(MASKS, spec.shard, masks, holes)
     ws.write_marker(MASKS, spec.shard, spec.version)
@@ -125,12 +107,11 @@ def ingest_labelme_shard(spec: LabelmeShardSpec) -> ShardResult:
 
 
 def labels_file_classes(path: str | None) -> tuple[str, ...]:
-    """The class list from a labels.txt (``None``: the default seven classes)."""
+    """The class list from a labels.txt (local or ``s3://``; ``None``: the default seven classes)."""
     from tasks.labelme import parse_labels
 
     if path is None:
         return DEFAULT_CLASSES
-    if not os.path.isfile(path):
+    if not exists_file(path):
         raise FileNotFoundError(f"labels file {path} does not exist")
-    with open(path, encoding="utf-8") as f:
-        return tuple(parse_labels(f.read()))
+    return tuple(parse_labels(read_file(path).decode("utf-8")))

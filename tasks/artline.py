@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -38,17 +37,31 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.nn import functional as F
 
 from models.registry import create
-from storage.checkpoints import load_checkpoint, resolve, save_checkpoint
-from storage.sources import read_regular_file
+from storage.checkpoints import (
+    checkpoint_metrics,
+    commit_train_state,
+    has_tag,
+    load_checkpoint,
+    read_optimizer,
+    resume_train_state,
+    save_checkpoint,
+)
 from storage.workspace import Workspace, WorkspaceError
+from tasks.device import autocast, pick_device
 from tasks.lineart import dataset_f1
-from tasks.segment import pick_device
-from tasks.training import load_optimizer_state, optimizer_state, seeded_generator
+from tasks.tensors import to_unit
+from tasks.training import (
+    held_out_mask,
+    load_optimizer_state,
+    load_weights,
+    optimizer_state,
+    seeded_generator,
+    weights_bytes,
+)
 
 log = logging.getLogger(__name__)
 
 MODEL_DIR = "artline"
-STATE_KEY = f"models/{MODEL_DIR}/train-state.json"
 PAIR_MAX_BYTES = 200_000_000  # a pair file is read whole; never more than this
 FEATURE_LAYERS = ("relu3_3", "relu4_3", "relu5_3")
 FEATURE_WEIGHTS = (5.0, 15.0, 2.0)
@@ -60,22 +73,24 @@ class LineartTrainOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    model: str = Field("artline-unet-small", description="registered line-art network")
+    model: str = Field(
+        "artline-unet-small", description="registered line-art network", json_schema_extra={"registry": "lineart"}
+    )
     size: int = Field(256, ge=32, description="final training side (multiple of 16)")
     sizes: tuple[int, ...] = Field((), description="progressive sides; default size/4, size/2, size")
-    epochs: tuple[int, ...] = Field((4, 3, 4), description="epochs at each of sizes")
+    epochs: tuple[int, ...] = Field((4, 3, 4), description="epochs at each of sizes (progressive resizing), e.g. 4,3,4")
     pairs: str | None = Field(None, description="folder of pairs in synth's layout; default: drawn")
     count: int = Field(320, ge=2, description="pairs to draw when no folder is given")
-    val_count: int = Field(32, ge=1)
-    batch_size: int = Field(8, ge=1)
-    lr: float = Field(2e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
+    val_count: int = Field(32, ge=1, description="held-out pairs scored at every epoch")
+    batch_size: int = Field(8, ge=1, description="pairs per step")
+    lr: float = Field(2e-3, gt=0, description="peak learning rate (one-cycle, AdamW)")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
     feature_weight: float | None = Field(
         None, ge=0, description="scale of the VGG16 feature + Gram terms; default 1 with ImageNet weights, else 0"
     )
     ink_weight: float = Field(10.0, ge=1, description="weight of ink pixels in the pixel L1 (1: plain L1)")
     vgg_weights: str | None = Field(None, description="local file with ImageNet VGG16 weights")
-    seed: int = 0
+    seed: int = Field(0, description="seed of the initial weights, the drawn pairs and the shuffle")
     device: str = "auto"
 
     @model_validator(mode="after")
@@ -96,7 +111,8 @@ class LineartTrainOptions(BaseModel):
     def stage_sizes(self) -> tuple[int, ...]:
         if self.sizes:
             return self.sizes
-        return tuple(s for s in (self.size // 4, self.size // 2, self.size) if s >= 32) or (self.size,)
+        ladder = tuple(s for s in (self.size // 4, self.size // 2, self.size) if s >= 32) or (self.size,)
+        return ladder[-len(self.epochs) :] if self.epochs else ladder
 
     def run_key(self) -> str:
         fields = self.model_dump(exclude={"device"})
@@ -105,10 +121,6 @@ class LineartTrainOptions(BaseModel):
 
 
 # -- pairs -----------------------------------------------------------------------------------
-def _score(item: str) -> float:
-    return int.from_bytes(hashlib.sha256(f"lineart\0{item}".encode()).digest()[:8], "little") / 2**64
-
-
 def draw_pairs(seed: int, count: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     from tasks.synth import draw_portrait
 
@@ -117,40 +129,41 @@ def draw_pairs(seed: int, count: int, size: int) -> tuple[np.ndarray, np.ndarray
 
 
 def read_pairs(folder: str, size: int) -> tuple[list[str], np.ndarray, np.ndarray, list[tuple[str, str]]]:
-    """(ids, images, lines, refused) of a folder in synth's layout, squared to ``size``."""
+    """(ids, images, lines, refused) of a folder in synth's layout (local or s3://), squared to ``size``."""
+    from storage.location import Location, child_url
+    from storage.sources import OutsideFolder, list_folder, read_relative
     from tasks.imageio import BadImage, load_square, open_image, square
 
-    lines_dir = os.path.join(folder, "lines")
-    if not os.path.isdir(lines_dir):
+    loc = Location(folder)
+    if not loc.is_dir("lines"):
         raise WorkspaceError(f"{folder} has no lines/ folder (synth's layout: images/ or labelme/, and lines/)")
-    root = os.path.realpath(folder)
-    ids, images, lines, refused = [], [], [], []
-    for name in sorted(os.listdir(lines_dir)):
-        if not name.endswith(".png"):
-            continue
-        item = name[:-4]
-        image_path = next(
+    listing = list_folder(child_url(folder, "lines"), ".png", "lines/")
+    ids, images, lines = [], [], []
+    refused = [(source, "symlink points outside the pairs folder") for source, _ in listing.refused]
+    for ref in listing.refs:
+        item = ref.relpath[:-4]
+        image_rel = next(
             (
-                os.path.join(folder, sub, item + ext)
+                f"../{sub}/{item}{ext}"
                 for sub in ("images", "labelme")
                 for ext in (".jpg", ".jpeg", ".png", ".webp")
-                if os.path.isfile(os.path.join(folder, sub, item + ext))
+                if loc.is_file(f"{sub}/{item}{ext}")
             ),
             None,
         )
-        line_path = os.path.join(lines_dir, name)
-        if image_path is None:
-            refused.append((line_path, "no image with this id in images/ or labelme/"))
-            continue
-        if any(os.path.commonpath([root, os.path.realpath(p)]) != root for p in (image_path, line_path)):
-            refused.append((line_path, "symlink points outside the pairs folder"))
+        if image_rel is None:
+            refused.append((ref.source, "no image with this id in images/ or labelme/"))
             continue
         try:
-            img = load_square(read_regular_file(image_path, PAIR_MAX_BYTES), size)
-            im = open_image(read_regular_file(line_path, PAIR_MAX_BYTES))
-            line = np.asarray(square(im.convert("L").convert("RGB"), size))[..., 0]
+            image_bytes = read_relative(ref.source, image_rel, folder, PAIR_MAX_BYTES)
+            line_bytes = read_relative(ref.source, ref.relpath, folder, PAIR_MAX_BYTES)
+            img = load_square(image_bytes, size)
+            line = np.asarray(square(open_image(line_bytes).convert("L").convert("RGB"), size))[..., 0]
+        except OutsideFolder:
+            refused.append((ref.source, "symlink points outside the pairs folder"))
+            continue
         except (BadImage, OSError, ValueError) as exc:
-            refused.append((line_path, f"unreadable pair: {exc}"))
+            refused.append((ref.source, f"unreadable pair: {exc}"))
             continue
         ids.append(item)
         images.append(img)
@@ -162,18 +175,18 @@ def read_pairs(folder: str, size: int) -> tuple[list[str], np.ndarray, np.ndarra
 
 def load_training_pairs(ws: Workspace, opts: LineartTrainOptions) -> dict[str, Any]:
     """Training and held-out pairs at the final size, as uint8 arrays."""
+    from storage.location import Location
+
     if opts.pairs:
         ids, images, lines, refused = read_pairs(opts.pairs, opts.size)
         for source, reason in refused:
             ws.quarantine(source, "train-lineart", reason)
-        held = np.array([_score(i) < 0.1 for i in ids])
-        if held.all() or not held.any():
-            held = np.arange(len(ids)) >= max(1, int(len(ids) * 0.9))
+        held = held_out_mask(ids, "lineart", 0.1)
         digest = hashlib.sha1(json.dumps(ids).encode() + images.tobytes()[: 1 << 20]).hexdigest()[:12]
         return {
             "train": (images[~held], lines[~held]),
             "val": (images[held][: opts.val_count], lines[held][: opts.val_count]),
-            "source": f"folder:{os.path.abspath(opts.pairs)}",
+            "source": f"folder:{Location(opts.pairs).url}",
             "digest": digest,
         }
     train = draw_pairs(1000 + opts.seed, opts.count, opts.size)
@@ -221,7 +234,7 @@ class FeatureLoss(torch.nn.Module):
 
 # -- training --------------------------------------------------------------------------------
 def _to_tensors(images: np.ndarray, lines: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
+    x = to_unit(images)
     y = torch.from_numpy(np.ascontiguousarray(lines))[:, None].float() / 255
     if x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
@@ -235,12 +248,12 @@ def draw_lines(model: torch.nn.Module, images: np.ndarray, device: torch.device,
     model.eval()
     out = []
     for i in range(0, len(images), batch):
-        x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch])).to(device).permute(0, 3, 1, 2).float() / 255
+        x = to_unit(images[i : i + batch], device)
         s = x.shape[-1]
         pad = (-s) % 16
         if pad:
             x = F.pad(x, (0, pad, 0, pad), mode="replicate")
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with autocast(device):
             y = model(x).float()[:, 0, :s, :s].clamp(0, 1)
         out.append((y * 255).round().clamp(0, 255).byte().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, *images.shape[1:3]), np.uint8)
@@ -253,8 +266,6 @@ def train_lineart(
     on_step: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) the line-art model; returns the last epoch's metrics and checkpoint."""
-    from safetensors.torch import load, save
-
     device = pick_device(opts.device)
     key = opts.run_key()
     data = load_training_pairs(ws, opts)
@@ -272,12 +283,13 @@ def train_lineart(
     sizes = opts.stage_sizes()
     plan = [(stage, epoch) for stage, n in enumerate(opts.epochs) for epoch in range(n)]
     steps = -(-len(train_img) // opts.batch_size)
-    meta = ws.loc.read_json(STATE_KEY) if ws.loc.exists(STATE_KEY) else None
+    state = resume_train_state(ws, MODEL_DIR, key)
+    meta = state.meta if state else None
     start = 0
-    if meta and meta.get("run") == key:
+    if state and meta:
         start = int(meta["done"])
-        ckpt = load_checkpoint(ws, MODEL_DIR, meta["checkpoint"])
-        model.load_state_dict(load(ckpt.weights))
+        ckpt = load_checkpoint(ws, MODEL_DIR, state.checkpoint)
+        load_weights(model, ckpt.weights)
         if start >= len(plan):
             log.info("train-lineart run %s already finished its %d epochs", key, len(plan))
             done = {"last": ckpt.metrics, "history": [], "checkpoint": ckpt.name, "already_done": True}
@@ -295,9 +307,8 @@ def train_lineart(
             scheduler = torch.optim.lr_scheduler.OneCycleLR(
                 optimizer, max_lr=opts.lr, total_steps=opts.epochs[stage] * steps
             )
-            if k == start and epoch > 0 and meta:
-                blob = ws.loc.read_bytes(f"models/{MODEL_DIR}/{meta['checkpoint']}/optimizer.safetensors")
-                load_optimizer_state({"opt": optimizer}, blob, meta["param_groups"])
+            if k == start and epoch > 0 and state and meta:
+                load_optimizer_state({"opt": optimizer}, read_optimizer(ws, state), meta["param_groups"])
                 scheduler.load_state_dict(meta["scheduler"])
         assert scheduler is not None
         t0 = time.perf_counter()
@@ -308,7 +319,7 @@ def train_lineart(
         for b in range(steps):
             idx = order[b * opts.batch_size : (b + 1) * opts.batch_size]
             x, y = x_all[idx].to(device), y_all[idx].to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            with autocast(device):
                 pred = model(x)
             loss, parts = loss_fn(pred.float(), y)
             optimizer.zero_grad(set_to_none=True)
@@ -324,21 +335,16 @@ def train_lineart(
         metrics = {"epoch": k + 1, "size": size, **{f"loss_{p}": round(v / steps, 5) for p, v in sums.items()}}
         metrics.update(f1=f1["f1"], precision=f1["precision"], recall=f1["recall"], val_images=f1["images"])
         metrics["seconds"] = round(time.perf_counter() - t0, 1)
-        previous = name
         name = f"{key[:8]}-epoch-{k + 1:04d}"
         config = {"model": opts.model, "run": key, "options": opts.model_dump(), "pairs": data["source"]}
         config.update(vgg=loss_fn.source, sizes=list(sizes))
-        state = {n: v.detach().cpu().contiguous() for n, v in model.state_dict().items()}
-        best = ws.loc.exists(f"models/{MODEL_DIR}/tags/best.json") and k > 0
-        best_f1 = _tag_metric(ws, "best", "f1") if best else -1.0
+        best = has_tag(ws, MODEL_DIR, "best") and k > 0
+        best_f1 = float(checkpoint_metrics(ws, MODEL_DIR, "best").get("f1", -1.0)) if best else -1.0
         tags = ("latest", "best") if f1["f1"] > best_f1 else ("latest",)
-        save_checkpoint(ws, MODEL_DIR, name, save(state), config, metrics, tags=tags)
+        digest = save_checkpoint(ws, MODEL_DIR, name, weights_bytes(model), config, metrics, tags=())
         blob, groups = optimizer_state({"opt": optimizer})
         extra = {"param_groups": groups, "scheduler": scheduler.state_dict()}
-        ws.loc.write_bytes(f"models/{MODEL_DIR}/{name}/optimizer.safetensors", blob)
-        ws.loc.write_json(STATE_KEY, {"run": key, "done": k + 1, "checkpoint": name, **extra})
-        if previous and previous != name:
-            ws.loc.delete(f"models/{MODEL_DIR}/{previous}/optimizer.safetensors")
+        commit_train_state(ws, MODEL_DIR, name, blob, {"run": key, "done": k + 1, **extra}, tags, digest)
         history.append(metrics)
         log.info("train-lineart epoch %d/%d at %d px: %s", k + 1, len(plan), size, metrics)
         if on_epoch:
@@ -356,18 +362,9 @@ def train_lineart(
     }
 
 
-def _tag_metric(ws: Workspace, tag: str, metric: str) -> float:
-    from storage.checkpoints import checkpoint_metrics
-
-    return float(checkpoint_metrics(ws, MODEL_DIR, tag).get(metric, -1.0))
-
-
 def load_artline(ws: Workspace, ref: str = "latest", device: str = "cpu") -> tuple[torch.nn.Module, str, str]:
     """The trained line-art model (eval mode), its checkpoint name and digest."""
-    from safetensors.torch import load
-
-    name = resolve(ws, MODEL_DIR, ref)
-    ckpt = load_checkpoint(ws, MODEL_DIR, name)
+    ckpt = load_checkpoint(ws, MODEL_DIR, ref)
     model = create("lineart", ckpt.config["model"])
-    model.load_state_dict(load(ckpt.weights))
+    load_weights(model, ckpt.weights)
     return model.to(pick_device(device)).eval(), ckpt.name, ckpt.digest

@@ -26,8 +26,8 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from storage.workspace import Workspace, image_spec, mask_spec
-from tasks.ingest import ShardResult, shard_buffer
+from storage.workspace import Workspace
+from tasks.ingest import ShardResult, ShardTask, shard_buffer, unless_done
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class AugmentOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     multiplier: int = Field(16, ge=1, le=256, description="variants per annotated item, the original included")
-    seed: int = 0
+    seed: int = Field(0, description="seed of every variant's draws")
     rotate: float = Field(20.0, ge=0, le=180, description="max rotation, degrees")
     mirror: float = Field(0.5, ge=0, le=1, description="probability of a horizontal mirror")
     scale: tuple[float, float] = Field((0.85, 1.2), description="zoom range")
@@ -56,9 +56,9 @@ class AugmentOptions(BaseModel):
     elastic: float = Field(0.5, ge=0, le=1, description="probability of an elastic warp")
     elastic_alpha: float = Field(0.035, ge=0, le=0.2, description="elastic displacement, fraction of the side")
     elastic_sigma: float = Field(0.06, gt=0, le=0.5, description="elastic smoothness, fraction of the side")
-    brightness: float = Field(0.2, ge=0, le=1)
-    contrast: float = Field(0.2, ge=0, le=1)
-    saturation: float = Field(0.25, ge=0, le=1)
+    brightness: float = Field(0.2, ge=0, le=1, description="max brightness change, fraction")
+    contrast: float = Field(0.2, ge=0, le=1, description="max contrast change, fraction")
+    saturation: float = Field(0.25, ge=0, le=1, description="max saturation change, fraction")
     hue: float = Field(0.03, ge=0, le=0.5, description="max hue shift, fraction of the colour wheel")
     fill: Literal["ignore", "background"] = Field("ignore", description="mask label of pixels from outside")
 
@@ -142,11 +142,7 @@ def augment_pair(
 
 
 @dataclass(frozen=True)
-class AugmentShardSpec:
-    workspace: str
-    shard: int
-    version: str
-    options: dict[str, Any]
+class AugmentShardSpec(ShardTask):
     parents: list[tuple[int, str, str]]  # (parent slot, parent id, parent content hash)
 
 
@@ -181,15 +177,12 @@ def prepare_arrays(ws: Workspace, options: AugmentOptions, parent_length: int) -
         ws.update_config(augmented_multiplier=options.multiplier)
     ws.ensure_config(augmented_multiplier=options.multiplier)
     length = parent_length * options.multiplier
-    ws.require_array(IMAGES, image_spec(size), length, owner="augment")
-    ws.require_array(MASKS, mask_spec(size), length, owner="augment")
+    ws.require_pair(IMAGES, MASKS, size, length, owner="augment")
 
 
-def augment_shard(spec: AugmentShardSpec) -> ShardResult:
+@unless_done(IMAGES)
+def augment_shard(spec: AugmentShardSpec, ws: Workspace) -> ShardResult:
     """Write every variant of the parents that fall in one augmented shard."""
-    ws = Workspace(spec.workspace)
-    if ws.is_done(IMAGES, spec.shard, spec.version):
-        return ShardResult(IMAGES, spec.shard, skipped=True)
     t0 = time.perf_counter()
     opts = AugmentOptions(**spec.options)
     m, s = opts.multiplier, ws.shard_size

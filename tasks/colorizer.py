@@ -45,14 +45,15 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.nn import functional as F
 
 from models.registry import create
-from storage.checkpoints import load_checkpoint, save_checkpoint
+from storage.checkpoints import load_checkpoint, save_checkpoint, write_side_file
 from storage.workspace import Workspace
+from tasks.device import pick_device
 from tasks.npr import palette, posterize_classes
-from tasks.segment import pick_device
+from tasks.training import held_out_mask, weights_bytes
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +63,27 @@ MODEL_DIR = "colorizer"
 class ColorizerOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    model: str = "unet-mobilenetv2-small"
+    model: str = Field(
+        "unet-mobilenetv2-small",
+        description="registered segmenter used as the colouriser (palette classes out)",
+        json_schema_extra={"registry": "segmenter"},
+    )
     size: int = Field(256, ge=32, description="training side (multiple of 32)")
-    num_values: int = Field(3, ge=2, le=6)
-    epochs: int = Field(8, ge=1)
-    batch_size: int = Field(8, ge=1)
-    lr: float = Field(3e-3, gt=0)
-    max_images: int = Field(2000, ge=4)
+    num_values: int = Field(3, ge=2, le=6, description="levels per channel: num_values**3 palette colours")
+    epochs: int = Field(8, ge=1, description="training epochs")
+    batch_size: int = Field(8, ge=1, description="images per step")
+    lr: float = Field(3e-3, gt=0, description="peak learning rate (one-cycle, AdamW)")
+    max_images: int = Field(2000, ge=4, description="corpus images to train and validate on at most")
     hint_size: int = Field(16, ge=0, description="colour hint cells per side (0: line art only)")
     hint: Literal["mode", "mean"] = Field("mode", description="a cell's commonest palette colour, or its mean colour")
-    seed: int = 0
+    seed: int = Field(0, description="seed of the initial weights and the shuffle")
     device: str = "auto"
+
+    @model_validator(mode="after")
+    def _multiple_of_32(self) -> ColorizerOptions:
+        if self.size % 32:
+            raise ValueError(f"size must be a multiple of 32, not {self.size}")
+        return self
 
     def run_key(self) -> str:
         return hashlib.sha1(json.dumps(self.model_dump(exclude={"device"}), sort_keys=True).encode()).hexdigest()[:12]
@@ -195,10 +206,7 @@ def _prior(hints: torch.Tensor | None, num_values: int) -> torch.Tensor | None:
 
 def held_out(ids: list[str]) -> np.ndarray:
     """The held-out 10% of ``ids`` by id hash (the last 10% when the hash picks none or all)."""
-    held = np.array([int(hashlib.sha256(f"colorizer\0{i}".encode()).hexdigest()[:8], 16) / 2**32 < 0.1 for i in ids])
-    if held.all() or not held.any():
-        held = np.arange(len(ids)) >= int(len(ids) * 0.9)
-    return held
+    return held_out_mask(ids, "colorizer", 0.1, nbytes=4, byteorder="big")
 
 
 def _forward(model: Colorizer, lines: torch.Tensor, hints: torch.Tensor | None, priors: torch.Tensor | None,
@@ -236,8 +244,6 @@ def curves_png(history: list[dict[str, Any]]) -> bytes:
 def train_colorizer(
     ws: Workspace, opts: ColorizerOptions, on_epoch: Callable[[dict[str, Any]], None] | None = None
 ) -> dict[str, Any]:
-    from safetensors.torch import save
-
     device = pick_device(opts.device)
     ids, images = _images(ws, opts)
     held = held_out(ids)
@@ -300,9 +306,8 @@ def train_colorizer(
         "held_out_images": int(held.sum()),
     }
     metrics["seconds"] = round(time.perf_counter() - t0, 1)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_checkpoint(ws, MODEL_DIR, name, save(state), config, metrics)
-    ws.loc.write_bytes(f"models/{MODEL_DIR}/{name}/curves.png", curves_png(history))
+    save_checkpoint(ws, MODEL_DIR, name, weights_bytes(model), config, metrics)
+    write_side_file(ws, MODEL_DIR, name, "curves.png", curves_png(history))
     return {"checkpoint": name, **metrics}
 
 

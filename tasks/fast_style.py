@@ -27,10 +27,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch.nn import functional as F
 
 from models.registry import create
-from storage.checkpoints import load_checkpoint, save_checkpoint
+from storage.checkpoints import has_tag, load_checkpoint, save_checkpoint
 from storage.workspace import Workspace
+from tasks.device import autocast, pick_device, use_bf16
 from tasks.neural_style import gram, tv
-from tasks.segment import pick_device
+from tasks.tensors import to_unit
+from tasks.training import load_weights, weights_bytes
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +44,19 @@ STYLE_SCALE = 1e4
 class FastStyleOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    model: str = "johnson-fast"
+    model: str = Field(
+        "johnson-fast", description="registered transformer network", json_schema_extra={"registry": "style"}
+    )
     size: int = Field(256, ge=16, description="training side (multiple of 4)")
-    steps: int = Field(300, ge=1)
-    batch_size: int = Field(4, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    content_weight: float = Field(1.0, ge=0)
-    style_weight: float = Field(5.0, ge=0)
-    tv_weight: float = Field(1e-2, ge=0)
+    steps: int = Field(300, ge=1, description="training steps")
+    batch_size: int = Field(4, ge=1, description="corpus images per step")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
+    content_weight: float = Field(1.0, ge=0, description="weight of the VGG16 relu2_2 content loss")
+    style_weight: float = Field(5.0, ge=0, description="weight of the Gram-matrix style loss over relu1_2..relu4_3")
+    tv_weight: float = Field(1e-2, ge=0, description="weight of the total-variation loss")
     max_images: int = Field(2000, ge=1, description="corpus images to train on (evenly spaced)")
-    vgg_weights: str | None = None
-    seed: int = 0
+    vgg_weights: str | None = Field(None, description="local file with ImageNet VGG16 weights")
+    seed: int = Field(0, description="seed of the shuffle and the initial weights")
     device: str = "auto"
 
 
@@ -94,8 +98,6 @@ def train_fast_style(
     on_step: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Train a transformer for ``style_image``; returns its checkpoint name and losses."""
-    from safetensors.torch import save
-
     from models.vgg import VGGFeatures
 
     device = pick_device(opts.device)
@@ -105,7 +107,7 @@ def train_fast_style(
         torch.manual_seed(opts.seed)
         net = create("style", opts.model).to(device)
     vgg = VGGFeatures("vgg16", STYLE_LAYERS, opts.vgg_weights).to(device)
-    style = torch.from_numpy(np.array(style_image)).permute(2, 0, 1)[None].float().div(255)
+    style = to_unit(np.array(style_image)[None])
     with torch.no_grad():
         targets = [gram(f) for f in vgg(_resize(style, opts.size).to(device))]
     optimizer = torch.optim.Adam(net.parameters(), lr=opts.lr)
@@ -115,7 +117,7 @@ def train_fast_style(
     for step in range(opts.steps):
         g = torch.Generator().manual_seed(opts.seed * 1_000_003 + step)
         idx = torch.randint(len(images), (opts.batch_size,), generator=g).tolist()
-        x = torch.from_numpy(images[idx]).permute(0, 3, 1, 2).float().div(255)
+        x = to_unit(images[idx])
         x = _resize(x, opts.size).to(device)
         y = net(x)
         fy = vgg(y)
@@ -141,22 +143,19 @@ def train_fast_style(
             on_step(step + 1, opts.steps)
     name = f"{key}-steps-{opts.steps:06d}"
     config = {"model": opts.model, "style": key, "options": opts.model_dump(), "vgg": vgg.source}
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     metrics = {"seconds": round(time.perf_counter() - t0, 1), "history": history}
-    save_checkpoint(ws, model_dir(key), name, save(state), config, metrics)
+    save_checkpoint(ws, model_dir(key), name, weights_bytes(net), config, metrics)
     return {"checkpoint": name, "style": key, "vgg": vgg.source, "seconds": metrics["seconds"], "history": history}
 
 
 def has_model(ws: Workspace, key: str) -> bool:
-    return ws.loc.exists(f"models/{model_dir(key)}/tags/latest.json")
+    return has_tag(ws, model_dir(key))
 
 
 def load_fast_style(ws: Workspace, key: str, device: str = "cpu") -> tuple[torch.nn.Module, str]:
-    from safetensors.torch import load
-
     ckpt = load_checkpoint(ws, model_dir(key), "latest")
     net = create("style", ckpt.config["model"])
-    net.load_state_dict(load(ckpt.weights))
+    load_weights(net, ckpt.weights)
     return net.to(pick_device(device)).eval(), ckpt.digest
 
 
@@ -167,18 +166,16 @@ def apply_fast_style(net: torch.nn.Module, images: np.ndarray, device: torch.dev
     bf16 autocast on GPUs and on CPUs with native bf16; channels-last where the network
     prefers it (``StyleTransformer.prefers_channels_last``).
     """
-    from tasks.pseudolabel import use_bf16
-
     bf16 = use_bf16("auto", device)
     prefers = getattr(net, "prefers_channels_last", None)
     layout = torch.channels_last if prefers is None or prefers(device) else torch.contiguous_format
     net = net.to(memory_format=layout)
     out = []
     for i in range(0, len(images), batch):
-        x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch])).to(device).permute(0, 3, 1, 2).float() / 255
+        x = to_unit(images[i : i + batch], device)
         h, w = x.shape[2:]
         x = F.pad(x, (0, (-w) % 4, 0, (-h) % 4), mode="replicate").contiguous(memory_format=layout)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with autocast(device, bf16):
             y = net(x).float()[:, :, :h, :w]
         out.append((y.clamp(0, 1) * 255 + 0.5).byte().permute(0, 2, 3, 1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros_like(images)

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.nn import functional as F
 
 from models.spade import (
@@ -38,23 +38,30 @@ from models.spade import (
     MultiscaleDiscriminator,
     SPADEGenerator,
     VAEDecoder,
-    feature_matching_loss,
-    hinge_g_loss,
-    kl_divergence,
     one_hot,
-    reparameterize,
 )
-from storage.checkpoints import load_checkpoint, resolve, save_checkpoint
+from storage.checkpoints import (
+    checkpoint_metrics,
+    commit_train_state,
+    has_tag,
+    load_checkpoint,
+    read_optimizer,
+    resolve,
+    resume_train_state,
+    save_checkpoint,
+    write_side_file,
+)
 from storage.items import item_table
 from storage.workspace import Workspace, WorkspaceError
 from tasks.augment import validation_split
-from tasks.segment import pick_device
-from tasks.training import load_optimizer_state, optimizer_state, seeded_generator
+from tasks.device import autocast, pick_device
+from tasks.gaugan_loop import Loop, train_gan, train_vae
+from tasks.tensors import from_signed, signed_from_float255, to_float255
+from tasks.training import hash_fraction, load_optimizer_state, load_weights, optimizer_state, weights_bytes
 
 log = logging.getLogger(__name__)
 
 MODEL_DIR = "gaugan"
-STATE_KEY = f"models/{MODEL_DIR}/train-state.json"
 HELD_OUT_FRACTION = 0.1
 PRELOAD_BYTES = 1 << 30  # pairs smaller than this are read once into memory
 
@@ -67,29 +74,40 @@ class GauganOptions(BaseModel):
     size: int = Field(256, ge=32, description="training side, a multiple of 2**num_upsampling")
     steps: int = Field(2000, ge=1, description="GAN steps (phase 2); more steps continue the same run")
     vae_steps: int = Field(400, ge=0, description="encoder pretraining steps (phase 1)")
-    batch_size: int = Field(4, ge=1)
+    batch_size: int = Field(4, ge=1, description="masks per step")
     ngf: int = Field(16, ge=1, description="generator width (SPADE's default is 64)")
-    ndf: int = Field(64, ge=1)
+    ndf: int = Field(64, ge=1, description="discriminator width")
     nef: int = Field(32, ge=1, description="encoder width")
-    z_dim: int = Field(256, ge=1)
-    num_upsampling: Literal["normal", "more", "most"] = "normal"
-    spade_hidden: int = Field(128, ge=1)
-    num_d: int = Field(2, ge=1)
-    n_layers_d: int = Field(4, ge=1)
-    lr_g: float = Field(1e-4, gt=0)
-    lr_d: float = Field(4e-4, gt=0)
-    beta1: float = Field(0.0, ge=0, lt=1)
-    beta2: float = Field(0.9, ge=0, lt=1)
-    lr_vae: float = Field(1e-3, gt=0)
-    lambda_feat: float = Field(10.0, ge=0)
-    lambda_vgg: float = Field(10.0, ge=0)
-    lambda_kld: float = Field(0.05, ge=0)
+    z_dim: int = Field(256, ge=1, description="latent (style) dimension")
+    num_upsampling: Literal["normal", "more", "most"] = Field(
+        "normal", description="generator depth: normal 5, more 6, most 7 upsamplings (SPADE's option)"
+    )
+    spade_hidden: int = Field(128, ge=1, description="hidden channels of every SPADE block")
+    num_d: int = Field(2, ge=1, description="discriminators of the multiscale PatchGAN")
+    n_layers_d: int = Field(4, ge=1, description="layers of each discriminator")
+    lr_g: float = Field(1e-4, gt=0, description="generator learning rate (TTUR)")
+    lr_d: float = Field(4e-4, gt=0, description="discriminator learning rate (TTUR)")
+    beta1: float = Field(0.0, ge=0, lt=1, description="Adam beta1")
+    beta2: float = Field(0.9, ge=0, lt=1, description="Adam beta2")
+    lr_vae: float = Field(1e-3, gt=0, description="encoder learning rate in phase 1")
+    lambda_feat: float = Field(10.0, ge=0, description="discriminator feature-matching loss weight")
+    lambda_vgg: float = Field(10.0, ge=0, description="VGG perceptual loss weight (0: off)")
+    lambda_kld: float = Field(0.05, ge=0, description="KL divergence weight of the encoder")
     min_confidence: float = Field(0.8, ge=0, le=1, description="corpus pseudo-labels at least this confident")
-    checkpoint_every: int = Field(200, ge=1)
+    checkpoint_every: int = Field(200, ge=1, description="GAN steps between checkpoints")
     eval_count: int = Field(32, ge=0, description="held-out masks evaluated at every checkpoint")
     vgg_weights: str | None = Field(None, description="local file with ImageNet VGG19 weights")
-    seed: int = 0
+    seed: int = Field(0, description="seed of the initial weights and of every step's draws")
     device: str = "auto"
+
+    @model_validator(mode="after")
+    def _size_fits_the_generator(self) -> GauganOptions:
+        from models.spade import NUM_UPSAMPLING
+
+        n_up = NUM_UPSAMPLING[self.num_upsampling]
+        if self.size % 2**n_up:
+            raise ValueError(f"size must be a multiple of {2**n_up} with num_upsampling {self.num_upsampling}")
+        return self
 
     def run_key(self) -> str:
         """Identity of a training run; options that only say how long or how often are not part of it."""
@@ -98,10 +116,6 @@ class GauganOptions(BaseModel):
 
 
 # -- data ------------------------------------------------------------------------------------
-def _score(item: str) -> float:
-    return int.from_bytes(hashlib.sha256(f"gaugan\0{item}".encode()).digest()[:8], "little") / 2**64
-
-
 @dataclass
 class Pairs:
     """(family, slot, id) of training and held-out pairs, and a reader of them at one size."""
@@ -164,7 +178,7 @@ def to_model_inputs(
     images: np.ndarray, masks: np.ndarray, size: int, flips: list[bool] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 ``(N, H, W, 3)`` images and ``(N, H, W)`` masks -> model inputs at ``size``."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    x = to_float255(images)
     y = torch.from_numpy(np.ascontiguousarray(masks)).long()
     if x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
@@ -174,7 +188,7 @@ def to_model_inputs(
         f = torch.tensor(flips)
         x = torch.where(f.view(-1, 1, 1, 1), x.flip(-1), x)
         y = torch.where(f.view(-1, 1, 1), y.flip(-1), y)
-    return (x / 127.5 - 1).contiguous(), y.contiguous()
+    return signed_from_float255(x).contiguous(), y.contiguous()
 
 
 def collect_pairs(ws: Workspace, opts: GauganOptions) -> Pairs:
@@ -202,7 +216,7 @@ def collect_pairs(ws: Workspace, opts: GauganOptions) -> Pairs:
             slot = e["slot"]
             if slot // s not in done or slot >= len(confidence):
                 continue
-            if _score(item) < HELD_OUT_FRACTION:
+            if hash_fraction("gaugan", item) < HELD_OUT_FRACTION:
                 held.append(("corpus", slot, item))
             elif confidence[slot] >= opts.min_confidence:
                 train.append(("corpus", slot, item))
@@ -241,36 +255,6 @@ def _pow2_at_least(n: int) -> int:
     return 1 << max(3, (n - 1).bit_length())
 
 
-def _weights_blob(nets: dict[str, torch.nn.Module]) -> bytes:
-    from safetensors.torch import save
-
-    state = {}
-    for prefix, net in nets.items():
-        for k, v in net.state_dict().items():
-            state[f"{prefix}.{k}"] = v.detach().cpu().contiguous()
-    return save(state)
-
-
-def _load_weights(nets: dict[str, torch.nn.Module], blob: bytes) -> None:
-    from safetensors.torch import load
-
-    tensors = load(blob)
-    for prefix, net in nets.items():
-        part = {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(f"{prefix}.")}
-        if part:
-            net.load_state_dict(part)
-
-
-def _batch(
-    pairs: Pairs, opts: GauganOptions, phase: str, step: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
-    g = seeded_generator(opts.seed, phase, step)
-    idx = torch.randint(len(pairs.train), (opts.batch_size,), generator=g).tolist()
-    flips = (torch.rand(opts.batch_size, generator=g) < 0.5).tolist()
-    x, y = pairs.read([pairs.train[i] for i in idx], flips)
-    return x, y, g
-
-
 # -- evaluation ------------------------------------------------------------------------------
 def latent_noise(n: int, z_dim: int, seed: int) -> torch.Tensor:
     return torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed))
@@ -285,9 +269,9 @@ def generate_images(
     out = []
     for i in range(0, len(masks), batch):
         seg = one_hot(masks[i : i + batch].to(device), generator.label_nc)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with autocast(device):
             fake = generator(seg, z[i : i + batch].to(device))
-        out.append(((fake.float().clamp(-1, 1) + 1) * 127.5).round().byte().cpu())
+        out.append(from_signed(fake))
     generator.train()
     return torch.cat(out) if out else torch.zeros(0, 3, generator.size, generator.size, dtype=torch.uint8)
 
@@ -336,7 +320,7 @@ def evaluate(
     out = semantic_consistency(segmenter, seg_size, fake, masks, ws.classes, device)
     out["segmenter"] = digest
     if with_real:
-        real_u8 = ((real + 1) * 127.5).round().byte()
+        real_u8 = from_signed(real)
         out["real"] = semantic_consistency(segmenter, seg_size, real_u8, masks, ws.classes, device)
     return out
 
@@ -358,7 +342,7 @@ def _sample_sheet(
     for s in (1, 2):
         columns.append(generate_images(generator, masks, latent_noise(len(masks), generator.z_dim, s), device))
     rows = []
-    real_u8 = ((real + 1) * 127.5).round().byte()
+    real_u8 = from_signed(real)
     for i in range(len(entries)):
         tiles = [colorize(masks[i].numpy().astype(np.uint8)), real_u8[i].permute(1, 2, 0).numpy()]
         tiles += [c[i].permute(1, 2, 0).numpy() for c in columns]
@@ -411,11 +395,6 @@ def train_gaugan(
 
     device = pick_device(opts.device)
     classes = ws.classes
-    n_up = {"normal": 5, "more": 6, "most": 7}[opts.num_upsampling]
-    if opts.size % 2**n_up:
-        raise WorkspaceError(
-            f"--size {opts.size} must be a multiple of {2**n_up} (num_upsampling {opts.num_upsampling})"
-        )
     pairs = collect_pairs(ws, opts)
     pairs.preload()
     key = opts.run_key()
@@ -430,72 +409,60 @@ def train_gaugan(
     vgg = VGGLoss(opts.vgg_weights).to(device) if opts.lambda_vgg > 0 else None
     vgg_source = vgg.source if vgg is not None else "unused"
 
+    def optimizers(phase_now: str) -> dict[str, torch.optim.Optimizer]:
+        return {"vae": opt_vae} if phase_now == "vae" else {"G": opt_g, "D": opt_d}
+
     phase, step, resumed = "vae", 0, None
-    meta = ws.loc.read_json(STATE_KEY) if ws.loc.exists(STATE_KEY) else None
-    if meta and meta.get("run") == key:
-        ckpt = load_checkpoint(ws, MODEL_DIR, meta["checkpoint"])
-        _load_weights(nets.named(), ckpt.weights)
-        phase, step = meta["phase"], int(meta["step"])
-        blob = ws.loc.read_bytes(f"models/{MODEL_DIR}/{meta['checkpoint']}/optimizer.safetensors")
-        load_optimizer_state(
-            {"vae": opt_vae} if phase == "vae" else {"G": opt_g, "D": opt_d}, blob, meta["param_groups"]
-        )
+    state = resume_train_state(ws, MODEL_DIR, key)
+    if state is not None:
+        ckpt = load_checkpoint(ws, MODEL_DIR, state.checkpoint)
+        load_weights(nets.named(), ckpt.weights)
+        phase, step = state.meta["phase"], int(state.meta["step"])
+        load_optimizer_state(optimizers(phase), read_optimizer(ws, state), state.meta["param_groups"])
         resumed = {"phase": phase, "step": step}
         if ckpt.config.get("data_digest") != pairs.digest():
             log.warning("the training data changed since step %d of run %s: continuing on the current data", step, key)
         log.info("resuming train-gaugan run %s at %s step %d", key, phase, step)
-    elif meta:
-        log.info("options differ from run %s in the workspace: starting run %s", meta.get("run"), key)
     config = _config(opts, classes, vgg_source, pairs)
     history: list[dict[str, Any]] = []
-    last_ckpt: str | None = meta["checkpoint"] if meta and resumed else None
     metrics: dict[str, Any] = {}
 
     def checkpoint(phase_now: str, step_now: int, losses: dict[str, float], t0: float) -> None:
-        nonlocal last_ckpt, metrics
+        nonlocal metrics
         name = f"{key[:8]}-{'vae' if phase_now == 'vae' else 'step'}-{step_now:06d}"
         m: dict[str, Any] = {"phase": phase_now, "step": step_now, "seconds": round(time.perf_counter() - t0, 1)}
         m.update({k: round(v, 5) for k, v in losses.items()})
-        if phase_now == "gan" and opts.eval_count and pairs.held_out and _has_segmenter(ws):
+        if phase_now == "gan" and opts.eval_count and pairs.held_out and has_tag(ws, "unet"):
             ev = evaluate(ws, nets.generator, pairs, opts.eval_count, device)
             m.update(semantic_miou=ev["semantic_miou"], pixel_accuracy=ev["pixel_accuracy"], eval_images=ev["images"])
         named = nets.named()
         saved = {k: named[k] for k in (("E", "dec") if phase_now == "vae" else ("E", "dec", "G", "D"))}
         tags: tuple[str, ...] = ("vae",) if phase_now == "vae" else ("latest",)
-        save_checkpoint(
-            ws, MODEL_DIR, name, _weights_blob(saved), {**config, "phase": phase_now, "step": step_now}, m, tags
-        )
-        optimizers: dict[str, torch.optim.Optimizer] = (
-            {"vae": opt_vae} if phase_now == "vae" else {"G": opt_g, "D": opt_d}
-        )
-        blob, groups = optimizer_state(optimizers)
-        ws.loc.write_bytes(f"models/{MODEL_DIR}/{name}/optimizer.safetensors", blob)
+        cfg = {**config, "phase": phase_now, "step": step_now}
+        digest = save_checkpoint(ws, MODEL_DIR, name, weights_bytes(saved), cfg, m, tags=())
         if phase_now == "gan":
-            ws.loc.write_bytes(
-                f"models/{MODEL_DIR}/{name}/samples.png", _sample_sheet(nets.generator, nets.encoder, pairs, device)
+            write_side_file(
+                ws, MODEL_DIR, name, "samples.png", _sample_sheet(nets.generator, nets.encoder, pairs, device)
             )
-        ws.loc.write_json(
-            STATE_KEY, {"run": key, "phase": phase_now, "step": step_now, "checkpoint": name, "param_groups": groups}
-        )
-        if last_ckpt and last_ckpt != name:  # optimiser state is needed only to resume from the last one
-            ws.loc.delete(f"models/{MODEL_DIR}/{last_ckpt}/optimizer.safetensors")
-        last_ckpt, metrics = name, m
+        blob, groups = optimizer_state(optimizers(phase_now))
+        meta = {"run": key, "phase": phase_now, "step": step_now, "param_groups": groups}
+        commit_train_state(ws, MODEL_DIR, name, blob, meta, tags, digest)
+        metrics = m
         history.append(m)
         log.info("train-gaugan %s step %d: %s", phase_now, step_now, m)
         if on_checkpoint:
             on_checkpoint({**m, "checkpoint": name})
 
+    loop = Loop(nets, pairs, opts, device, checkpoint, on_step)
     if phase == "vae" and step < opts.vae_steps:
-        _train_vae(nets, opt_vae, pairs, opts, step, device, checkpoint, on_step)
+        train_vae(loop, opt_vae, step)
     if phase == "vae":
         phase, step = "gan", 0
     if step < opts.steps:
-        _train_gan(nets, opt_g, opt_d, vgg, pairs, opts, step, device, checkpoint, on_step)
+        train_gan(loop, opt_g, opt_d, vgg, step)
     done = not history and resumed is not None
     final = resolve(ws, MODEL_DIR, "latest")
     if not metrics:
-        from storage.checkpoints import checkpoint_metrics
-
         metrics = checkpoint_metrics(ws, MODEL_DIR, "latest")
     return TrainResult(
         key,
@@ -510,126 +477,3 @@ def train_gaugan(
         vgg_source,
         already_done=done,
     )
-
-
-def _has_segmenter(ws: Workspace) -> bool:
-    return ws.loc.exists("models/unet/tags/latest.json")
-
-
-def _train_vae(
-    nets: Nets,
-    opt: torch.optim.Optimizer,
-    pairs: Pairs,
-    opts: GauganOptions,
-    start: int,
-    device: torch.device,
-    checkpoint: Callable[[str, int, dict[str, float], float], None],
-    on_step: Callable[[str, int, int], None] | None,
-) -> None:
-    """Phase 1: ELBO with a Laplace likelihood (L1), both terms per pixel, summed latent KL."""
-    t0, sums, n = time.perf_counter(), {"recon": 0.0, "kl": 0.0}, 0
-    pixels = 3 * nets.encoder.size**2
-    for step in range(start, opts.vae_steps):
-        x, _, g = _batch(pairs, opts, "vae", step)
-        x = x.to(device)
-        if x.shape[-1] != nets.encoder.size:
-            x = F.interpolate(x, size=(nets.encoder.size,) * 2, mode="bilinear", align_corners=False)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            mu, logvar = nets.encoder(x)
-            recon = nets.decoder(reparameterize(mu.float(), logvar.float(), g))
-        l_rec = F.l1_loss(recon.float(), x)
-        l_kl = kl_divergence(mu.float(), logvar.float()) / pixels
-        loss = l_rec + l_kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sums["recon"] += float(l_rec.detach())
-        sums["kl"] += float(l_kl.detach())
-        n += 1
-        if on_step:
-            on_step("vae", step + 1, opts.vae_steps)
-        if (step + 1) % opts.checkpoint_every == 0 or step + 1 == opts.vae_steps:
-            checkpoint("vae", step + 1, {f"vae_{k}": v / n for k, v in sums.items()}, t0)
-            t0, sums, n = time.perf_counter(), dict.fromkeys(sums, 0.0), 0
-
-
-def _train_gan(
-    nets: Nets,
-    opt_g: torch.optim.Optimizer,
-    opt_d: torch.optim.Optimizer,
-    vgg: torch.nn.Module | None,
-    pairs: Pairs,
-    opts: GauganOptions,
-    start: int,
-    device: torch.device,
-    checkpoint: Callable[[str, int, dict[str, float], float], None],
-    on_step: Callable[[str, int, int], None] | None,
-) -> None:
-    """Phase 2: one generator step then one discriminator step per batch (SPADE's order)."""
-    G, D, E = nets.generator, nets.discriminator, nets.encoder
-    num_classes = G.label_nc
-    names = ("g_gan", "g_feat", "g_vgg", "g_kld", "d_real", "d_fake")
-    t0, sums, n = time.perf_counter(), dict.fromkeys(names, 0.0), 0
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    for step in range(start, opts.steps):
-        x, y, g = _batch(pairs, opts, "gan", step)
-        x, seg = x.to(device), one_hot(y.to(device), num_classes)
-        # generator step
-        with amp:
-            mu, logvar = E(x)
-            z = reparameterize(mu.float(), logvar.float(), g)
-            fake = G(seg, z)
-            pred_fake = D(fake, seg)
-            pred_real = D(x, seg)
-        l_gan = hinge_g_loss([[t.float() for t in p] for p in pred_fake])
-        l_feat = feature_matching_loss(
-            [[t.float() for t in p] for p in pred_real], [[t.float() for t in p] for p in pred_fake]
-        )
-        l_vgg = vgg(fake.float(), x) if vgg is not None else torch.zeros((), device=device)
-        l_kld = kl_divergence(mu.float(), logvar.float())
-        loss_g = l_gan + opts.lambda_feat * l_feat + opts.lambda_vgg * l_vgg + opts.lambda_kld * l_kld
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt_g.step()
-        # discriminator step
-        with amp:
-            d_fake = D(fake.detach(), seg)
-            d_real = D(x, seg)
-        l_d_fake = sum(F.relu(1 + p[-1].float()).mean() for p in d_fake) / len(d_fake)
-        l_d_real = sum(F.relu(1 - p[-1].float()).mean() for p in d_real) / len(d_real)
-        loss_d = torch.as_tensor(l_d_fake + l_d_real)
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
-        for k, v in zip(names, (l_gan, l_feat, l_vgg, l_kld, l_d_real, l_d_fake), strict=True):
-            sums[k] += float(torch.as_tensor(v).detach())
-        n += 1
-        if on_step:
-            on_step("gan", step + 1, opts.steps)
-        if (step + 1) % opts.checkpoint_every == 0 or step + 1 == opts.steps:
-            checkpoint("gan", step + 1, {k: v / n for k, v in sums.items()}, t0)
-            t0, sums, n = time.perf_counter(), dict.fromkeys(names, 0.0), 0
-
-
-# -- loading a trained GauGAN ------------------------------------------------------------------
-@dataclass
-class Trained:
-    generator: SPADEGenerator
-    encoder: ConvEncoder
-    config: dict[str, Any]
-    checkpoint: str
-    digest: str
-    device: torch.device
-
-
-def load_gaugan(ws: Workspace, ref: str = "latest", device: str = "cpu") -> Trained:
-    """The trained generator and encoder (eval mode) of checkpoint ``ref``."""
-    ckpt = load_checkpoint(ws, MODEL_DIR, ref)
-    cfg = ckpt.config
-    if cfg.get("phase") != "gan":
-        raise WorkspaceError(f"checkpoint {ckpt.name} is a VAE pretraining checkpoint, not a generator")
-    opts = GauganOptions(**{**cfg["options"], "device": "cpu"})
-    nets = build_nets(opts, int(cfg["num_classes"]))
-    _load_weights({"G": nets.generator, "E": nets.encoder}, ckpt.weights)
-    dev = pick_device(device)
-    return Trained(nets.generator.to(dev).eval(), nets.encoder.to(dev).eval(), cfg, ckpt.name, ckpt.digest, dev)

@@ -18,18 +18,23 @@ import colorsys
 import hashlib
 import io
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from models.spade import ConvEncoder, SPADEGenerator
+from storage.checkpoints import load_checkpoint
 from storage.items import Journal, item_table, write_item_index
+from storage.location import Location, child_url, url_name
+from storage.sources import SourceReader, list_folder, read_file
 from storage.workspace import IGNORE_INDEX, Workspace, WorkspaceError, image_spec
-from tasks.gaugan import MODEL_DIR, GauganOptions, Trained, collect_pairs, generate_images
+from tasks.device import pick_device
+from tasks.gaugan import MODEL_DIR, GauganOptions, build_nets, collect_pairs, generate_images
 from tasks.imageio import BadImage, encode_png, load_square, open_image, square_mask
-from tasks.training import seeded_generator
+from tasks.tensors import from_signed, nchw_to_images, signed_from_float255, to_float255
+from tasks.training import load_weights, seeded_generator
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +115,7 @@ def compute_attributes(ws: Workspace, model: Trained, limit: int = 2000, min_cou
         with torch.inference_mode():
             mu, _ = model.encoder(x.to(model.device))
         latents.append(mu.float().cpu())
-        imgs = ((x + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+        imgs = nchw_to_images(from_signed(x))
         labels += [hair_label(imgs[k], y[k].numpy(), hair_id) or "" for k in range(len(imgs))]
     z = torch.cat(latents)
     counts: dict[str, int] = {}
@@ -180,35 +185,31 @@ def pca_plot(latents: torch.Tensor, labels: list[str], side: int = 560) -> bytes
 
 
 # -- generate ----------------------------------------------------------------------------------
-def read_masks(mask_dir: str, size: int, num_classes: int) -> tuple[list[str], list[np.ndarray], list[tuple[str, str]]]:
-    """Class-id PNG masks of ``mask_dir`` (not recursive), squared to ``size``; and the refused ones."""
-    from storage.sources import item_id
-
-    if not os.path.isdir(mask_dir):
-        raise FileNotFoundError(f"{mask_dir} is not a folder")
-    root = os.path.realpath(mask_dir)
-    ids, masks, refused = [], [], []
-    for name in sorted(os.listdir(mask_dir)):
-        full = os.path.join(mask_dir, name)
-        if not name.lower().endswith(".png") or not os.path.isfile(full):
-            continue
-        if os.path.commonpath([root, os.path.realpath(full)]) != root:
-            refused.append((full, "symlink points outside the mask folder"))
-            continue
-        try:
-            with open(full, "rb") as f:
-                im = open_image(f.read(), 8192 * 8192)  # refuses a larger mask before decoding it
-            if im.mode not in ("L", "P", "I;16", "I"):
-                raise ValueError(f"a mask must be a single-channel class-id PNG, not mode {im.mode}")
-            arr = np.asarray(im).astype(np.int64)
-            bad = (arr >= num_classes) & (arr != IGNORE_INDEX)
-            if bad.any():
-                raise ValueError(f"class ids {sorted(set(np.unique(arr[bad]).tolist()))[:5]} >= {num_classes} classes")
-            masks.append(square_mask(arr.astype(np.uint8), size, "crop"))
-            ids.append(item_id(name))
-        except Exception as exc:  # one bad mask must not stop the others
-            refused.append((full, f"unreadable mask: {exc}"))
-    return ids, masks, refused
+def read_masks(
+    mask_dir: str, size: int, num_classes: int
+) -> tuple[list[str], list[np.ndarray], list[str], list[tuple[str, str]]]:
+    """Class-id PNG masks of ``mask_dir`` (local or ``s3://``; not recursive), squared to
+    ``size``; their sources; and the refused ones."""
+    listing = list_folder(mask_dir, ".png", "mask folder")
+    ids, masks, sources, refused = [], [], [], list(listing.refused)
+    with SourceReader() as reader:
+        for ref in listing.refs:
+            try:
+                im = open_image(reader.read(ref), 8192 * 8192)  # refuses a larger mask before decoding it
+                if im.mode not in ("L", "P", "I;16", "I"):
+                    raise ValueError(f"a mask must be a single-channel class-id PNG, not mode {im.mode}")
+                arr = np.asarray(im).astype(np.int64)
+                bad = (arr >= num_classes) & (arr != IGNORE_INDEX)
+                if bad.any():
+                    raise ValueError(
+                        f"class ids {sorted(set(np.unique(arr[bad]).tolist()))[:5]} >= {num_classes} classes"
+                    )
+                masks.append(square_mask(arr.astype(np.uint8), size, "crop"))
+                ids.append(ref.id)
+                sources.append(ref.source)
+            except Exception as exc:  # one bad mask must not stop the others
+                refused.append((ref.source, f"unreadable mask: {exc}"))
+    return ids, masks, sources, refused
 
 
 def mask_latents(ids: list[str], z_dim: int, seed: int) -> torch.Tensor:
@@ -219,14 +220,13 @@ def mask_latents(ids: list[str], z_dim: int, seed: int) -> torch.Tensor:
 
 
 def style_latent(model: Trained, style_image: str) -> torch.Tensor:
-    """The encoder's mean latent of a reference image (any size; squared and resized)."""
-    with open(style_image, "rb") as f:
-        data = f.read()
+    """The encoder's mean latent of a reference image (local or ``s3://``; any size; squared and resized)."""
+    data = read_file(style_image)
     try:
         rgb = load_square(data, model.encoder.size)
     except BadImage as exc:
         raise WorkspaceError(f"--style-image {style_image}: {exc}") from None
-    x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    x = signed_from_float255(to_float255(np.array(rgb)[None]))
     with torch.inference_mode():
         mu, _ = model.encoder(x.to(model.device))
     return mu.float().cpu()[0]
@@ -242,9 +242,9 @@ def generate(
     attribute: tuple[str, str] | None = None,
     strength: float = 1.0,
 ) -> dict[str, Any]:
-    """One image per mask into ``out`` (``<id>.png``) and ``generated/images``."""
+    """One image per mask into ``out`` (``<id>.png``; a folder or ``s3://`` prefix) and ``generated/images``."""
     size, z_dim = model.generator.size, model.generator.z_dim
-    ids, masks, refused = read_masks(mask_dir, size, model.generator.label_nc)
+    ids, masks, sources, refused = read_masks(mask_dir, size, model.generator.label_nc)
     for source, reason in refused:
         ws.quarantine(source, STAGE, reason)
     if not ids:
@@ -259,19 +259,18 @@ def generate(
         z = z + strength * direction
     m = torch.from_numpy(np.stack(masks)).long()
     images = generate_images(model.generator, m, z, model.device).permute(0, 2, 3, 1).numpy()
-    os.makedirs(out, exist_ok=True)
+    target = Location(out)
     for item, img in zip(ids, images, strict=True):
-        with open(os.path.join(out, f"{item}.png"), "wb") as f:
-            f.write(encode_png(np.ascontiguousarray(img)))
-    style = f"image:{os.path.basename(style_image)}" if style_image else f"seed:{seed}"
+        target.write_bytes(f"{item}.png", encode_png(np.ascontiguousarray(img)))
+    style = f"image:{url_name(style_image)}" if style_image else f"seed:{seed}"
     if attribute:
         style += f"+{attribute[0]}={attribute[1]}*{strength}"
-    store_generated(ws, ids, images, [os.path.join(mask_dir, f"{i}.png") for i in ids], model.digest, style)
+    store_generated(ws, ids, images, sources, model.digest, style)
     strip = None
     if direction is not None and attribute is not None:
-        strip = os.path.join(out, f"attribute-{attribute[0]}-{attribute[1]}.png")
-        with open(strip, "wb") as f:
-            f.write(interpolation_strip(model, m[:4], z[:4] - strength * direction, direction, strength))
+        name = f"attribute-{attribute[0]}-{attribute[1]}.png"
+        target.write_bytes(name, interpolation_strip(model, m[:4], z[:4] - strength * direction, direction, strength))
+        strip = child_url(out, name)
     return {"generated": len(ids), "refused": len(refused), "out": out, "style": style, "strip": strip}
 
 
@@ -320,3 +319,27 @@ def store_generated(
         ws.write_marker(ARRAY, shard, version, entries=entries)
         k += len(srcs)
     write_item_index(ws, item_table(ws, "generated"))
+
+
+# -- loading a trained GauGAN ------------------------------------------------------------------
+@dataclass
+class Trained:
+    generator: SPADEGenerator
+    encoder: ConvEncoder
+    config: dict[str, Any]
+    checkpoint: str
+    digest: str
+    device: torch.device
+
+
+def load_gaugan(ws: Workspace, ref: str = "latest", device: str = "cpu") -> Trained:
+    """The trained generator and encoder (eval mode) of checkpoint ``ref``."""
+    ckpt = load_checkpoint(ws, MODEL_DIR, ref)
+    cfg = ckpt.config
+    if cfg.get("phase") != "gan":
+        raise WorkspaceError(f"checkpoint {ckpt.name} is a VAE pretraining checkpoint, not a generator")
+    opts = GauganOptions(**{**cfg["options"], "device": "cpu"})
+    nets = build_nets(opts, int(cfg["num_classes"]))
+    load_weights({"G": nets.generator, "E": nets.encoder}, ckpt.weights)
+    dev = pick_device(device)
+    return Trained(nets.generator.to(dev).eval(), nets.encoder.to(dev).eval(), cfg, ckpt.name, ckpt.digest, dev)

@@ -9,11 +9,14 @@ the same producer version is skipped.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,6 +25,7 @@ from storage.items import REPLACE_BY_ID, Batch, Journal, item_table
 from storage.sources import Listing, SourceReader, SourceRef
 from storage.workspace import DEFAULT_SHARD_SIZE, Workspace, image_spec
 from tasks.imageio import DEFAULT_MAX_PIXELS, BadImage, load_square_into
+from tasks.shards import ShardResult
 
 log = logging.getLogger(__name__)
 
@@ -62,24 +66,20 @@ class IngestPlan:
 
 
 @dataclass(frozen=True)
-class ShardSpec:
-    """Everything one ingestion task needs; small and picklable."""
+class ShardTask:
+    """What every task that fills one shard is given: small and picklable."""
 
     workspace: str
     shard: int
-    version: str
+    version: str  # the producer version its marker will carry
     options: dict[str, Any]
-    sources: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
-class ShardResult:
-    array: str
-    shard: int
-    skipped: bool
-    ok: int = 0
-    quarantined: int = 0
-    seconds: float = 0.0
+class ShardSpec(ShardTask):
+    """Everything one ingestion task needs: a ``ShardTask`` and the shard's sources."""
+
+    sources: list[dict[str, Any]]
 
 
 def source_record(ref: SourceRef) -> dict[str, Any]:
@@ -232,51 +232,106 @@ def shard_buffer(n: int, item_shape: tuple[int, ...]) -> np.ndarray:
     return buf[:n]
 
 
-def ingest_shard(spec: ShardSpec) -> ShardResult:
-    """Read, decode and store the sources of one shard; quarantine the bad ones.
+class OneShard(Protocol):
+    """Any shard task's spec: the workspace, the shard and the version its marker will carry."""
 
-    Idempotent: returns ``skipped=True`` when the shard's marker already has ``spec.version``.
+    @property
+    def workspace(self) -> str: ...
+    @property
+    def shard(self) -> int: ...
+    @property
+    def version(self) -> str: ...
+
+
+S = TypeVar("S", bound=OneShard)
+
+
+def unless_done(array: str) -> Callable[[Callable[[S, Workspace], ShardResult]], Callable[[S], ShardResult]]:
+    """Make ``task(spec, ws)`` idempotent: it runs only when the marker of ``spec.shard`` on
+    ``array`` does not carry ``spec.version`` yet, and otherwise returns ``skipped=True``."""
+
+    def wrap(task: Callable[[S, Workspace], ShardResult]) -> Callable[[S], ShardResult]:
+        @functools.wraps(task)
+        def run(spec: S) -> ShardResult:
+            ws = Workspace(spec.workspace)
+            if ws.is_done(array, spec.shard, spec.version):
+                return ShardResult(array, spec.shard, skipped=True)
+            return task(spec, ws)
+
+        sig = inspect.signature(task)  # callers (Prefect's task binding) see ``run(spec)``, not ``task``'s two
+        run.__signature__ = sig.replace(parameters=list(sig.parameters.values())[:1])  # type: ignore[attr-defined]
+        return run
+
+    return wrap
+
+
+def read_shard_sources(
+    ws: Workspace,
+    sources: list[dict[str, Any]],
+    start: int,
+    stage: str,
+    limit: int,
+    use: Callable[[int, bytes, SourceRef, dict[str, Any]], None],
+    judged: tuple[type[Exception], ...] = (),
+    faults: tuple[type[Exception], ...] = (),
+    decoder: str = "decoder error",
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """Read each source of a shard (slots from ``start``) and hand its bytes to ``use(j,
+    raw, ref, entry)``; the marker entries of all of them and the holes of the shard.
+
+    A source that is gone is recorded ``missing`` (not quarantined: it is ingested when it
+    is back); one whose content is refused (:class:`Unusable`, a ``judged`` error, or any
+    other error of ``use``, reported as ``decoder``) is quarantined at ``stage``. A fault of
+    the run (:class:`SourceReadError` or a ``faults`` error) propagates: the shard fails and
+    is done again, and no file is judged for it.
     """
-    ws = Workspace(spec.workspace)
-    if ws.is_done(ARRAY, spec.shard, spec.version):
-        return ShardResult(ARRAY, spec.shard, skipped=True)
-    t0 = time.perf_counter()
-    opts = IngestOptions(**spec.options)
-    start = spec.shard * ws.shard_size
-    data = shard_buffer(len(spec.sources), (opts.size, opts.size, 3))
+    fatal: tuple[type[Exception], ...] = (SourceReadError, *faults)
+    refused: tuple[type[Exception], ...] = (Unusable, *judged)
     entries: list[dict[str, Any]] = []
-    n_bad = 0
     holes: list[int] = []
     with SourceReader() as reader:
-        for j, record in enumerate(spec.sources):
+        for j, record in enumerate(sources):
             ref = SourceRef.from_dict(ref_fields(record))
             entry: dict[str, Any] = {"slot": start + j, "id": ref.id, "source": ref.source, "fp": record["fingerprint"]}
-            reason = None
+            entries.append(entry)
             try:
-                raw = read_source(reader, ref, opts.max_bytes)
-                entry["sha256"] = hashlib.sha256(raw).hexdigest()
-                load_square_into(raw, data[j], opts.fit, opts.max_pixels, opts.min_size)
+                use(j, read_source(reader, ref, limit), ref, entry)
                 entry["status"] = "ok"
-            except SourceReadError:
-                raise  # a fault of the run: the shard fails (and is done again), the file is not judged
+                continue
+            except fatal:
+                raise
             except Vanished as exc:
                 log.warning("%s: %s; it is ingested when it is there again", ref.source, exc)
                 entry.update(status="missing", reason=str(exc))
                 holes.append(j)
-                entries.append(entry)
                 continue
-            except Unusable as exc:
-                reason = str(exc)
-            except BadImage as exc:
+            except refused as exc:
                 reason = str(exc)
             except Exception as exc:  # decoders are the hostile surface: isolate each file
-                reason = f"decoder error: {exc.__class__.__name__}: {exc}"
-            if reason is not None:
-                ws.quarantine(ref.source, STAGE, reason)
-                entry.update(status="quarantined", reason=reason)
-                holes.append(j)
-                n_bad += 1
-            entries.append(entry)
+                reason = f"{decoder}: {exc.__class__.__name__}: {exc}"
+            ws.quarantine(ref.source, stage, reason)
+            entry.update(status="quarantined", reason=reason)
+            holes.append(j)
+    return entries, holes
+
+
+@unless_done(ARRAY)
+def ingest_shard(spec: ShardSpec, ws: Workspace) -> ShardResult:
+    """Read, decode and store the sources of one shard; quarantine the bad ones.
+
+    Idempotent: returns ``skipped=True`` when the shard's marker already has ``spec.version``.
+    """
+    t0 = time.perf_counter()
+    opts = IngestOptions(**spec.options)
+    data = shard_buffer(len(spec.sources), (opts.size, opts.size, 3))
+
+    def use(j: int, raw: bytes, ref: SourceRef, entry: dict[str, Any]) -> None:
+        entry["sha256"] = hashlib.sha256(raw).hexdigest()
+        load_square_into(raw, data[j], opts.fit, opts.max_pixels, opts.min_size)
+
+    start = spec.shard * ws.shard_size
+    entries, holes = read_shard_sources(ws, spec.sources, start, STAGE, opts.max_bytes, use, judged=(BadImage,))
+    n_bad = sum(e["status"] == "quarantined" for e in entries)
     ws.write_shard(ARRAY, spec.shard, data, holes)
     ws.write_marker(ARRAY, spec.shard, spec.version, entries=entries)
     dt = time.perf_counter() - t0

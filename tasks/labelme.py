@@ -16,7 +16,6 @@ import base64
 import binascii
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from storage.sources import NotRegularFile, read_regular_file
+from storage.sources import NotRegularFile, OutsideFolder, read_relative
 from tasks.imageio import DEFAULT_MAX_PIXELS, BadImage, load_rgb, open_image
 
 IGNORE = 255
@@ -263,14 +262,12 @@ def _image_bytes(doc: dict[str, Any], json_path: str, root: str, max_bytes: int 
     if not isinstance(rel, str) or not rel:
         raise LabelmeError("no imageData and no imagePath")
     rel = rel.replace("\\", "/")
-    if os.path.isabs(rel):
-        raise LabelmeError(f"imagePath {rel!r} is absolute; it must be relative to the JSON file")
-    real_root = os.path.realpath(root)
-    target = os.path.realpath(os.path.join(os.path.dirname(json_path), rel))
-    if os.path.commonpath([real_root, target]) != real_root:
-        raise LabelmeError(f"imagePath {rel!r} leads outside the folder")
     try:
-        return read_regular_file(target, max_bytes)
+        return read_relative(json_path, rel, root, max_bytes)
+    except OutsideFolder as exc:
+        if exc.absolute:
+            raise LabelmeError(f"imagePath {rel!r} is absolute; it must be relative to the JSON file") from None
+        raise LabelmeError(f"imagePath {rel!r} leads outside the folder") from None
     except NotRegularFile as exc:
         raise LabelmeError(f"imagePath {rel!r} refused: {exc}") from None
     except ValueError as exc:  # over the limit

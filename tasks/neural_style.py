@@ -44,21 +44,23 @@ MIN_EPOCHS = 10  # L-BFGS's first steps are tiny by design: stop_eps is checked 
 class StyleOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    content_weight: float = Field(10.0, ge=0)
-    style_weight: float = Field(1.0, ge=0)
-    tv_weight: float = Field(1e-2, ge=0)
-    stop_eps: float = Field(0.005, ge=0)
-    max_num_epochs: int = Field(1000, ge=1)
-    max_long_edge: int = Field(512, ge=16)
+    content_weight: float = Field(10.0, ge=0, description="weight of the VGG19 relu4_2 content loss")
+    style_weight: float = Field(1.0, ge=0, description="weight of the Gram-matrix style loss")
+    tv_weight: float = Field(1e-2, ge=0, description="weight of the total-variation loss")
+    stop_eps: float = Field(0.005, ge=0, description="stop when the relative change of the image falls below this")
+    max_num_epochs: int = Field(1000, ge=1, description="optimisation epochs at most (one L-BFGS iteration each)")
+    max_long_edge: int = Field(512, ge=16, description="resize so the longer side is at most this")
     lr: float | None = Field(None, gt=0, description="default: 1 for lbfgs, 0.02 for adam, 10 for sgd")
     remove_noise: float = Field(0.2, ge=0, description="strength of the final TV denoising (0: none)")
     save_epochs: int = Field(50, ge=0, description="write an intermediate image every N epochs (0: none)")
-    init: Literal["content", "noise"] = "content"
-    optimizer: Literal["lbfgs", "adam", "sgd"] = "lbfgs"
-    pool: Literal["max", "avg"] = "max"
-    vgg_weights: str | None = None
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    seed: int = 0
+    init: Literal["content", "noise"] = Field("content", description="start from the content image or from noise")
+    optimizer: Literal["lbfgs", "adam", "sgd"] = Field("lbfgs", description="lbfgs, adam or sgd")
+    pool: Literal["max", "avg"] = Field("max", description="VGG19's pooling: max, or avg (the example's option)")
+    vgg_weights: str | None = Field(
+        None, description="local file with ImageNet VGG19 weights (default: fixed-seed random features)"
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 where the hardware has it")
+    seed: int = Field(0, description="seed of the noise init")
     device: str = "auto"
 
     def learning_rate(self) -> float:

@@ -24,15 +24,14 @@ for the next shard with the same checkpoint.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
-import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cache
 from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
@@ -40,15 +39,18 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from storage.workspace import Workspace, mask_spec
+from tasks.device import autocast, pick_device, use_bf16
 from tasks.ingest import ShardResult
-from tasks.segment import load_segmenter, pick_device
+from tasks.segment import load_segmenter
+from tasks.shards import ModelCache
+from tasks.tensors import to_unit
 
 log = logging.getLogger(__name__)
 
 IMAGES, MASKS, CONFIDENCE = "corpus/images", "corpus/masks", "corpus/confidence"
 CONFIDENCE_MAP = "corpus/confidence_map"  # optional: per pixel, top probability x 255 (uint8)
 CODE_VERSION = "pseudolabel-1"
-_MODELS: dict[str, Any] = {}
+_MODELS = ModelCache()
 T = TypeVar("T")
 
 
@@ -56,7 +58,7 @@ class PseudolabelOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model: str = Field("latest", description="checkpoint tag or name under models/unet")
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1, description="images per forward pass")
     flip_tta: bool = Field(False, description="average the prediction with its mirror's")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 where the hardware has it")
     confidence_map: bool = Field(False, description="also write corpus/confidence_map, per pixel")
@@ -88,22 +90,6 @@ def producer_version(digest: str, options: PseudolabelOptions) -> str:
     if options.engine != "auto":
         key += f"|{options.engine}"  # versions written before the engine option keep their key
     return hashlib.sha1(key.encode()).hexdigest()[:16]
-
-
-@cache
-def cpu_has_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def use_bf16(precision: str, device: torch.device) -> bool:
-    if precision != "auto":
-        return precision == "bf16"
-    return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
 
 
 def prepare_arrays(ws: Workspace, confidence_map: bool = False) -> None:
@@ -159,20 +145,19 @@ class OnnxSegmenter:
         import onnxruntime as ort
 
         self.max_batch = max_batch
-        with tempfile.TemporaryDirectory(prefix="mangaka-onnx-") as tmp, warnings.catch_warnings():
-            path = os.path.join(tmp, "segmenter.onnx")
+        graph_file = io.BytesIO()  # exported in memory: no temporary file
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about the network's shape checks
             torch.onnx.export(
                 model.eval(),
                 (torch.zeros(1, 3, 64, 64),),
-                path,
+                graph_file,  # type: ignore[arg-type]  # the TorchScript exporter writes to file objects too
                 dynamo=False,
                 input_names=["x"],
                 output_names=["logits"],
                 dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}, "logits": {0: "n", 2: "h", 3: "w"}},
             )
-            with open(path, "rb") as f:
-                graph = f.read()
+        graph = graph_file.getvalue()
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads or torch.get_num_threads()
         so.inter_op_num_threads = 1
@@ -197,15 +182,14 @@ def _model(ws: Workspace, checkpoint: str, options: PseudolabelOptions) -> tuple
     """This worker process's segmenter, its device and engine; loaded (and exported) once per
     checkpoint and kept for the next shard."""
     engine, dev = pick_engine(options.engine, options.device, options.precision)
-    key = f"{ws.url}|{checkpoint}|{dev}|{engine}"
-    if key not in _MODELS:
-        _MODELS.clear()
+
+    def load() -> tuple[Segmenter, torch.device, str]:
         model, _, _ = load_segmenter(ws, checkpoint, str(dev))
         if engine == "onnxruntime":
-            _MODELS[key] = (OnnxSegmenter(model), dev, engine)
-        else:
-            _MODELS[key] = (model.to(memory_format=torch.channels_last), dev, engine)
-    return _MODELS[key]
+            return OnnxSegmenter(model), dev, engine
+        return model.to(memory_format=torch.channels_last), dev, engine
+
+    return _MODELS.get(load, ws.url, checkpoint, dev, engine)
 
 
 def infer(
@@ -218,9 +202,9 @@ def infer(
     layout = torch.channels_last if isinstance(model, torch.nn.Module) else torch.contiguous_format
     with torch.inference_mode():
         for i in range(0, len(images), batch):
-            x = torch.from_numpy(images[i : i + batch]).to(device).permute(0, 3, 1, 2).float().div_(255)
+            x = to_unit(images[i : i + batch], device)
             x = x.contiguous(memory_format=layout)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            with autocast(device, bf16):
                 probs = model(x).float().softmax(1)
                 if flip:
                     probs = (probs + model(x.flip(-1)).float().softmax(1).flip(-1)) / 2

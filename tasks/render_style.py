@@ -17,30 +17,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from storage.workspace import ArraySpec, Workspace, check_name
-from tasks.ingest import ShardResult
-
-log = logging.getLogger(__name__)
+from storage.workspace import Workspace, check_name
+from tasks.shards import MODELS, ShardResult, corpus_cell, one_thread_per_worker, prepare_rendering, render_shard
 
 IMAGES = "corpus/images"
-METHODS = ("npr", "fast", "gatys", "colorize")
-_MODELS: dict[str, Any] = {}
-
-
-def array_name(name: str) -> str:
-    return f"corpus/styled/{check_name(name, 'style name (--name)')}"
-
-
-def style_version(method: str, params: dict[str, Any], digest: str = "") -> str:
-    blob = json.dumps(["style-1", method, params, digest], sort_keys=True)
-    return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -55,12 +41,46 @@ class StyleShardSpec:
     device: str = "auto"
 
 
+Draw = Callable[[Workspace, StyleShardSpec, np.ndarray, list[int]], np.ndarray]
+
+
+@dataclass(frozen=True)
+class StyleMethod:
+    """A style method: ``draw(ws, spec, images, rows)`` maps a shard's ``(B, S, S, 3)`` uint8 RGB
+    corpus images (at shard rows ``rows``) to ``(B, S, S, 3)`` uint8 RGB renderings."""
+
+    name: str
+    about: str
+    draw: Draw
+    gpu: bool = True  # pinned to GPU workers where the cluster has them
+
+
+STYLE_METHODS: dict[str, StyleMethod] = {}
+
+
+def style_method(name: str, about: str, gpu: bool = True) -> Callable[[Draw], Draw]:
+    """Register ``draw`` as style method ``name`` (its parameters come in ``spec.params``)."""
+
+    def wrap(draw: Draw) -> Draw:
+        if name in STYLE_METHODS:
+            raise ValueError(f"style method {name!r} is registered twice")
+        STYLE_METHODS[name] = StyleMethod(name, about, draw, gpu)
+        return draw
+
+    return wrap
+
+
+def array_name(name: str) -> str:
+    return f"corpus/styled/{check_name(name, 'style name (--name)')}"
+
+
+def style_version(method: str, params: dict[str, Any], digest: str = "") -> str:
+    blob = json.dumps(["style-1", method, params, digest], sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
 def prepare_array(ws: Workspace, name: str) -> None:
-    length = ws.length(IMAGES)
-    size = int(ws.array(IMAGES).shape[1])
-    ws.require_array(
-        array_name(name), ArraySpec((size, size, 3), "uint8", ("y", "x", "rgb"), 0), length, owner="render-style"
-    )
+    prepare_rendering(ws, array_name(name), corpus_cell(ws, 3, 0), owner="render-style")
 
 
 def store_style_image(ws: Workspace, data: bytes, suffix: str) -> str:
@@ -77,77 +97,83 @@ def _style_rgb(ws: Workspace, key: str) -> np.ndarray:
     return np.asarray(load_rgb(ws.loc.read_bytes(key)))
 
 
-def _cached(key: str, make: Any) -> Any:
-    if key not in _MODELS:
-        _MODELS.clear()
-        _MODELS[key] = make()
-    return _MODELS[key]
+@style_method("npr", "a training-free OpenCV style (npr styles: stylization, pencil, oil, toon)", gpu=False)
+def _npr(ws: Workspace, spec: StyleShardSpec, images: np.ndarray, rows: list[int]) -> np.ndarray:
+    from tasks.npr import npr
+
+    return np.stack([npr(img, spec.params["style"]) for img in images])
+
+
+@style_method("fast", "the fast (feed-forward) transformer trained for a style image")
+def _fast(ws: Workspace, spec: StyleShardSpec, images: np.ndarray, rows: list[int]) -> np.ndarray:
+    from tasks.device import pick_device
+    from tasks.fast_style import apply_fast_style, load_fast_style
+
+    key = spec.params["style_key"]
+    net, _ = MODELS.get(lambda: load_fast_style(ws, key, spec.device), ws.url, "fast", key)
+    return apply_fast_style(net, images, pick_device(spec.device))
+
+
+@style_method("gatys", "Gatys et al. per image (minutes per image on a CPU: small sets)")
+def _gatys(ws: Workspace, spec: StyleShardSpec, images: np.ndarray, rows: list[int]) -> np.ndarray:
+    from tasks.neural_style import StyleOptions, stylize
+
+    style = _style_rgb(ws, spec.params["style_image"])
+    opts = StyleOptions(**spec.params["options"])
+    return np.stack([stylize(img, style, opts)[0] for img in images])
+
+
+@style_method("colorize", "the colouriser on each image's line art, coloured like the image or a portrait")
+def _colorize(ws: Workspace, spec: StyleShardSpec, images: np.ndarray, rows: list[int]) -> np.ndarray:
+    from PIL import Image
+
+    from tasks.colorizer import colorize_lines, load_colorizer
+    from tasks.device import pick_device
+    from tasks.imageio import square
+    from tasks.lineart import array_name as lineart_array
+    from tasks.lineart import auto_canny
+
+    p = spec.params
+    model, num_values, _ = MODELS.get(lambda: load_colorizer(ws, "latest", spec.device), ws.url, "colorizer")
+    source = p.get("lines", "canny")
+    start = spec.shard * ws.shard_size
+    rendered = source != "canny" and ws.read_marker(lineart_array(source), spec.shard) is not None
+    if rendered:
+        lines = ws.read_items(lineart_array(source), [start + j for j in rows])
+    else:
+        lines = np.stack([auto_canny(img) for img in images])
+    hints = None
+    if model.hint_size:  # the colour layout of each image, or of one reference portrait for all
+        if p.get("hint_image"):
+            ref = np.asarray(square(Image.fromarray(_style_rgb(ws, p["hint_image"])), images.shape[1]))
+            hints = np.repeat(model.hint(ref[None]), len(images), axis=0)
+        else:
+            hints = model.hint(images)
+    return colorize_lines(model, lines, num_values, pick_device(spec.device), hints=hints)
+
+
+METHODS = tuple(STYLE_METHODS)
 
 
 def render_images(ws: Workspace, spec: StyleShardSpec, images: np.ndarray, live: list[int]) -> np.ndarray:
-    p = spec.params
-    if spec.method == "npr":
-        from tasks.npr import npr
-
-        return np.stack([npr(img, p["style"]) for img in images])
-    if spec.method == "fast":
-        from tasks.fast_style import apply_fast_style, load_fast_style
-        from tasks.segment import pick_device
-
-        net, _ = _cached(f"{ws.url}|fast|{p['style_key']}", lambda: load_fast_style(ws, p["style_key"], spec.device))
-        return apply_fast_style(net, images, pick_device(spec.device))
-    if spec.method == "gatys":
-        from tasks.neural_style import StyleOptions, stylize
-
-        style = _style_rgb(ws, p["style_image"])
-        opts = StyleOptions(**p["options"])
-        return np.stack([stylize(img, style, opts)[0] for img in images])
-    if spec.method == "colorize":
-        from PIL import Image
-
-        from tasks.colorizer import colorize_lines, load_colorizer
-        from tasks.imageio import square
-        from tasks.lineart import array_name as lineart_array
-        from tasks.lineart import auto_canny
-        from tasks.segment import pick_device
-
-        model, num_values, _ = _cached(f"{ws.url}|colorizer", lambda: load_colorizer(ws, "latest", spec.device))
-        source = p.get("lines", "canny")
-        start = spec.shard * ws.shard_size
-        rendered = source != "canny" and ws.read_marker(lineart_array(source), spec.shard) is not None
-        if rendered:
-            lines = ws.read_items(lineart_array(source), [start + j for j in live])
-        else:
-            lines = np.stack([auto_canny(img) for img in images])
-        hints = None
-        if model.hint_size:  # the colour layout of each image, or of one reference portrait for all
-            if p.get("hint_image"):
-                ref = np.asarray(square(Image.fromarray(_style_rgb(ws, p["hint_image"])), images.shape[1]))
-                hints = np.repeat(model.hint(ref[None]), len(images), axis=0)
-            else:
-                hints = model.hint(images)
-        return colorize_lines(model, lines, num_values, pick_device(spec.device), hints=hints)
-    raise ValueError(f"method must be one of {', '.join(METHODS)}, not {spec.method!r}")
+    """``spec.method`` on a shard's live images (rows ``live``)."""
+    if spec.method not in STYLE_METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, not {spec.method!r}")
+    return STYLE_METHODS[spec.method].draw(ws, spec, images, live)
 
 
 def style_shard(spec: StyleShardSpec) -> ShardResult:
-    from tasks.lineart import one_thread_per_worker
-
+    """Render one corpus shard into ``corpus/styled/<name>``, the whole shard at once."""
     one_thread_per_worker()
     ws = Workspace(spec.workspace)
-    array = array_name(spec.name)
-    if ws.is_done(array, spec.shard, spec.version, live=spec.slots):
-        return ShardResult(array, spec.shard, skipped=True)
-    t0 = time.perf_counter()
-    start = spec.shard * ws.shard_size
-    n = len(ws.shard_slots(spec.shard, ws.length(IMAGES)))
-    size = int(ws.array(IMAGES).shape[1])
-    live = [s - start for s in spec.slots]
-    out = np.zeros((n, size, size, 3), np.uint8)
-    if live:
-        out[live] = render_images(ws, spec, ws.read_items(IMAGES, spec.slots), live)
-    ws.write_shard(array, spec.shard, out, sorted(set(range(n)) - set(live)))
-    ws.write_marker(array, spec.shard, spec.version, live=spec.slots, method=spec.method, params=spec.params)
-    dt = time.perf_counter() - t0
-    log.info("style %s (%s) shard %d: %d images in %.1f s", spec.name, spec.method, spec.shard, len(live), dt)
-    return ShardResult(array, spec.shard, False, len(live), 0, dt)
+    return render_shard(
+        ws,
+        array_name(spec.name),
+        spec.shard,
+        spec.version,
+        spec.slots,
+        lambda images, rows: render_images(ws, spec, images, rows),
+        batch=None,
+        method=spec.method,
+        params=spec.params,
+    )

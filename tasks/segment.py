@@ -9,8 +9,9 @@ autocast on GPU.
 
 Every epoch ends with a checkpoint in the workspace (``models/unet/epoch-NNNN``:
 safetensors weights, config, per-class IoU and mIoU, a PNG of validation predictions),
-``latest`` moved to it and ``best`` when its mIoU is the best so far, and the optimiser
-and schedule state saved beside it, so a killed run resumes from its last epoch.
+``latest`` moved to it and ``best`` when its mIoU is the best so far, and the optimiser,
+schedule and random-number state committed as the train state
+(``storage.checkpoints.commit_train_state``), so a killed run resumes from its last epoch.
 """
 
 from __future__ import annotations
@@ -26,18 +27,30 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.nn import functional as F
 
 from models.registry import create
-from storage.checkpoints import load_checkpoint, save_checkpoint, set_tags
+from storage.checkpoints import (
+    commit_train_state,
+    load_checkpoint,
+    read_optimizer,
+    resume_train_state,
+    save_checkpoint,
+    write_side_file,
+)
 from storage.items import item_table
 from storage.workspace import IGNORE_INDEX, Workspace, WorkspaceError
 from tasks.augment import validation_split
+from tasks.device import autocast, pick_device
+from tasks.training import load_optimizer_state, load_weights, optimizer_state, weights_bytes
 
 log = logging.getLogger(__name__)
 
 MODEL_DIR = "unet"
+
+
+SMALL_SEGMENTER = "unet-mobilenetv2-small"
 
 
 class TrainOptions(BaseModel):
@@ -45,21 +58,45 @@ class TrainOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    model: str = Field("unet-mobilenetv2-small", description="registered segmenter name")
+    model: str = Field(
+        "unet-mobilenetv2-small",
+        description="registered segmenter (with --encoder-weights the full-width unet-mobilenetv2)",
+    )
     size: int | None = Field(None, ge=32, description="training side (multiple of 32); default: the workspace's")
     crop: int | None = Field(
         None, ge=32, description="train on random crops of this side (multiple of 32), at full scale; default: whole"
     )
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(8, ge=1)
-    lr: float = Field(3e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    val_fraction: float = Field(0.15, ge=0, lt=1)
-    class_weight_power: float = Field(0.5, ge=0, le=1)
-    dice_weight: float = Field(0.5, ge=0)
+    epochs: int = Field(30, ge=1, description="training epochs")
+    batch_size: int = Field(8, ge=1, description="images per step")
+    lr: float = Field(3e-3, gt=0, description="peak learning rate (one-cycle, AdamW)")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
+    val_fraction: float = Field(
+        0.15, ge=0, lt=1, description="share of annotated items held out for validation (by id hash)"
+    )
+    class_weight_power: float = Field(
+        0.5, ge=0, le=1, description="class weights are inverse frequency to this power (0: unweighted)"
+    )
+    dice_weight: float = Field(0.5, ge=0, description="weight of the soft Dice term beside cross-entropy")
     encoder_weights: str | None = Field(None, description="local file with ImageNet mobilenet_v2 weights")
-    seed: int = 0
+    seed: int = Field(0, description="seed of the split, the initial weights, the crops and the shuffle")
     device: str = "auto"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _full_encoder_for_imagenet(cls, data: Any) -> Any:
+        """ImageNet weights fit the full-width encoder: the small default becomes ``unet-mobilenetv2``."""
+        small = isinstance(data, dict) and data.get("model", SMALL_SEGMENTER) == SMALL_SEGMENTER
+        if small and data.get("encoder_weights"):
+            data = {**data, "model": "unet-mobilenetv2"}
+        return data
+
+    @model_validator(mode="after")
+    def _multiples_of_32(self) -> TrainOptions:
+        for name in ("size", "crop"):
+            value = getattr(self, name)
+            if value is not None and value % 32:
+                raise ValueError(f"{name} must be a multiple of 32, not {value}")
+        return self
 
 
 @dataclass
@@ -69,14 +106,6 @@ class Split:
     val_slots: list[int]  # slots in annotated/*
     train_parents: list[str]
     val_parents: list[str]
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise WorkspaceError("--device cuda asked for, but torch sees no CUDA device")
-    return torch.device(name)
 
 
 def make_split(ws: Workspace, opts: TrainOptions) -> Split:
@@ -157,7 +186,7 @@ def predict(model: torch.nn.Module, images: torch.Tensor, device: torch.device, 
     with torch.inference_mode():
         for i in range(0, len(images), batch):
             x = images[i : i + batch].to(device).float() / 255
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            with autocast(device):
                 out.append(model(x).argmax(1).byte().cpu())
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.uint8)
 
@@ -174,34 +203,6 @@ def _preview(images: torch.Tensor, masks: torch.Tensor, preds: torch.Tensor, n: 
     buf = io.BytesIO()
     Image.fromarray(np.concatenate(rows, axis=0)).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def _state_bytes(optimizer: torch.optim.Optimizer, scheduler: Any, epoch: int) -> tuple[bytes, dict[str, Any]]:
-    from safetensors.torch import save
-
-    tensors, meta = {}, {"epoch": epoch, "scheduler": scheduler.state_dict(), "param_groups": []}
-    state = optimizer.state_dict()
-    for pid, st in state["state"].items():
-        for key, value in st.items():
-            if torch.is_tensor(value):
-                tensors[f"{pid}.{key}"] = value.contiguous()
-    meta["param_groups"] = state["param_groups"]
-    meta["rng"] = torch.get_rng_state().tolist()
-    return save(tensors), meta
-
-
-def _load_state(optimizer: torch.optim.Optimizer, scheduler: Any, blob: bytes, meta: dict[str, Any]) -> int:
-    from safetensors.torch import load
-
-    tensors = load(blob)
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for name, value in tensors.items():
-        pid, key = name.split(".", 1)
-        state.setdefault(int(pid), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    scheduler.load_state_dict(meta["scheduler"])
-    torch.set_rng_state(torch.tensor(meta["rng"], dtype=torch.uint8))
-    return int(meta["epoch"])
 
 
 def run_key(opts: TrainOptions, split: Split, classes: list[str], size: int) -> str:
@@ -225,22 +226,6 @@ def name_of(key: str, epoch: int) -> str:
     return f"{key[:8]}-epoch-{epoch + 1:04d}"
 
 
-def drop_stale_state(ws: Workspace, state_key: str, keep: str) -> None:
-    """Delete optimiser states other than the one the train state names (one epoch's, at most)."""
-    for k in ws.loc.list(state_key):
-        if k.rsplit("/", 1)[-1].startswith("optimizer") and k != keep:
-            ws.loc.delete(k)
-
-
-def repair_tags(ws: Workspace, meta: dict[str, Any]) -> None:
-    """Point ``latest`` and ``best`` where the train state says (a run killed after its state
-    was written but before its tags moved)."""
-    if meta.get("checkpoint"):
-        set_tags(ws, MODEL_DIR, str(meta["checkpoint"]), ("latest",))
-    if meta.get("best_checkpoint"):
-        set_tags(ws, MODEL_DIR, str(meta["best_checkpoint"]), ("best",))
-
-
 def train_unet(
     ws: Workspace,
     opts: TrainOptions,
@@ -248,8 +233,6 @@ def train_unet(
     on_step: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) the segmenter; returns the last epoch's metrics and checkpoint."""
-    from safetensors.torch import load, save
-
     device = pick_device(opts.device)
     classes = ws.classes
     size = opts.size or int(ws.config().get("image_size", 512))
@@ -271,15 +254,11 @@ def train_unet(
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=opts.lr, total_steps=opts.epochs * steps)
     start, best = 0, -1.0
     best_checkpoint: str | None = None
-    state_key = f"models/{MODEL_DIR}/train-state"
-    if ws.loc.exists(f"{state_key}/meta.json"):
-        meta = ws.loc.read_json(f"{state_key}/meta.json")
-        if meta.get("run") == key:
-            repair_tags(ws, meta)
-            if meta.get("optimizer"):
-                drop_stale_state(ws, state_key, str(meta["optimizer"]))
-        if meta.get("run") == key and meta["epoch"] >= opts.epochs:
-            last = load_checkpoint(ws, MODEL_DIR, meta.get("checkpoint", "latest")).metrics
+    state = resume_train_state(ws, MODEL_DIR, key)
+    if state is not None:
+        meta = state.meta
+        if meta["epoch"] >= opts.epochs:
+            last = load_checkpoint(ws, MODEL_DIR, state.checkpoint).metrics
             log.info("train-unet: run %s already finished its %d epochs; nothing to do", key, opts.epochs)
             return {
                 "run": key,
@@ -292,16 +271,17 @@ def train_unet(
                 "val_images": len(val_x),
                 "already_done": True,
             }
-        if meta.get("run") == key:
-            # The state names its own checkpoint and optimiser file: a run killed between
-            # writes resumes from one consistent epoch, whatever the tags said.
-            ckpt = load_checkpoint(ws, MODEL_DIR, meta.get("checkpoint", "latest"))
-            model.load_state_dict(load(ckpt.weights))
-            opt_key = meta.get("optimizer", f"{state_key}/optimizer.safetensors")
-            start = _load_state(optimizer, scheduler, ws.loc.read_bytes(opt_key), meta)
-            best = float(meta.get("best", -1.0))
-            best_checkpoint = meta.get("best_checkpoint")
-            log.info("resuming train-unet at epoch %d of %d (run %s)", start + 1, opts.epochs, key)
+        # The state names its own checkpoint and optimiser file: a run killed between
+        # writes resumes from one consistent epoch, whatever the tags said.
+        load_weights(model, load_checkpoint(ws, MODEL_DIR, state.checkpoint).weights)
+        groups = meta["param_groups"]
+        load_optimizer_state({"opt": optimizer}, read_optimizer(ws, state), groups, unnamed=state.legacy)
+        scheduler.load_state_dict(meta["scheduler"])
+        torch.set_rng_state(torch.tensor(meta["rng"], dtype=torch.uint8))
+        start = int(meta["epoch"])
+        best = float(meta.get("best", -1.0))
+        best_checkpoint = meta.get("best_checkpoint")
+        log.info("resuming train-unet at epoch %d of %d (run %s)", start + 1, opts.epochs, key)
     history: list[dict[str, Any]] = []
     metrics: dict[str, Any] = {}
     for epoch in range(start, opts.epochs):
@@ -318,7 +298,7 @@ def train_unet(
                 x, y = x[:, :, top : top + crop, left : left + crop], y[:, top : top + crop, left : left + crop]
             x = (x.to(device).float() / 255).contiguous(memory_format=torch.channels_last)
             y = y.to(device).long()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            with autocast(device):
                 logits = model(x)
             loss = loss_fn(logits.float(), y, weights, opts.dice_weight)
             optimizer.zero_grad(set_to_none=True)
@@ -347,20 +327,15 @@ def train_unet(
             "val_parents": split.val_parents,
             "encoder_weights": opts.encoder_weights,
         }
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         # Order: the checkpoint and its optimiser state (new keys, invisible until named),
         # then the train state that names them (the commit), then the tags.
-        digest = save_checkpoint(ws, MODEL_DIR, name, save(state), config, metrics, tags=())
+        digest = save_checkpoint(ws, MODEL_DIR, name, weights_bytes(model), config, metrics, tags=())
         if len(val_x):
-            ws.loc.write_bytes(f"models/{MODEL_DIR}/{name}/validation.png", _preview(val_x, val_y, preds))
-        blob, meta = _state_bytes(optimizer, scheduler, epoch + 1)
-        opt_key = f"{state_key}/optimizer-{epoch + 1:04d}.safetensors"
-        ws.loc.write_bytes(opt_key, blob)
-        state_meta = {**meta, "run": key, "best": best, "checkpoint": name, "optimizer": opt_key}
-        state_meta["best_checkpoint"] = best_checkpoint
-        ws.loc.write_json(f"{state_key}/meta.json", state_meta)
-        set_tags(ws, MODEL_DIR, name, tags, digest)
-        drop_stale_state(ws, state_key, opt_key)
+            write_side_file(ws, MODEL_DIR, name, "validation.png", _preview(val_x, val_y, preds))
+        blob, groups = optimizer_state({"opt": optimizer})
+        state_meta = {"run": key, "epoch": epoch + 1, "param_groups": groups, "scheduler": scheduler.state_dict()}
+        state_meta.update(rng=torch.get_rng_state().tolist(), best=best, best_checkpoint=best_checkpoint)
+        commit_train_state(ws, MODEL_DIR, name, blob, state_meta, tags, digest)
         history.append(metrics)
         log.info("epoch %d/%d: %s", epoch + 1, opts.epochs, {k: v for k, v in metrics.items() if k != "iou"})
         if on_epoch:
@@ -382,10 +357,8 @@ def load_segmenter(
     ws: Workspace, ref: str = "latest", device: str = "cpu"
 ) -> tuple[torch.nn.Module, dict[str, Any], str]:
     """The trained segmenter (eval mode), its config and its digest (the producer version)."""
-    from safetensors.torch import load
-
     ckpt = load_checkpoint(ws, MODEL_DIR, ref)
     cfg = ckpt.config
     model = create("segmenter", cfg["model"], num_classes=cfg["num_classes"])
-    model.load_state_dict(load(ckpt.weights))
+    load_weights(model, ckpt.weights)
     return model.to(pick_device(device)).eval(), cfg, ckpt.digest

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from storage.checkpoints import checkpoint_metrics, list_checkpoints, list_models
+from storage.checkpoints import checkpoint_metrics, has_tag, list_checkpoints, list_models
 from storage.items import ItemTable, is_index_array, item_table
 from storage.workspace import Workspace, family_of
 
@@ -36,9 +36,9 @@ def workspace_status(ws: Workspace) -> dict[str, Any]:
         stages[name] = {"done": done, "total": len(table)}
     for model in list_models(ws):
         n = len(list_checkpoints(ws, model))
-        has_latest = ws.loc.exists(f"models/{model}/tags/latest.json")
+        has_latest = has_tag(ws, model)
         if not has_latest and not n:  # a family of models, one per key (fast-style/<style digest>)
-            keys = [k for k in ws.loc.list(f"models/{model}") if ws.loc.exists(f"{k}/tags/latest.json")]
+            keys = [k for k in ws.loc.list(f"models/{model}") if has_tag(ws, f"{model}/{k.rsplit('/', 1)[-1]}")]
             if keys:
                 stages[model] = {"done": len(keys), "total": len(keys), "models": len(keys)}
                 continue

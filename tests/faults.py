@@ -1,4 +1,6 @@
-"""A fault-injecting HTTP proxy for an S3 server on loopback.
+"""Helpers of the fault tests: the ``mangaka`` command in a process group of its own, a
+background thread for the length of a ``with`` block, and a fault-injecting HTTP proxy for an
+S3 server on loopback.
 
 Between a client and moto's server it forwards every request unchanged, except that a
 seeded share of them meet a fault instead: ``503 SlowDown``, ``500 InternalError``, or a
@@ -12,10 +14,51 @@ from __future__ import annotations
 import http.client
 import random
 import socket
+import subprocess
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from pathlib import Path
+from typing import IO, Any, Self
 from urllib.parse import urlparse
+
+
+def start_cli(
+    args: list[str], cwd: Path, env: dict[str, str], stderr: int | IO[Any] = subprocess.DEVNULL
+) -> subprocess.Popen[str]:
+    """Start ``mangaka ARGS`` in a process group of its own, so that a crash or a SIGKILL of
+    the group ends all of it (command, temporary server, Dask workers); stdout is dropped."""
+    from tests.test_cli import MANGAKA
+
+    return subprocess.Popen(
+        [*MANGAKA, *args],
+        cwd=cwd,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        text=True,
+    )
+
+
+class Background:
+    """``target`` runs in a daemon thread for as long as the ``with`` block; :meth:`stop`
+    (called on leaving the block, before the thread is joined) makes it return."""
+
+    def __init__(self, target: Callable[[], object]) -> None:
+        self.thread = threading.Thread(target=target, daemon=True)
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        self.thread.join()
+
 
 HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
 
@@ -26,7 +69,7 @@ ERRORS = {
 }
 
 
-class FaultProxy:
+class FaultProxy(Background):
     def __init__(self, target: str, rate: float = 0.0, seed: int = 0) -> None:
         u = urlparse(target)
         self.target = (u.hostname or "127.0.0.1", u.port or 80)
@@ -100,7 +143,7 @@ class FaultProxy:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        super().__init__(self.server.serve_forever)
 
     def pick(self, method: str) -> str | None:
         with self.lock:
@@ -114,10 +157,6 @@ class FaultProxy:
             self.counts[fault] += 1
             return fault
 
-    def __enter__(self) -> FaultProxy:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()

@@ -9,7 +9,7 @@ before it. The same command is then run again, to the end, and the workspace mus
 exactly what an uninterrupted run leaves: the same files, byte for byte, except the times
 and run ids inside run records, leases and quarantine/marker timestamps.
 
-``make test`` kills ingest-images and pseudolabel (a new model over old masks) at three
+``make test`` kills ingest-images and pseudolabel (a new model over old masks) at two
 points each; ``make test-slow`` kills four stages at every point, and ingestion on the S3
 server at every point.
 """
@@ -30,6 +30,7 @@ import pytest
 
 from storage.workspace import Workspace
 from tests.conftest import gradient, jpeg_bytes
+from tests.faults import start_cli
 from tests.test_cli import MANGAKA
 
 # Fields that say when, not what: they differ between any two runs.
@@ -87,15 +88,7 @@ def cli_env(tmp: Path) -> dict[str, str]:
 
 def run_cli(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> int:
     """The command in a process group of its own (a crash kills that group); its exit code."""
-    proc = subprocess.Popen(
-        [*MANGAKA, *args],
-        cwd=cwd,
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_cli(args, cwd, env, stderr=subprocess.PIPE)
     try:
         _, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -148,19 +141,19 @@ def crash_and_resume(
 
 
 def chosen(points: list[list[str]], every: bool) -> list[int]:
-    """All points, or three: just after the first data write (for pseudolabel: masks
-    written, confidence not yet), the first marker write, and the middle one."""
+    """All points, or two: just after the first data write (for pseudolabel: masks
+    written, confidence not yet) and the first marker write (``make test-slow`` does all)."""
     n = len(points)
     if every:
         return list(range(1, n + 1))
-    picks = {max(1, n // 2)}
+    picks: set[int] = set()
     data = [i for i, (op, key) in enumerate(points, 1) if op == "write" and "/c/" in key]
     marks = [i for i, (op, key) in enumerate(points, 1) if op == "write" and "/markers/" in key]
     if data:
         picks.add(min(n, data[0] + 1))
     if marks:
         picks.add(marks[0])
-    return sorted(picks)
+    return sorted(picks) or [max(1, n // 2)]
 
 
 # -- the stages ------------------------------------------------------------------------------

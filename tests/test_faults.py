@@ -21,6 +21,7 @@ from flows.lineart import render_lineart
 from storage.workspace import Workspace
 from tasks.ingest import IngestOptions
 from tasks.synth import write_synth_shard
+from tests.faults import start_cli
 from tests.test_cli import MANGAKA
 
 
@@ -50,14 +51,7 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
 
 def kill_after_markers(args: list[str], cwd: Path, env: dict[str, str], markers: Path, at: int) -> int:
     """Run the CLI; SIGKILL its whole process group (server, cluster and all) once ``at`` markers exist."""
-    proc = subprocess.Popen(
-        [*MANGAKA, *args],
-        cwd=cwd,
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_cli(args, cwd, env)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         if markers.exists() and len([p for p in markers.iterdir() if p.suffix == ".json"]) >= at:
@@ -118,7 +112,7 @@ def test_a_worker_killed_mid_shard_loses_and_duplicates_nothing(
         def assassin() -> None:
             while not stop.is_set():
                 processing = client.processing().items()
-                busy = {w: ts for w, ts in processing if any("lineart_shard_task" in str(t) for t in ts)}
+                busy = {w: ts for w, ts in processing if any("lineart_shard" in str(t) for t in ts)}
                 if busy:
                     victim = sorted(busy)[0]
                     os.kill(pids[victim], signal.SIGKILL)

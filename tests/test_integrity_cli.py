@@ -23,11 +23,17 @@ def digests(root: Path) -> dict[str, str]:
     }
 
 
-def test_names_that_would_reach_another_array_are_usage_errors(cluster: str, tmp_path: Path) -> None:
+def image_folder(tmp_path: Path, count: int, seed: int) -> Path:
+    """``tmp_path/src`` with ``count`` 32x32 PNGs ``im<i>.png`` (gradients from ``seed`` on)."""
     src = tmp_path / "src"
     src.mkdir()
-    for i in range(3):
-        Image.fromarray(gradient(32, 32, i)).save(src / f"im{i}.png")
+    for i in range(count):
+        Image.fromarray(gradient(32, 32, seed + i)).save(src / f"im{i}.png")
+    return src
+
+
+def test_names_that_would_reach_another_array_are_usage_errors(cluster: str, tmp_path: Path) -> None:
+    src = image_folder(tmp_path, 3, 0)
     ws = tmp_path / "ws"
     base = ["--workspace", str(ws)]
     r = run([*base, "ingest-images", str(src), "--size", "32"], tmp_path)
@@ -90,10 +96,7 @@ def test_a_duplicate_keeps_its_picture_when_the_original_changes(cluster: str, t
 
 def test_a_torn_marker_is_not_done_and_the_next_run_repairs_it(cluster: str, tmp_path: Path) -> None:
     """What a power cut can leave after a rename without fsync: an empty marker file."""
-    src = tmp_path / "src"
-    src.mkdir()
-    for i in range(6):
-        Image.fromarray(gradient(32, 32, 10 + i)).save(src / f"im{i}.png")
+    src = image_folder(tmp_path, 6, 10)
     ws = tmp_path / "ws"
     base = ["--workspace", str(ws)]
     r = run([*base, "ingest-images", str(src), "--size", "32", "--shard-size", "4"], tmp_path)
@@ -117,10 +120,7 @@ def test_two_runs_of_one_flow_started_together_never_both_run(cluster: str, tmp_
     import subprocess
     import sys
 
-    src = tmp_path / "src"
-    src.mkdir()
-    for i in range(4):
-        Image.fromarray(gradient(32, 32, 20 + i)).save(src / f"im{i}.png")
+    src = image_folder(tmp_path, 4, 20)
     ws = tmp_path / "ws"
     args = [sys.executable, "-m", "flows.cli", "--workspace", str(ws), "ingest-images", str(src), "--size", "32"]
     procs = [

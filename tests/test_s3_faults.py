@@ -48,6 +48,16 @@ def _ingest(tmp_path: Path, ws: str, endpoint: str, **popen: object) -> subproce
     )
 
 
+def _clean_run(
+    tmp_path: Path, s3_server: str, bucket: str, seed: int, count: int
+) -> tuple[s3fs.S3FileSystem, subprocess.Popen[str]]:
+    """A corpus of ``count`` synthetic images in ``c/``, a client of the S3 server, and a
+    fault-free ingestion of the corpus into ``s3://BUCKET/clean`` (started, not awaited)."""
+    write_synth_shard(str(tmp_path / "c"), seed=seed, size=64, start=0, stop=count, annotated=0)
+    fs = s3fs.S3FileSystem(endpoint_url=s3_server, key="k", secret="s")
+    return fs, _ingest(tmp_path, f"s3://{bucket}/clean", s3_server)
+
+
 def _objects(fs: s3fs.S3FileSystem, root: str) -> dict[str, bytes]:
     """Every data object of a workspace's corpus, by key (markers and journal are checked apart)."""
     keys = [k for k in fs.find(f"{root}/corpus") if "/.tmp-" not in k]
@@ -57,9 +67,7 @@ def _objects(fs: s3fs.S3FileSystem, root: str) -> dict[str, bytes]:
 def test_transient_s3_faults_are_retried_to_the_exact_result(
     cluster: str, s3_server: str, bucket: str, tmp_path: Path
 ) -> None:
-    write_synth_shard(str(tmp_path / "c"), seed=21, size=64, start=0, stop=24, annotated=0)
-    fs = s3fs.S3FileSystem(endpoint_url=s3_server, key="k", secret="s")
-    clean = _ingest(tmp_path, f"s3://{bucket}/clean", s3_server)
+    fs, clean = _clean_run(tmp_path, s3_server, bucket, seed=21, count=24)
     out, err = clean.communicate(timeout=600)
     assert clean.returncode == 0, err
     with FaultProxy(s3_server, rate=0.12, seed=4) as proxy:
@@ -78,9 +86,7 @@ def test_transient_s3_faults_are_retried_to_the_exact_result(
 def test_a_permanent_s3_fault_stops_the_run_clearly_and_a_later_run_resumes(
     cluster: str, s3_server: str, bucket: str, tmp_path: Path
 ) -> None:
-    write_synth_shard(str(tmp_path / "c"), seed=22, size=64, start=0, stop=40, annotated=0)
-    fs = s3fs.S3FileSystem(endpoint_url=s3_server, key="k", secret="s")
-    clean = _ingest(tmp_path, f"s3://{bucket}/clean", s3_server)
+    fs, clean = _clean_run(tmp_path, s3_server, bucket, seed=22, count=40)
     assert clean.wait(timeout=600) == 0
     markers = f"{bucket}/broken/_meta/markers/corpus/images"
     with FaultProxy(s3_server) as proxy:

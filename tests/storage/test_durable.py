@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import zarr
 
-from storage.lease import sweep_stale_tmp
-from storage.location import Location, is_temporary_name
+from storage.location import Location
+from storage.sweep import sweep_stale_tmp
 from storage.workspace import Workspace
+from storage.zarrstore import is_temporary_name
 
 
 @pytest.fixture()

@@ -54,12 +54,18 @@ def test_a_stage_may_not_write_an_array_another_stage_owns(tmp_path: Path) -> No
         ws.require_array("corpus/styled/a", mask_spec(8), 4, owner="render-lineart")
 
 
-def test_a_shard_loses_its_marker_before_its_data_is_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    ws = Workspace(str(tmp_path))
+def one_done_shard(root: Path, array: str, length: int, shard: int, version: str) -> Workspace:
+    """A workspace of 4-item shards whose ``array`` (8x8 masks) has one shard of ones, done."""
+    ws = Workspace(str(root))
     ws.ensure_config(shard_size=4)
-    ws.require_array("corpus/masks", mask_spec(8), 8)
-    ws.write_shard("corpus/masks", 1, np.ones((4, 8, 8), np.uint8))
-    ws.write_marker("corpus/masks", 1, "old-model")
+    ws.require_array(array, mask_spec(8), length)
+    ws.write_shard(array, shard, np.ones((4, 8, 8), np.uint8))
+    ws.write_marker(array, shard, version)
+    return ws
+
+
+def test_a_shard_loses_its_marker_before_its_data_is_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ws = one_done_shard(tmp_path, "corpus/masks", 8, 1, "old-model")
     real = ws.loc.write_bytes
 
     def crash_on_data(key: str, data: bytes) -> None:
@@ -75,11 +81,7 @@ def test_a_shard_loses_its_marker_before_its_data_is_replaced(tmp_path: Path, mo
 
 
 def test_dropping_an_array_removes_its_markers_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    ws = Workspace(str(tmp_path))
-    ws.ensure_config(shard_size=4)
-    ws.require_array("augmented/images", mask_spec(8), 4)
-    ws.write_shard("augmented/images", 0, np.ones((4, 8, 8), np.uint8))
-    ws.write_marker("augmented/images", 0, "v")
+    ws = one_done_shard(tmp_path, "augmented/images", 4, 0, "v")
     order: list[str] = []
     real = ws.loc.delete
     monkeypatch.setattr(ws.loc, "delete", lambda key: (order.append(key), real(key)))

@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from storage import identity
 from storage import lease as lease_mod
+from storage.identity import machine_digest, machine_identity, process_start, tmp_prefix
 from storage.lease import (
     LeaseHeld,
     LeaseLost,
@@ -24,9 +26,9 @@ from storage.lease import (
     fencing,
     generation_key,
     generations,
-    sweep_stale_tmp,
 )
-from storage.location import Location, machine_digest, machine_identity, process_start, tmp_prefix
+from storage.location import Location
+from storage.sweep import sweep_stale_tmp
 from storage.workspace import Workspace, image_spec
 
 HOURS = 3600.0
@@ -307,7 +309,7 @@ def test_another_container_with_the_same_host_name_is_not_judged_gone(tmp_path: 
     here = machine_identity()
     for other in ({"boot_id": "another-boot"}, {"pidns": "4026539999"}, {"boot_id": "", "pidns": ""}):
         body = holder(**other)
-        assert body["host"] == here["host"] and not lease_mod.pid_alive(body["pid"])
+        assert body["host"] == here["host"] and not identity.pid_alive(body["pid"])
         loc.write_json(generation_key("x", 1), body)
         with pytest.raises(LeaseHeld):
             WorkspaceLease(loc, "x").acquire()

@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
+from storage.identity import machine_identity
 from storage.lease import LeaseHeld, WorkspaceLease, generation_key, generations
-from storage.location import Location, machine_identity
+from storage.location import Location
 
 NAME = "render-lineart"
 

@@ -98,7 +98,7 @@ def test_a_config_that_is_not_an_object_is_refused(tmp_path: Path) -> None:
 def test_a_tampered_gaugan_options_block_is_refused(tmp_path: Path) -> None:
     from pydantic import ValidationError
 
-    from tasks.gaugan import load_gaugan
+    from tasks.generate import load_gaugan
 
     ws = Workspace(str(tmp_path / "ws"))
     save_checkpoint(ws, "gaugan", "run-1", b"", {"phase": "gan", "num_classes": 7, "options": {"ngf": -3}})

@@ -13,8 +13,8 @@ from safetensors.torch import load
 from storage.checkpoints import list_checkpoints, load_checkpoint
 from storage.items import item_table
 from storage.workspace import Workspace, WorkspaceError
-from tasks.gaugan import GauganOptions, collect_pairs, evaluate, load_gaugan, train_gaugan
-from tasks.generate import attributes_for, generate, hair_label
+from tasks.gaugan import GauganOptions, collect_pairs, evaluate, train_gaugan
+from tasks.generate import attributes_for, generate, hair_label, load_gaugan
 from tasks.segment import TrainOptions, train_unet
 from tasks.synth import draw_portrait
 from tests.tasks.test_segment import tiny_workspace

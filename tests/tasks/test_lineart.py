@@ -128,5 +128,6 @@ def test_progressive_sizes_and_pairs_from_a_folder(tmp_path: Path) -> None:
     assert r["vgg"].startswith("random-init") and {"loss_feature", "loss_gram"} <= set(r["last"])
     assert any(e["stage"] == "train-lineart" for e in ws.quarantine_entries())
     with pytest.raises(ValueError, match="one count per size"):
-        LineartTrainOptions(size=64, epochs=(1,))
+        LineartTrainOptions(size=64, epochs=(1, 1, 1))  # 64 px has two stages: 32 and 64
+    assert LineartTrainOptions(size=256, epochs=(6, 3)).stage_sizes() == (128, 256)  # the last stages
     assert np.asarray(Image.open(tmp_path / "pairs" / "lines" / "s4-000000.png")).min() == 0

@@ -124,15 +124,15 @@ def test_killed_at_every_write_point_resumes_to_the_uninterrupted_result(tmp_pat
         train_unet(whole, opts)
     finally:
         writepoints.HOOKS.clear()
-    assert any(k.endswith("meta.json") for _, k in points) and any("/tags/" in k for _, k in points)
+    assert any(k.endswith("train-state.json") for _, k in points) and any("/tags/" in k for _, k in points)
 
     def outcome(ws: Workspace) -> dict:
-        state = ws.loc.read_json("models/unet/train-state/meta.json")
+        state = ws.loc.read_json("models/unet/train-state.json")
         return {
             "latest": load_checkpoint(ws, "unet", "latest").name,
             "best": load_checkpoint(ws, "unet", "best").name,
             "weights": load_checkpoint(ws, "unet").weights,
-            "optimizer": ws.loc.read_bytes(state["optimizer"]),
+            "optimizer": ws.loc.read_bytes(f"models/unet/{state['checkpoint']}/optimizer.safetensors"),
             "files": sorted(str(p.relative_to(ws.loc.root)) for p in Path(ws.loc.root, "models").rglob("*")),
         }
 
@@ -156,3 +156,42 @@ def test_killed_at_every_write_point_resumes_to_the_uninterrupted_result(tmp_pat
         train_unet(cut, opts)
         got = outcome(cut)
         assert got == expected, (n, points[n - 1])
+
+
+def _as_first_layout(ws: Workspace) -> None:
+    """Rewrite the train state as train-unet wrote it before the one layout:
+    ``train-state/{meta.json,optimizer-NNNN.safetensors}``, tensors named ``<param id>.<key>``."""
+    from safetensors.torch import save
+
+    state = ws.loc.read_json("models/unet/train-state.json")
+    new_key = f"models/unet/{state['checkpoint']}/optimizer.safetensors"
+    tensors = {k.split(".", 1)[1]: v for k, v in load(ws.loc.read_bytes(new_key)).items()}
+    old_key = f"models/unet/train-state/optimizer-{state['epoch']:04d}.safetensors"
+    ws.loc.write_bytes(old_key, save(tensors))
+    meta = {k: v for k, v in state.items() if k != "tags"}
+    meta.update(param_groups=state["param_groups"]["opt"], optimizer=old_key)
+    ws.loc.write_json("models/unet/train-state/meta.json", meta)
+    ws.loc.delete("models/unet/train-state.json")
+    ws.loc.delete(new_key)
+
+
+def test_a_run_stopped_in_the_first_train_state_layout_resumes_exactly(tmp_path: Path) -> None:
+    whole = tiny_workspace(tmp_path / "whole")
+    train_unet(whole, OPTS)
+    cut = tiny_workspace(tmp_path / "cut")
+
+    def stop_after_first(m: dict) -> None:
+        if m["epoch"] == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_unet(cut, OPTS, on_epoch=stop_after_first)
+    _as_first_layout(cut)
+    assert train_unet(cut, OPTS)["resumed_at"] == 1
+    a = load(load_checkpoint(whole, "unet").weights)
+    b = load(load_checkpoint(cut, "unet").weights)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not cut.loc.exists("models/unet/train-state/meta.json"), "the first layout is superseded once resumed"
+    assert cut.loc.list("models/unet/train-state") == []
+    state = cut.loc.read_json("models/unet/train-state.json")
+    assert state["epoch"] == 3 and cut.loc.exists(f"models/unet/{state['checkpoint']}/optimizer.safetensors")

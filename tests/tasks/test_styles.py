@@ -10,7 +10,6 @@ import pytest
 import torch
 from PIL import Image
 
-from flows.cli import STYLE_MODELS
 from models.registry import create, list_models
 from storage.workspace import Workspace
 from tasks.colorizer import (
@@ -77,8 +76,8 @@ def test_fast_style_trains_per_style_image_and_applies(tmp_path: Path) -> None:
     net, digest = load_fast_style(ws, key)
     out = apply_fast_style(net, np.stack([draw_portrait(7, 1, 32).image[:30, :30]]), torch.device("cpu"))
     assert out.shape == (1, 30, 30, 3) and out.dtype == np.uint8
-    assert list_models("style") == sorted(STYLE_MODELS)
-    for name in STYLE_MODELS:
+    assert {"johnson", "johnson-small", "johnson-fast"} <= set(list_models("style"))
+    for name in list_models("style"):  # every registered transformer, as `train-style --model` offers them
         assert create("style", name)(torch.rand(1, 3, 16, 16)).shape == (1, 3, 16, 16)
 
 
