@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.conftest import write_hostile
@@ -96,6 +97,7 @@ def test_quarantine_only_corpus_still_exits_0(cluster: str, tmp_path: Path) -> N
     assert "4 quarantined" in r.stdout and "1 files not named like images" in r.stdout
 
 
+@pytest.mark.slow  # the fast suite kills ingest-images at its write points (tests/test_crash_points.py)
 def test_killed_run_resumes_to_the_same_result(tmp_path: Path) -> None:
     """SIGKILL a real ingest-images mid-run (server, cluster and all), run it again."""
     import hashlib

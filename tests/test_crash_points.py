@@ -9,9 +9,9 @@ before it. The same command is then run again, to the end, and the workspace mus
 exactly what an uninterrupted run leaves: the same files, byte for byte, except the times
 and run ids inside run records, leases and quarantine/marker timestamps.
 
-``make test`` kills ingest-images and pseudolabel (a new model over old masks) at two
-points each; ``make test-slow`` kills four stages at every point, and ingestion on the S3
-server at every point.
+``make test`` kills ingest-images at two points, and pseudolabel (a new model over old
+masks) after its first mask write; ``make test-slow`` kills four stages at every point,
+and ingestion on the S3 server at every point.
 """
 
 from __future__ import annotations
@@ -230,7 +230,8 @@ def check_stage(name: str, tmp: Path, every: bool) -> None:
     whole, points = count_points(stage, base, copy, tmp, env)
     expected = local_snapshot(Path(whole))
     assert points, "the stage wrote nothing"
-    for n in chosen(points, every):
+    # pseudolabel's fast check is its rollback below (killed after its first mask write)
+    for n in chosen(points, every) if every or stage.rollback is None else []:
         url = crash_and_resume(stage, base, copy, tmp, env, n)
         got = local_snapshot(Path(url))
         missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
