@@ -38,14 +38,14 @@ def fresh_specs(url: str, method: str) -> list[Any]:
     """Shard specs of every corpus shard, with the method's markers cleared (so all run)."""
     from storage.items import item_table
     from storage.workspace import Workspace
-    from tasks.lineart import LineartShardSpec, array_name, method_version, prepare_array
+    from tasks.lineart import LineartShardSpec, array_name, prepare_array, producer_version
 
     ws = Workspace(url)
     table = item_table(ws, "corpus")
     prepare_array(ws, method)
     shards = list(range(ws.shards_of(table.length)))
     ws.clear_markers(array_name(method), shards)
-    version = method_version(method, "")
+    version = producer_version(method, "")
     return [
         LineartShardSpec(url, s, method, version, "", [x for x, _ in table.slots_in(ws.shard_slots(s, table.length))])
         for s in shards

@@ -16,7 +16,7 @@ from tasks.augment import (
     AugmentShardSpec,
     augment_shard,
     prepare_arrays,
-    shard_version,
+    producer_version,
     shards_of_parents,
 )
 from tasks.ingest import ShardResult
@@ -37,7 +37,7 @@ def augment(workspace: str, options: AugmentOptions = AugmentOptions()) -> dict[
     done = ws.markers(IMAGES)
     specs = []
     for shard, members in shards_of_parents(parents.by_id, m, s).items():
-        version = shard_version(options, members)
+        version = producer_version(options, members)
         if done.get(shard, {}).get("version") != version:
             specs.append(AugmentShardSpec(ws.url, shard, version, options.model_dump(), members))
     logger.info("%d annotated items x%d: %d shard task(s) to run", len(parents), m, len(specs))

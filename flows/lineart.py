@@ -18,8 +18,8 @@ from tasks.lineart import (
     array_name,
     lineart_shard,
     method_names,
-    method_version,
     prepare_array,
+    producer_version,
 )
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ def render_lineart(
     if m.model is not None:
         ckpt = load_checkpoint(ws, m.model, model)
         checkpoint, digest = ckpt.name, ckpt.digest
-    version = method_version(method, digest)
+    version = producer_version(method, digest)
     prepare_array(ws, method)
     return render_corpus(
         ws,

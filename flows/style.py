@@ -27,7 +27,7 @@ from tasks.render_style import (
     store_style_image,
     style_shard,
 )
-from tasks.render_style import style_version as version_of
+from tasks.render_style import producer_version as version_of
 
 if TYPE_CHECKING:
     MethodName = str

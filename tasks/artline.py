@@ -122,6 +122,7 @@ class LineartTrainOptions(BaseModel):
 
 # -- pairs -----------------------------------------------------------------------------------
 def draw_pairs(seed: int, count: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` synth portraits: RGB ``(N, size, size, 3)`` uint8 images and ``(N, size, size)`` uint8 drawings."""
     from tasks.synth import draw_portrait
 
     portraits = [draw_portrait(seed, i, size) for i in range(count)]
@@ -129,7 +130,10 @@ def draw_pairs(seed: int, count: int, size: int) -> tuple[np.ndarray, np.ndarray
 
 
 def read_pairs(folder: str, size: int) -> tuple[list[str], np.ndarray, np.ndarray, list[tuple[str, str]]]:
-    """(ids, images, lines, refused) of a folder in synth's layout (local or s3://), squared to ``size``."""
+    """(ids, images, lines, refused) of a folder in synth's layout (local or s3://), squared to ``size``.
+
+    images: RGB ``(N, size, size, 3)`` uint8 in 0..255; lines: ``(N, size, size)`` uint8 drawings (0 ink, 255 paper).
+    """
     from storage.location import Location, child_url
     from storage.sources import OutsideFolder, list_folder, read_relative
     from tasks.imageio import BadImage, load_square, open_image, square
@@ -174,7 +178,10 @@ def read_pairs(folder: str, size: int) -> tuple[list[str], np.ndarray, np.ndarra
 
 
 def load_training_pairs(ws: Workspace, opts: LineartTrainOptions) -> dict[str, Any]:
-    """Training and held-out pairs at the final size, as uint8 arrays."""
+    """Training and held-out pairs at the final size, as uint8 arrays.
+
+    ``"train"``/``"val"``: (RGB ``(N, S, S, 3)`` uint8 images, ``(N, S, S)`` uint8 drawings, 0 ink 255 paper).
+    """
     from storage.location import Location
 
     if opts.pairs:
@@ -213,6 +220,7 @@ class FeatureLoss(torch.nn.Module):
         self.source = self.vgg.source if self.vgg is not None else "off: no ImageNet VGG16 weights (pixel L1 only)"
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """``pred``, ``target``: ``(N, 1, H, W)`` float32 drawings in [0, 1] (0 ink, 1 paper) -> (loss, parts)."""
         if self.ink_weight == 1:
             pixel = F.l1_loss(pred, target)
         else:  # ink is ~3% of a drawing: weigh it up, or "all paper" is a strong minimum
@@ -244,7 +252,7 @@ def _to_tensors(images: np.ndarray, lines: np.ndarray, size: int) -> tuple[torch
 
 @torch.inference_mode()
 def draw_lines(model: torch.nn.Module, images: np.ndarray, device: torch.device, batch: int = 8) -> np.ndarray:
-    """``(N, S, S, 3)`` uint8 images -> ``(N, S, S)`` uint8 line art (0 ink, 255 paper)."""
+    """RGB ``(N, S, S, 3)`` uint8 images in 0..255 -> ``(N, S, S)`` uint8 line art (0 ink, 255 paper)."""
     model.eval()
     out = []
     for i in range(0, len(images), batch):

@@ -130,7 +130,10 @@ def _jitter(image: np.ndarray, rng: np.random.Generator, o: AugmentOptions) -> n
 def augment_pair(
     image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, options: AugmentOptions
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One random variant of ``image`` ((S, S, 3) uint8 RGB) and ``mask`` ((S, S) uint8 ids)."""
+    """One random variant of ``image`` ((S, S, 3) uint8 RGB) and ``mask`` ((S, S) uint8 ids).
+
+    Image: RGB ``(S, S, 3)`` uint8 in 0..255 in and out; mask: ``(S, S)`` uint8 class ids (255 = ignore) in and out.
+    """
     if image.ndim != 3 or image.shape[2] != 3 or mask.shape != image.shape[:2] or image.shape[0] != image.shape[1]:
         raise ValueError(f"need a square (S, S, 3) image and (S, S) mask, got {image.shape} and {mask.shape}")
     map_x, map_y = _sampling_map(image.shape[0], rng, options)
@@ -162,7 +165,7 @@ def shards_of_parents(
     return {shard: sorted(members) for shard, members in sorted(by_shard.items())}
 
 
-def shard_version(options: AugmentOptions, parents: list[tuple[int, str, str]]) -> str:
+def producer_version(options: AugmentOptions, parents: list[tuple[int, str, str]]) -> str:
     """Changes with the options and with the content of any parent in the shard."""
     key = options.version + "|" + "|".join(f"{s}:{h}" for s, _, h in sorted(parents))
     return hashlib.sha1(key.encode()).hexdigest()[:16]

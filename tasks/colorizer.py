@@ -140,13 +140,17 @@ class Colorizer(torch.nn.Module):
         self.prior_weight = torch.nn.Parameter(torch.tensor(4.0 if hint_size else 0.0))
 
     def forward(self, x: torch.Tensor, prior: torch.Tensor | None = None) -> torch.Tensor:
+        """Unit ``(N, 3, H, W)`` float32 in [0, 1] (prior: ``(N, H, W)`` int64 classes) -> ``(N, C, H, W)`` logits."""
         logits = self.net(x)
         if prior is None or not self.hint_size:
             return logits
         return logits + self.prior_weight * F.one_hot(prior, self.num_classes).permute(0, 3, 1, 2).to(logits.dtype)
 
     def hint(self, images: np.ndarray, size: int | None = None) -> np.ndarray:
-        """The colour hint of ``images`` that this model was trained with."""
+        """The colour hint of ``images`` that this model was trained with (see :func:`colour_hint`).
+
+        RGB ``(N, H, W, 3)`` uint8 in 0..255 -> RGB ``(N, size, size, 3)`` uint8 (``(N, H, W, 3)`` if no ``size``).
+        """
         return colour_hint(images, self.hint_size, size, num_values=self.num_values, kind=self.hint_kind)
 
 
@@ -154,6 +158,8 @@ def colour_hint(
     images: np.ndarray, hint_size: int, size: int | None = None, *, num_values: int = 3, kind: str = "mode"
 ) -> np.ndarray:
     """``(N, H, W, 3)`` images -> their colour layout on ``hint_size``² cells, at side ``size``.
+
+    RGB ``(N, H, W, 3)`` uint8 in 0..255 -> RGB ``(N, size, size, 3)`` uint8 (``(N, H, W, 3)`` if no ``size``).
 
     ``mode`` (the default): each cell in its commonest palette colour (``num_values`` levels),
     upsampled nearest; on the held-out synth portraits at 16 cells this alone gets 0.85 of
@@ -324,6 +330,7 @@ def palette_accuracy(
     hints: torch.Tensor | None = None,
     priors: torch.Tensor | None = None,
 ) -> float:
+    """Pixel accuracy on ``(N, H, W)`` uint8 drawings against ``(N, H, W)`` int64 palette classes (hints: RGB uint8)."""
     model.eval()
     right = total = 0
     for i in range(0, len(lines), 16):
@@ -365,7 +372,8 @@ def colorize_lines(
 ) -> np.ndarray:
     """``(N, S, S)`` uint8 line art -> ``(N, S, S, 3)`` posterised colour (S padded to 32 inside).
 
-    ``hints``: ``(N, S, S, 3)`` colour hints (:func:`colour_hint`) for a model trained with
+    ``lines``: ``(N, H, W)`` uint8 drawings (0 ink, 255 paper); returns RGB ``(N, H, W, 3)`` uint8 palette colours.
+    ``hints``: RGB ``(N, S, S, 3)`` uint8 colour hints (:func:`colour_hint`) for a model trained with
     them (required then; ignored by a line-art-only model).
     """
     colours = palette(num_values)

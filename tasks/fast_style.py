@@ -97,7 +97,10 @@ def train_fast_style(
     opts: FastStyleOptions,
     on_step: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Train a transformer for ``style_image``; returns its checkpoint name and losses."""
+    """Train a transformer for ``style_image``; returns its checkpoint name and losses.
+
+    ``style_image``: RGB ``(H, W, 3)`` uint8 in 0..255.
+    """
     from models.vgg import VGGFeatures
 
     device = pick_device(opts.device)
@@ -162,6 +165,8 @@ def load_fast_style(ws: Workspace, key: str, device: str = "cpu") -> tuple[torch
 @torch.inference_mode()
 def apply_fast_style(net: torch.nn.Module, images: np.ndarray, device: torch.device, batch: int = 8) -> np.ndarray:
     """``(N, S, S, 3)`` uint8 -> stylised ``(N, S, S, 3)`` uint8 (sides padded to 4 inside).
+
+    RGB ``(N, H, W, 3)`` uint8 in 0..255 in and out (the network sees unit tensors).
 
     bf16 autocast on GPUs and on CPUs with native bf16; channels-last where the network
     prefers it (``StyleTransformer.prefers_channels_last``).

@@ -159,7 +159,7 @@ class Pairs:
     def read(
         self, entries: list[tuple[str, int, str]], flips: list[bool] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images ``(N, 3, S, S)`` in [-1, 1] and masks ``(N, S, S)`` int64 at ``size``."""
+        """Signed RGB images ``(N, 3, S, S)`` float32 in [-1, 1] and masks ``(N, S, S)`` int64 class ids at ``size``."""
         imgs, masks = [], []
         for fam, slot, _ in entries:
             if fam in self._cache:
@@ -177,7 +177,11 @@ class Pairs:
 def to_model_inputs(
     images: np.ndarray, masks: np.ndarray, size: int, flips: list[bool] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 ``(N, H, W, 3)`` images and ``(N, H, W)`` masks -> model inputs at ``size``."""
+    """uint8 ``(N, H, W, 3)`` images and ``(N, H, W)`` masks -> model inputs at ``size``.
+
+    RGB ``(N, H, W, 3)`` uint8 in 0..255 and ``(N, H, W)`` uint8 class ids (255 = ignore) -> signed
+    ``(N, 3, size, size)`` float32 in [-1, 1] and ``(N, size, size)`` int64 class ids.
+    """
     x = to_float255(images)
     y = torch.from_numpy(np.ascontiguousarray(masks)).long()
     if x.shape[-1] != size:
@@ -264,7 +268,10 @@ def latent_noise(n: int, z_dim: int, seed: int) -> torch.Tensor:
 def generate_images(
     generator: SPADEGenerator, masks: torch.Tensor, z: torch.Tensor, device: torch.device, batch: int = 8
 ) -> torch.Tensor:
-    """uint8 ``(N, 3, S, S)`` images for int ``(N, S, S)`` masks and latents ``(N, z_dim)``."""
+    """uint8 ``(N, 3, S, S)`` images for int ``(N, S, S)`` masks and latents ``(N, z_dim)``.
+
+    Returns RGB ``(N, 3, S, S)`` uint8 in 0..255 on the CPU (:func:`~tasks.tensors.from_signed` of the generator).
+    """
     generator.eval()
     out = []
     for i in range(0, len(masks), batch):
@@ -284,7 +291,10 @@ def semantic_consistency(
     classes: list[str],
     device: torch.device,
 ) -> dict[str, Any]:
-    """SPADE's protocol: segment ``images`` (uint8) and score the result against ``masks``."""
+    """SPADE's protocol: segment ``images`` (uint8) and score the result against ``masks``.
+
+    ``images``: RGB ``(N, 3, H, W)`` uint8 tensor in 0..255; ``masks``: ``(N, H, W)`` int64 class ids (255 = ignore).
+    """
     from tasks.segment import confusion, iou_from_confusion, predict
 
     if images.shape[-1] != seg_size:

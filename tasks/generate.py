@@ -55,7 +55,10 @@ HAIR_COLOURS = {
 
 
 def hair_label(image: np.ndarray, mask: np.ndarray, hair_id: int, min_pixels: int = 64) -> str | None:
-    """A hair-colour bucket from the median HSV of the hair pixels, or None with too few of them."""
+    """A hair-colour bucket from the median HSV of the hair pixels, or None with too few of them.
+
+    ``image``: RGB ``(H, W, 3)`` uint8 in 0..255; ``mask``: ``(H, W)`` uint8 class ids (255 = ignore).
+    """
     px = image[mask == hair_id]
     if len(px) < min_pixels:
         return None
@@ -189,7 +192,10 @@ def read_masks(
     mask_dir: str, size: int, num_classes: int
 ) -> tuple[list[str], list[np.ndarray], list[str], list[tuple[str, str]]]:
     """Class-id PNG masks of ``mask_dir`` (local or ``s3://``; not recursive), squared to
-    ``size``; their sources; and the refused ones."""
+    ``size``; their sources; and the refused ones.
+
+    Each mask ``(size, size)`` uint8 class ids below ``num_classes`` (255 = ignore).
+    """
     listing = list_folder(mask_dir, ".png", "mask folder")
     ids, masks, sources, refused = [], [], [], list(listing.refused)
     with SourceReader() as reader:
@@ -220,7 +226,10 @@ def mask_latents(ids: list[str], z_dim: int, seed: int) -> torch.Tensor:
 
 
 def style_latent(model: Trained, style_image: str) -> torch.Tensor:
-    """The encoder's mean latent of a reference image (local or ``s3://``; any size; squared and resized)."""
+    """The encoder's mean latent of a reference image (local or ``s3://``; any size; squared and resized).
+
+    The image is loaded as RGB uint8 and fed to the encoder as a signed ``(1, 3, S, S)`` float32 tensor in [-1, 1].
+    """
     data = read_file(style_image)
     try:
         rgb = load_square(data, model.encoder.size)
@@ -277,7 +286,10 @@ def generate(
 def interpolation_strip(
     model: Trained, masks: torch.Tensor, z: torch.Tensor, direction: torch.Tensor, strength: float, steps: int = 6
 ) -> bytes:
-    """Rows (one per mask) of images at strengths 0 .. ``strength`` along ``direction``."""
+    """Rows (one per mask) of images at strengths 0 .. ``strength`` along ``direction``.
+
+    ``masks``: ``(N, S, S)`` int class ids; returns PNG bytes of an RGB ``(N*S, steps*S, 3)`` uint8 grid.
+    """
     rows = []
     alphas = np.linspace(0, strength, steps)
     for i in range(len(masks)):
@@ -290,7 +302,7 @@ def interpolation_strip(
 def store_generated(
     ws: Workspace, ids: list[str], images: np.ndarray, sources: list[str], digest: str, style: str
 ) -> None:
-    """Append the images to ``generated/images`` (a newer image of an id replaces the older)."""
+    """Append the images (RGB ``(N, S, S, 3)`` uint8 in 0..255) to ``generated/images`` (newer replaces older)."""
     size = images.shape[1]
     version = f"gaugan:{digest}:{style}"
     batch = Journal(ws, "generated").add(

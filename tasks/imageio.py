@@ -101,7 +101,7 @@ def load_square(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     min_size: int = 0,
 ) -> np.ndarray:
-    """Decode ``data`` into a ``(size, size, 3)`` uint8 RGB array (see module docstring).
+    """Decode ``data`` into an RGB image ``(size, size, 3)`` uint8 in 0..255 (see module docstring).
 
     ``fit="crop"`` keeps the centre square; ``fit="pad"`` keeps everything and pads the
     short side with white. ``min_size`` refuses images whose shorter side is smaller.
@@ -229,7 +229,7 @@ def load_square_into(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     min_size: int = 0,
 ) -> None:
-    """:func:`load_square` writing into ``out`` (``(size, size, 3)`` uint8, C-contiguous).
+    """:func:`load_square` writing into ``out`` (RGB ``(size, size, 3)`` uint8 in 0..255, C-contiguous).
 
     A baseline JPEG that already is ``size`` x ``size``, upright and in YCbCr or grey (the
     Danbooru case) is decoded by libjpeg-turbo straight into ``out``: no intermediate
@@ -300,7 +300,10 @@ def _tiff_orientation(tiff: bytes) -> int:
 
 
 def square(im: Image.Image, size: int, fit: str = "crop") -> Image.Image:
-    """Centre-crop (or pad with white) to a square, then resize to ``size`` with Lanczos."""
+    """Centre-crop (or pad with white) to a square, then resize to ``size`` with Lanczos.
+
+    ``im`` and the result are 8-bit RGB Pillow images (the result ``size`` x ``size``).
+    """
     w, h = im.size
     if fit == "crop":
         side = min(w, h)
@@ -319,7 +322,10 @@ def square(im: Image.Image, size: int, fit: str = "crop") -> Image.Image:
 
 
 def square_mask(mask: np.ndarray, size: int, fit: str = "crop", pad_value: int = 255) -> np.ndarray:
-    """:func:`square` for class-id masks: same crop or pad (with ``pad_value``), nearest resize."""
+    """:func:`square` for class-id masks: same crop or pad (with ``pad_value``), nearest resize.
+
+    ``mask`` ``(H, W)`` uint8 class ids (255 = ignore) -> ``(size, size)`` uint8 class ids, C-contiguous.
+    """
     h, w = mask.shape
     if fit == "crop":
         side = min(w, h)
@@ -337,7 +343,7 @@ def square_mask(mask: np.ndarray, size: int, fit: str = "crop", pad_value: int =
 
 
 def encode_png(array: np.ndarray) -> bytes:
-    """PNG bytes of an ``(H, W, 3)`` RGB or ``(H, W)`` class-id/grey ``uint8`` array."""
+    """PNG bytes of an ``(H, W, 3)`` RGB or ``(H, W)`` class-id/grey ``uint8`` array (0..255)."""
     if array.dtype != np.uint8 or array.ndim not in (2, 3):
         raise ValueError(f"expected a uint8 HxW or HxWx3 array, got {array.dtype} {array.shape}")
     buf = io.BytesIO()

@@ -74,10 +74,12 @@ def gram(f: torch.Tensor) -> torch.Tensor:
 
 
 def tv(x: torch.Tensor) -> torch.Tensor:
+    """Anisotropic total variation (mean absolute neighbour differences) of a unit ``(N, 3, H, W)`` float32 image."""
     return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
 
 
 def fit_long_edge(image: np.ndarray, max_long_edge: int) -> np.ndarray:
+    """RGB ``(H, W, 3)`` uint8 in 0..255 -> the same, Lanczos-shrunk so its long edge is at most ``max_long_edge``."""
     from PIL import Image
 
     h, w = image.shape[:2]
@@ -89,7 +91,10 @@ def fit_long_edge(image: np.ndarray, max_long_edge: int) -> np.ndarray:
 
 
 def tv_denoise(image: torch.Tensor, strength: float, steps: int = 50) -> torch.Tensor:
-    """Minimise ``|u - f|^2 / 2 + strength * TV(u)`` by gradient descent (smoothed TV)."""
+    """Minimise ``|u - f|^2 / 2 + strength * TV(u)`` by gradient descent (smoothed TV).
+
+    Unit ``(N, 3, H, W)`` float32 in [0, 1] in and out (clamped; returned as is when ``strength`` <= 0).
+    """
     if strength <= 0:
         return image
     f = image.detach()
@@ -112,7 +117,11 @@ def stylize(
     opts: StyleOptions,
     on_save: Callable[[int, np.ndarray], None] | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Gatys et al. on ``content`` with ``style`` (RGB uint8); returns the image and its metadata."""
+    """Gatys et al. on ``content`` with ``style`` (RGB uint8); returns the image and its metadata.
+
+    ``content``, ``style``: RGB ``(H, W, 3)`` uint8 in 0..255; the result (and what ``on_save`` gets) is RGB
+    ``(h, w, 3)`` uint8 in 0..255 at ``content``'s size after :func:`fit_long_edge`.
+    """
     from models.vgg import VGGFeatures
     from tasks.pseudolabel import use_bf16
     from tasks.segment import pick_device
@@ -197,7 +206,7 @@ def _to_uint8(x: torch.Tensor) -> np.ndarray:
 
 
 def png_with_metadata(image: np.ndarray, meta: dict[str, Any]) -> bytes:
-    """PNG bytes with ``meta`` as JSON in a ``mangaka`` text chunk."""
+    """PNG bytes of RGB ``(H, W, 3)`` uint8 ``image`` with ``meta`` as JSON in a ``mangaka`` text chunk."""
     import io
 
     from PIL import Image

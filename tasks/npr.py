@@ -34,7 +34,11 @@ def palette(num_values: int) -> np.ndarray:
 
 
 def posterize_classes(images: np.ndarray, num_values: int) -> np.ndarray:
-    """Palette class of every pixel of ``(..., 3)`` uint8 images: table lookups over the batch."""
+    """Palette class of every pixel of ``(..., 3)`` uint8 images: table lookups over the batch.
+
+    RGB ``(..., 3)`` uint8 in 0..255 -> ``(...)`` class ids in 0..num_values**3 - 1
+    (uint8 up to 256 classes, else int32).
+    """
     if num_values < 2:
         raise ValueError(f"num_values must be at least 2, not {num_values}")
     n = num_values
@@ -45,12 +49,15 @@ def posterize_classes(images: np.ndarray, num_values: int) -> np.ndarray:
 
 
 def posterize(images: np.ndarray, num_values: int) -> np.ndarray:
-    """The nearest palette colour of every pixel (``(..., 3)`` uint8)."""
+    """The nearest palette colour of every pixel: RGB ``(..., 3)`` uint8 in 0..255 in and out."""
     return palette(num_values)[posterize_classes(images, num_values)]
 
 
 def posterize_loop(image: np.ndarray, num_values: int) -> np.ndarray:
-    """The seed's posterisation: a Python loop over pixels and channels (benchmark anchor)."""
+    """The seed's posterisation: a Python loop over pixels and channels (benchmark anchor).
+
+    RGB ``(H, W, 3)`` uint8 in 0..255 in and out.
+    """
     values = np.linspace(0, 255, num_values)
     colours = values.round()
     out = np.empty_like(image)
@@ -63,7 +70,10 @@ def posterize_loop(image: np.ndarray, num_values: int) -> np.ndarray:
 
 
 def kuwahara(image: np.ndarray, radius: int = 4) -> np.ndarray:
-    """Kuwahara filter: per pixel, the mean of the least varied of its four quadrants."""
+    """Kuwahara filter: per pixel, the mean of the least varied of its four quadrants.
+
+    RGB ``(H, W, 3)`` uint8 in 0..255 in and out.
+    """
     img = image.astype(np.float32)
     k = radius + 1
     mean = cv2.boxFilter(img, -1, (k, k), normalize=True, borderType=cv2.BORDER_REFLECT)
@@ -87,7 +97,7 @@ def kuwahara(image: np.ndarray, radius: int = 4) -> np.ndarray:
 
 
 def npr(image: np.ndarray, style: str) -> np.ndarray:
-    """One training-free style on one RGB image."""
+    """One training-free style on one RGB image: ``(H, W, 3)`` uint8 in 0..255 in and out."""
     bgr = np.ascontiguousarray(image[..., ::-1])
     if style == "stylization":
         out = cv2.stylization(bgr, sigma_s=60, sigma_r=0.45)

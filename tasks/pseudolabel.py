@@ -125,7 +125,9 @@ def pick_engine(engine: str, device: str, precision: str) -> tuple[str, torch.de
 
 
 class Segmenter(Protocol):
-    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Unit ``(N, 3, H, W)`` float32 RGB in [0, 1] -> ``(N, C, H, W)`` logits."""
+        ...
 
 
 class OnnxSegmenter:
@@ -165,6 +167,7 @@ class OnnxSegmenter:
         self.session = ort.InferenceSession(graph, so, providers=["CPUExecutionProvider"])
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Unit ``(N, 3, H, W)`` float32 RGB in [0, 1] -> ``(N, C, H, W)`` float32 logits (on the CPU)."""
         x = x.float().contiguous()
         parts = [
             torch.from_numpy(self.session.run(None, {"x": x[i : i + self.max_batch].numpy()})[0])
@@ -195,7 +198,7 @@ def _model(ws: Workspace, checkpoint: str, options: PseudolabelOptions) -> tuple
 def infer(
     model: Segmenter, images: np.ndarray, device: torch.device, batch: int, flip: bool, bf16: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For ``(N, S, S, 3)`` uint8 images: class ids ``(N, S, S)`` uint8, confidences ``(N,)``
+    """For RGB ``(N, S, S, 3)`` uint8 images in 0..255: class ids ``(N, S, S)`` uint8, confidences ``(N,)``
     float32 (mean top probability) and the top probability per pixel ``(N, S, S)`` as uint8
     (x 255). ``model`` is a PyTorch network or an :class:`OnnxSegmenter`."""
     preds, confs, maps = [], [], []
@@ -271,7 +274,10 @@ def pseudolabel_shard(spec: PseudolabelShardSpec) -> ShardResult:
 
 
 def miou_against(ws: Workspace, truth: dict[str, np.ndarray], classes: list[str]) -> dict[str, Any]:
-    """mIoU of ``corpus/masks`` against truth masks by item id (items without truth are skipped)."""
+    """mIoU of ``corpus/masks`` against truth masks by item id (items without truth are skipped).
+
+    ``truth``: id -> ``(H, W)`` uint8 class ids (255 = ignore), the shape of the corpus masks.
+    """
     from storage.items import item_table
     from tasks.segment import confusion, iou_from_confusion
 

@@ -74,7 +74,7 @@ def array_name(name: str) -> str:
     return f"corpus/styled/{check_name(name, 'style name (--name)')}"
 
 
-def style_version(method: str, params: dict[str, Any], digest: str = "") -> str:
+def producer_version(method: str, params: dict[str, Any], digest: str = "") -> str:
     blob = json.dumps(["style-1", method, params, digest], sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 

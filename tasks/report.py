@@ -26,7 +26,7 @@ PALETTE = np.array(
 
 
 def colorize(mask: np.ndarray) -> np.ndarray:
-    """``(H, W)`` class ids to ``(H, W, 3)`` RGB using :data:`PALETTE` (255 = ignore, grey)."""
+    """``(H, W)`` uint8 class ids to RGB ``(H, W, 3)`` uint8 using :data:`PALETTE` (255 = ignore, grey)."""
     return PALETTE[mask]
 
 

@@ -128,7 +128,10 @@ def make_split(ws: Workspace, opts: TrainOptions) -> Split:
 
 
 def load_pairs(ws: Workspace, family: str, slots: list[int], size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, 3, S, S) uint8 images and (N, S, S) uint8 masks of ``slots``, resized to ``size``."""
+    """(N, 3, S, S) uint8 images and (N, S, S) uint8 masks of ``slots``, resized to ``size``.
+
+    Images: RGB ``(N, 3, size, size)`` uint8 tensors in 0..255; masks ``(N, size, size)`` uint8 ids (255 = ignore).
+    """
     images_arr, masks_arr = ws.array(f"{family}/images"), ws.array(f"{family}/masks")
     images = torch.from_numpy(np.stack([np.asarray(images_arr[s]) for s in slots])).permute(0, 3, 1, 2)
     masks = torch.from_numpy(np.stack([np.asarray(masks_arr[s]) for s in slots]))
@@ -139,6 +142,7 @@ def load_pairs(ws: Workspace, family: str, slots: list[int], size: int) -> tuple
 
 
 def class_weights(masks: torch.Tensor, num_classes: int, power: float) -> torch.Tensor:
+    """``(num_classes,)`` float32 weights (mean 1) from uint8 class-id ``masks`` of any shape (255 = ignore)."""
     counts = torch.bincount(masks[masks != IGNORE_INDEX].long().flatten(), minlength=num_classes)[:num_classes]
     freq = counts.float() / counts.sum().clamp(min=1)
     w = (1.0 / freq.clamp(min=1e-4)) ** power
@@ -146,6 +150,7 @@ def class_weights(masks: torch.Tensor, num_classes: int, power: float) -> torch.
 
 
 def loss_fn(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, dice_weight: float) -> torch.Tensor:
+    """Weighted cross-entropy (+ dice) of ``(N, C, H, W)`` logits against ``(N, H, W)`` int64 ids (255 = ignore)."""
     ce = F.cross_entropy(logits, target, weight=weights, ignore_index=IGNORE_INDEX)
     if dice_weight == 0:
         return ce
@@ -160,6 +165,7 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, d
 
 
 def confusion(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``(C, C)`` int64 counts [truth, prediction] of same-shape class-id masks (``target`` 255 = ignore)."""
     keep = target != IGNORE_INDEX
     idx = target[keep].long() * num_classes + pred[keep].long()
     return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
@@ -180,7 +186,10 @@ def iou_from_confusion(conf: torch.Tensor, classes: list[str]) -> dict[str, Any]
 
 
 def predict(model: torch.nn.Module, images: torch.Tensor, device: torch.device, batch: int = 16) -> torch.Tensor:
-    """Class ids ``(N, S, S)`` uint8 for uint8 ``(N, 3, S, S)`` images."""
+    """Class ids ``(N, S, S)`` uint8 for uint8 ``(N, 3, S, S)`` images.
+
+    ``images``: RGB ``(N, 3, S, S)`` uint8 tensor in 0..255 (the model sees unit tensors); returns class ids on the CPU.
+    """
     out = []
     model.eval()
     with torch.inference_mode():

@@ -39,7 +39,7 @@ Points = list[tuple[float, float]]
 class Portrait:
     """One drawn portrait.
 
-    - ``image``: ``(size, size, 3)`` uint8 RGB.
+    - ``image``: ``(size, size, 3)`` uint8 RGB, 0..255.
     - ``mask``: ``(size, size)`` uint8 class ids of ``DEFAULT_CLASSES`` (0 background).
     - ``lines``: ``(size, size)`` uint8 line art, 0 ink, 255 paper.
     - ``shapes``: ``(label, points)`` in paint order, points in pixel coordinates.
@@ -52,7 +52,7 @@ class Portrait:
 
 
 def rasterize(shapes: list[tuple[str, Points]], size: int) -> np.ndarray:
-    """Class-id mask of labelled polygons, exactly as labelme rasterises them."""
+    """Class-id mask of labelled polygons, exactly as labelme rasterises them: ``(size, size)`` uint8 (0 background)."""
     canvas = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(canvas)
     for label, pts in shapes:
@@ -181,7 +181,11 @@ def _background(p: _Painter, rng: np.random.Generator) -> None:
 
 
 def draw_portrait(seed: int, index: int, size: int = 512) -> Portrait:
-    """Draw portrait ``index`` of the corpus seeded by ``seed`` (see module docstring)."""
+    """Draw portrait ``index`` of the corpus seeded by ``seed`` (see module docstring).
+
+    Image RGB ``(size, size, 3)`` uint8 in 0..255; mask ``(size, size)`` uint8 class ids;
+    lines ``(size, size)`` uint8 drawing (0 ink, 255 paper).
+    """
     if size < 32:
         raise ValueError(f"size must be at least 32 pixels, not {size}")
     rng = np.random.default_rng([seed, index])

@@ -93,7 +93,7 @@ def render(method: str, image: np.ndarray, params: dict[str, Any] | None = None)
     return m.draw(image, **(params if params is not None else m.params))
 
 
-def method_version(method: str, digest: str = "") -> str:
+def producer_version(method: str, digest: str = "") -> str:
     """The producer version of ``corpus/lineart/<method>``: its parameters or model digest."""
     params = dict(METHODS[method].params) if method in METHODS else {}
     blob = f"lineart-1|{method}|{sorted(params.items())}|{digest}"

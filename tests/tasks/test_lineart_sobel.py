@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from tasks.lineart import METHODS, boundary_f1, dataset_f1, method_version, render
+from tasks.lineart import METHODS, boundary_f1, dataset_f1, producer_version, render
 from tasks.lineart.sobel import SOBEL, sobel_nms
 from tasks.synth import draw_portrait
 
@@ -37,8 +37,8 @@ def test_sobel_is_registered_with_its_parameters_in_its_version() -> None:
     assert METHODS["sobel"].params == SOBEL and METHODS["sobel"].model is None
     image, _ = disc()
     assert (render("sobel", image) == sobel_nms(image, **SOBEL)).all()
-    assert method_version("sobel") != method_version("canny")
-    assert method_version("sobel") == method_version("sobel")
+    assert producer_version("sobel") != producer_version("canny")
+    assert producer_version("sobel") == producer_version("sobel")
 
 
 def test_sobel_follows_synth_portraits_as_well_as_canny() -> None:
