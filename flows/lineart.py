@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from prefect import get_run_logger
 
 from flows.ops import mangaka_flow, shard_task
-from flows.shards import corpus_table, render_corpus
+from flows.shards import corpus_table, describe_rendered, render_corpus
 from flows.training import monitored
 from storage.checkpoints import load_checkpoint
 from storage.workspace import Workspace
@@ -105,10 +105,7 @@ def describe_train_lineart_flow(r: dict[str, Any], params: dict[str, Any]) -> st
 
 
 def describe_render_lineart(r: dict[str, Any], params: dict[str, Any]) -> str:
-    return (
-        f"rendered {r['rendered']} corpus images with {r['method']} in {r['shards']} shard(s) into "
-        f"corpus/lineart/{r['method']}; {r['corpus_items']} corpus items in all"
-    )
+    return describe_rendered(r, array_name(r["method"]))
 
 
 def precheck_render_lineart(params: dict[str, Any], given: set[str]) -> None:

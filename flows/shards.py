@@ -27,6 +27,7 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from prefect.tasks import Task
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from flows import UsageError
 from flows.runtime import gpu_workers
 from storage.items import ItemTable, item_table
 from storage.lease import LeaseLost, WorkspaceLease, active_fence, held_lease
@@ -170,7 +171,7 @@ def pending_shards(
     """
     lo, hi = 0, ws.shards_of(length)
     if shards:
-        a, _, b = parse_shards(shards)
+        a, b = parse_shards(shards)
         lo, hi = a if a is not None else lo, b if b is not None else hi
     done = ws.markers(array)
     todo = []
@@ -186,12 +187,12 @@ def pending_shards(
     return todo
 
 
-def parse_shards(text: str) -> tuple[int | None, str, int | None]:
-    """``"A:B"`` (either end may be left out) as ``(A, ":", B)``; a clear error for anything else."""
-    a, sep, b = text.partition(":")
-    if not sep or not all(p.strip().isdigit() or not p.strip() for p in (a, b)):
-        raise ValueError(f"shards takes A:B (shard numbers), not {text!r}")
-    return (int(a) if a.strip() else None), sep, (int(b) if b.strip() else None)
+def parse_shards(text: str) -> tuple[int | None, int | None]:
+    """``"A:B"`` (either end may be left out; ``"A"`` is ``"A:"``) as ``(A, B)``; a usage error otherwise."""
+    a, _, b = text.partition(":")
+    if not all(p.strip().isdigit() or not p.strip() for p in (a, b)):
+        raise UsageError(f"--shards takes A:B (shard numbers), not {text!r}")
+    return (int(a) if a.strip() else None), (int(b) if b.strip() else None)
 
 
 def corpus_table(ws: Workspace) -> ItemTable:
@@ -214,6 +215,14 @@ def summarise(ws: Workspace, key: str, summary: dict[str, Any], description: str
     create_table_artifact(key=artifact_key(key), table=rows, description=description)
     get_run_logger().info("summary: %s", summary)
     return summary
+
+
+def describe_rendered(r: dict[str, Any], array: str) -> str:
+    """A corpus rendering's summary in words (the command line prints it)."""
+    return (
+        f"rendered {r['rendered']} corpus images with {r['method']} in {r['shards']} shard(s) into "
+        f"{array}; {r['corpus_items']} corpus items in all"
+    )
 
 
 def render_corpus(

@@ -9,7 +9,7 @@ from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from flows.ops import mangaka_flow, shard_task
-from flows.shards import corpus_table, render_corpus
+from flows.shards import corpus_table, describe_rendered, render_corpus
 from flows.training import monitored
 from storage.checkpoints import has_tag, load_checkpoint
 from storage.workspace import Workspace, WorkspaceError
@@ -243,7 +243,4 @@ def describe_train_colorizer_flow(r: dict[str, Any], params: dict[str, Any]) -> 
 
 
 def describe_render_style(r: dict[str, Any], params: dict[str, Any]) -> str:
-    return (
-        f"rendered {r['rendered']} corpus images with {r['method']} in {r['shards']} shard(s) into "
-        f"corpus/styled/{r['name']}; {r['corpus_items']} corpus items in all"
-    )
+    return describe_rendered(r, array_name(r["name"]))

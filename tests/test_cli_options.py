@@ -104,3 +104,13 @@ def test_serve_offers_a_backfill_of_every_workspace_command() -> None:
     expected = {load(c.flow).name for c in COMMANDS.values() if c.flow and c.name != "demo"}
     assert {"render-lineart", "pseudolabel", "build-dataset", "render-style"} <= set(flows)
     assert set(flows) == {n for n in expected if n in flows} and "demo" not in flows
+
+
+def test_shard_ranges_are_parsed_once_and_bad_ones_are_usage_errors() -> None:
+    from flows import UsageError
+    from flows.shards import parse_shards
+
+    assert parse_shards("2:5") == (2, 5) and parse_shards(":3") == (None, 3) and parse_shards("4") == (4, None)
+    for bad in ("a:b", "1:x", "-1:2"):
+        with pytest.raises(UsageError, match="A:B"):
+            parse_shards(bad)
