@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 
-.PHONY: setup demo test test-slow bench lint clean
+.PHONY: setup demo test test-slow test-gpu bench lint clean
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,9 @@ test: lint
 test-slow: setup
 	$(BIN)/pytest -m "slow"
 
+test-gpu: setup  # on a machine with a CUDA device: nvJPEG decoding, GPU workers
+	$(BIN)/pytest -m "gpu"
+
 bench: setup
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.augment
@@ -36,6 +39,7 @@ bench: setup
 	$(BIN)/python -m bench.gaugan
 	$(BIN)/python -m bench.lineart --count 1024
 	$(BIN)/python -m bench.lineart --count 4096
+	$(BIN)/python -m bench.lineart --count 4096 --codec raw
 	$(BIN)/python -m bench.lineart --count 8192 --varied
 	$(BIN)/python -m bench.styles
 	$(BIN)/python -m bench.colorizer

@@ -32,18 +32,27 @@ import torch
 HERE = Path(__file__).resolve().parent
 
 
-def corpus_workspace(count: int, size: int, src: Path | None = None) -> str:
+def corpus_workspace(count: int, size: int, src: Path | None = None, codec: str = "jpeg") -> str:
+    """A workspace of ``count`` ingested portraits (shards of 256), its images stored with ``codec``."""
     from bench.ingest import make_corpus
     from storage.items import Journal
     from storage.sources import list_sources
     from storage.workspace import Workspace
-    from tasks.ingest import IngestOptions, ingest_shard, plan_ingest, prepare_array, shard_specs, source_record
+    from tasks.ingest import (
+        IngestOptions,
+        ingest_shard,
+        plan_ingest,
+        prepare_array,
+        resolve_codec,
+        shard_specs,
+        source_record,
+    )
 
     ws = Workspace(tempfile.mkdtemp(prefix="bench-lineart-"))
     ws.ensure_config(shard_size=256)
     listing = list_sources(str(src or make_corpus(count, size)))
     listing.refs = listing.refs[:count]
-    opts = IngestOptions(size=size)
+    opts = resolve_codec(ws, IngestOptions(size=size, codec=codec))  # type: ignore[arg-type]
     batch = Journal(ws, "corpus").add(
         opts.version, opts.model_dump(), [source_record(r) for r in plan_ingest(ws, listing).new]
     )
@@ -96,6 +105,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--count", type=int, default=1024)
     ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--codec", choices=("jpeg", "raw"), default="jpeg", help="how the corpus is stored")
     ap.add_argument(
         "--varied", action="store_true", help="use synth portraits with mirrored/recoloured copies (large counts)"
     )
@@ -109,9 +119,9 @@ def main() -> None:
         from bench.orchestration import varied_corpus
 
         src = varied_corpus(args.count)
-    url = corpus_workspace(args.count, args.size, src)
+    url = corpus_workspace(args.count, args.size, src, args.codec)
     ws = Workspace(url)
-    images = np.asarray(ws.array("corpus/images")[: args.count])
+    images = ws.read_items("corpus/images", list(range(args.count)))
     workers = os.cpu_count() or 1
     rates = method_rates(images[:128])
     t0 = time.perf_counter()
@@ -137,6 +147,7 @@ def main() -> None:
         "size": args.size,
         "images": args.count,
         "cores": workers,
+        "codec": args.codec,
         "method_images_per_s_one_process": rates,
         "xdog_bare_opencv_pool_images_per_s": round(bare, 2),
         "xdog_render_lineart_flow_images_per_s": round(flow, 2),
@@ -146,7 +157,8 @@ def main() -> None:
     }
     print(json.dumps(result, indent=1))
     result["corpus"] = "synth + mirrored/recoloured copies" if args.varied else "synth"
-    (HERE / "results" / f"lineart-{args.count}.json").write_text(json.dumps(result, indent=1) + "\n")
+    suffix = "" if args.codec == "jpeg" else f"-{args.codec}"
+    (HERE / "results" / f"lineart-{args.count}{suffix}.json").write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

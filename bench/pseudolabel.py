@@ -6,6 +6,9 @@ On a GPU (``--device auto`` finds it) the model-only rates run on the device (pl
 batch 64), only the PyTorch engine is measured, the flow's LocalCluster has a GPU worker
 per device, and the figures go to ``bench/results/pseudolabel-gpu.json``.
 
+On a GPU the corpus's JPEG chunks are decoded on the device (nvJPEG): ``device_decode_images_per_s``
+is that decode alone, and the end-to-end figures include it.
+
 1. Model only (random weights of the default segmenter; the work does not depend on the
    weights), batch 16, all cores of one process: eager NCHW, channels-last, channels-last
    with bf16 autocast (emulated on CPUs without bf16), ONNX Runtime fp32.
@@ -18,6 +21,8 @@ per device, and the figures go to ``bench/results/pseudolabel-gpu.json``.
    images), timed from the flow call to its return after a warm-up run; the Prefect
    server's and the cluster's start are not counted. Peak memory of the process tree, and
    the same for a larger corpus (``--memory-count``) with the default engine.
+5. ``by_codec``: step 2 and the one-thread read rate of step 3 for the same images stored
+   raw (zstd, lossless) against JPEG (the default).
 
 Writes ``bench/results/pseudolabel.json``.
 """
@@ -78,16 +83,16 @@ def onnxruntime_rate(model: torch.nn.Module, size: int, batch: int, reps: int = 
     return reps * batch / (time.perf_counter() - t0)
 
 
-def checkpointed_workspace(count: int, size: int, model_name: str) -> str:
-    """A workspace of ``count`` ingested synth JPEGs (shards of 256) and a segmenter checkpoint
-    ``bench`` with random weights."""
+def checkpointed_workspace(count: int, size: int, model_name: str, codec: str = "jpeg") -> str:
+    """A workspace of ``count`` ingested synth JPEGs (shards of 256, images stored with
+    ``codec``) and a segmenter checkpoint ``bench`` with random weights."""
     from safetensors.torch import save
 
     from bench.lineart import corpus_workspace
     from storage.checkpoints import save_checkpoint
     from storage.workspace import Workspace
 
-    url = corpus_workspace(count, size)
+    url = corpus_workspace(count, size, codec=codec)
     ws = Workspace(url)
     model = create("segmenter", model_name, num_classes=7)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
@@ -171,6 +176,24 @@ def host_rates(url: str, count: int, size: int) -> dict[str, float]:
     return out
 
 
+def device_decode_rate(url: str, count: int, device: torch.device, batch: int = 64) -> float:
+    """Images per second decoded on ``device`` from the stored JPEG chunks (nvJPEG, batches of
+    ``batch``), the chunk bytes read beforehand: what a GPU worker's decoding costs."""
+    from storage.workspace import Workspace
+    from tasks.decode import decode_on_device
+
+    ws = Workspace(url)
+    size = int(ws.array("corpus/images").shape[1])
+    batches = [ws.read_chunks("corpus/images", list(range(i, min(i + batch, count)))) for i in range(0, count, batch)]
+    decode_on_device(batches[0], size, device)  # warm nvJPEG
+    torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for chunks in batches:
+        decode_on_device(chunks, size, device)
+    torch.cuda.synchronize(device)
+    return count / (time.perf_counter() - t0)
+
+
 def _round(v: float | str) -> float | str:
     return round(v, 2) if isinstance(v, float) else v
 
@@ -213,6 +236,22 @@ def main() -> None:
         engine: round(end_to_end(url, min(a.count, 256), engine, device), 2) for engine in engines
     }
     result["host_one_thread"] = host_rates(url, min(a.count, 256), a.size)
+    # the same shard from a raw (zstd) workspace: what JPEG storage changes end to end
+    auto = pick_engine("auto", device, "auto")[0]
+    raw_url = checkpointed_workspace(min(a.count, 256), a.size, a.model, codec="raw")
+    result["by_codec"] = {
+        "engine": auto,
+        "end_to_end_one_shard_images_per_s": {
+            "jpeg": result["end_to_end_one_shard_images_per_s"][auto],
+            "raw": round(end_to_end(raw_url, min(a.count, 256), auto, device), 2),
+        },
+        "read_images_per_s_1_thread": {
+            "jpeg": result["host_one_thread"]["read_images_per_s_1_threads"],
+            "raw": host_rates(raw_url, min(a.count, 256), a.size)["read_images_per_s_1_threads"],
+        },
+    }
+    if gpu:
+        result["device_decode_images_per_s"] = round(device_decode_rate(url, min(a.count, 256), dev), 1)
     result["auto_engine"] = pick_engine("auto", device, "auto")[0]
     release_models()  # the in-process runs' model and session: not part of the flow's memory
     if a.flow_count:

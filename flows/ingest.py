@@ -25,6 +25,7 @@ from tasks.ingest import (
     fix_shard_size,
     ingest_shard,
     prepare_array,
+    resolve_codec,
     shard_specs,
     start_batches,
 )
@@ -49,6 +50,7 @@ def ingest_images(
     """
     ws = Workspace(workspace)
     fix_shard_size(ws, shard_size)
+    options = resolve_codec(ws, options)
     summary, results, table, plan = ingest_family(
         ws,
         stage=STAGE,
@@ -68,6 +70,8 @@ def ingest_images(
         missing=sum(1 for e in table.missing if e["slot"] // s in run_slots),
         not_image_names=plan.skipped_names,
         corpus_items=len(table),
+        stored_as_is=sum(r.as_is for r in results),
+        codec=options.codec,
     )
     return summarise(ws, "ingest-images-summary", summary, f"ingest-images of {src} into {ws.url} ({ARRAY})")
 
@@ -121,7 +125,9 @@ def ingest_family(
 
 def describe_ingest_images(r: dict[str, Any], params: dict[str, Any]) -> str:
     return (
-        f"ingested {r['stored']} new images into corpus/images ({r['corpus_items']} in all); "
+        f"ingested {r['stored']} new images into corpus/images ({r['corpus_items']} in all"
+        + (f"; {r['stored_as_is']} of them stored as their source JPEG" if r.get("codec") == "jpeg" else "")
+        + "); "
         f"{r['already_ingested']} already there, "
         + (f"{r['resumed']} finished from an interrupted run, " if r.get("resumed") else "")
         + f"{r['duplicates_skipped']} duplicates skipped, "
@@ -137,6 +143,8 @@ def precheck_ingest_images(params: dict[str, Any], given: set[str]) -> None:
 
     check_source(params["src"])
     workspace_size(params, given)
+    opts = params["options"]
+    Workspace(params["workspace"]).check_codec(opts.codec, opts.jpeg_quality)
 
 
 def workspace_size(params: dict[str, Any], given: set[str], **check: Any) -> None:

@@ -163,7 +163,7 @@ def render_style(
     table = corpus_table(ws)
     params, digest = _style_params(ws, workspace, method, style, style_image, lines, fast_options, gatys_options)
     version = version_of(method, params, digest)
-    prepare_array(ws, name)
+    prepare_array(ws, name, method)
     return render_corpus(
         ws,
         table,

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from storage.codecs import ImageCodecs
 from storage.location import Location, safe_key
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,19 @@ DEFAULT_CLASSES = ("background", "skin", "face", "eye", "mouth", "hair", "clothe
 IGNORE_INDEX = 255
 
 # How the command line spells each workspace setting, for error messages.
-OPTION_OF = {"image_size": "--size", "shard_size": "--shard-size", "classes": "--labels"}
+OPTION_OF = {
+    "image_size": "--size",
+    "shard_size": "--shard-size",
+    "classes": "--labels",
+    "codec": "--codec",
+    "jpeg_quality": "--jpeg-quality",
+}
+
+CODECS = ("jpeg", "raw")
+"""How RGB image arrays store their items: ``jpeg`` (one JPEG file per image, see
+``storage.jpeg``; the default) or ``raw`` (lossless: the pixels compressed with zstd).
+Masks, confidences and line art are always lossless."""
+DEFAULT_CODEC = "jpeg"
 
 # Per-image arrays and the item-family they index into.
 FAMILIES = ("corpus", "annotated", "augmented", "generated")
@@ -67,10 +80,15 @@ class ArraySpec:
     dtype: str
     dims: tuple[str, ...]
     fill_value: Any = 0
+    codec: str = "raw"  # "raw" (lossless, zstd) or "jpeg" (RGB uint8 items only)
+    quality: int = 95  # JPEG quality of what is encoded, for codec "jpeg"
 
 
-def image_spec(size: int) -> ArraySpec:
-    return ArraySpec((size, size, 3), "uint8", ("y", "x", "channel"))
+def image_spec(size: int, codec: str = "raw", quality: int = 95) -> ArraySpec:
+    """An RGB image array's spec; ``codec`` ``raw`` (lossless) or ``jpeg`` (see :data:`CODECS`)."""
+    if codec not in CODECS:
+        raise WorkspaceError(f"unknown image codec {codec!r}: use one of {', '.join(CODECS)}")
+    return ArraySpec((size, size, 3), "uint8", ("y", "x", "channel"), codec=codec, quality=quality)
 
 
 def mask_spec(size: int) -> ArraySpec:
@@ -141,7 +159,7 @@ def marker_matches(marker: dict[str, Any] | None, version: str, live: list[int] 
     return live is None or marker.get("live") in (None, live_digest(live))
 
 
-class Workspace:
+class Workspace(ImageCodecs):
     """One interface over a local or S3 workspace. Cheap to construct and to pickle."""
 
     def __init__(self, url: str) -> None:
@@ -247,6 +265,8 @@ class Workspace:
         """
         from zarr.codecs import ZstdCodec
 
+        from storage.jpeg import JpegCodec
+
         key = _key_of(array)
         if self.has_array(key):
             arr = self.array(key, mode="r+")
@@ -264,13 +284,19 @@ class Workspace:
                 arr.resize((length, *spec.item_shape))
             return arr
         s = self.shard_size
+        if spec.codec == "jpeg":
+            if spec.dtype != "uint8" or len(spec.item_shape) != 3 or spec.item_shape[-1] != 3:
+                raise WorkspaceError(f"{key}: only RGB uint8 images can be stored as JPEG")
+            coding: dict[str, Any] = {"serializer": JpegCodec(level=spec.quality), "compressors": None}
+        else:
+            coding = {"compressors": ZstdCodec(level=1)}
         arr = self.group().create_array(
             key,
             shape=(length, *spec.item_shape),
             chunks=(1, *spec.item_shape),
             shards=(s, *spec.item_shape),
             dtype=spec.dtype,
-            compressors=ZstdCodec(level=1),
+            **coding,
             fill_value=spec.fill_value,
             dimension_names=("item", *spec.dims),
             attributes={"mangaka_owner": owner} if owner else None,
@@ -306,8 +332,18 @@ class Workspace:
         s = self.shard_size
         return range(shard * s, min((shard + 1) * s, length))
 
-    def write_shard(self, array: str, shard: int, data: np.ndarray, holes: list[int] | None = None) -> None:
+    def write_shard(
+        self,
+        array: str,
+        shard: int,
+        data: np.ndarray,
+        holes: list[int] | None = None,
+        encoded: dict[int, bytes] | None = None,
+    ) -> None:
         """Write one whole Zarr shard: ``data`` covers its first slots; ``holes`` stay empty.
+
+        ``encoded`` maps rows of ``data`` to chunks already in the array's codec (a source
+        JPEG stored byte for byte in a JPEG array); those rows of ``data`` are not read.
 
         The shard is encoded here and stored with one write (see ``storage.shards``), or
         through zarr for layouts other than mangaka's own. The shard's marker is removed
@@ -321,59 +357,48 @@ class Workspace:
         if start + len(data) > arr.shape[0] or len(data) > self.shard_size:
             raise WorkspaceError(f"shard {shard} of {array} does not fit the array ({arr.shape[0]} slots)")
         self.clear_markers(array, [shard])
+        if encoded and self.codec_of(array) != "jpeg":  # JPEG files given for an array of pixels: decode them
+            from storage.jpeg import decode_into
+
+            for j, chunk in encoded.items():
+                decode_into(chunk, data[j])
+            encoded = None
         writer = direct_writer(arr)
         if writer is not None:
-            key, blob = writer(shard, data, holes or [])
+            key, blob = writer(shard, data, holes or [], encoded)
             self.loc.write_bytes(f"{_key_of(array)}/{key}", blob)
             return
         for j in holes or []:
             data[j] = arr.fill_value
         arr[start : start + len(data)] = data
 
-    def read_items(self, array: str, slots: list[int]) -> np.ndarray:
+    def read_items(self, array: str, slots: list[int], size: int | None = None) -> np.ndarray:
         """The items at ``slots`` (reads only their inner chunks), stacked on axis 0.
 
-        Arrays in mangaka's own layout are read straight from their shard files (two range
+        Arrays in mangaka's own layouts are read straight from their shard files (two range
         reads per shard: the index, then the span of the wanted chunks), which is several
-        times faster than zarr's per-chunk path; others go through zarr.
+        times faster than zarr's per-chunk path; others go through zarr. ``size`` (JPEG
+        arrays only) decodes images at a DCT scale of their side (1/2, 1/4 or 1/8 of it),
+        for a stage that works at that size: a fraction of the decoding work.
         """
         from storage import shards
 
-        arr = self.array(array)
-        if not slots:
-            return np.zeros((0, *arr.shape[1:]), dtype=arr.dtype)
-        if shards.direct_writer(arr) is not None:
-            shard_len = arr.metadata.chunk_grid.chunk_shape[0]
-            out = np.empty((len(slots), *arr.shape[1:]), dtype=arr.dtype)
-            by_shard: dict[int, list[int]] = {}
-            for k, slot in enumerate(slots):
-                if not 0 <= slot < arr.shape[0]:
-                    raise IndexError(f"slot {slot} is outside {array} ({arr.shape[0]} slots)")
-                by_shard.setdefault(slot // shard_len, []).append(k)
-            zeros = (0,) * (len(arr.shape) - 1)
-            for shard, ks in by_shard.items():
-                key = self.loc.path(f"{_key_of(array)}/{arr.metadata.encode_chunk_key((shard, *zeros))}")
+        return shards.read_workspace_items(self, _key_of(array), slots, size)
 
-                def read_range(start: int | None, end: int | None, key: str = key) -> bytes:
-                    return bytes(self.loc.fs.cat_file(key, start=start, end=end))
+    def read_chunks(self, array: str, slots: list[int]) -> list[bytes | None]:
+        """The stored chunk of each of ``slots`` of a JPEG array: JPEG files (``None`` for an
+        empty slot), for a reader that decodes them itself (on a GPU, for one)."""
+        from storage import shards
 
-                positions = [slots[k] % shard_len for k in ks]
-                if ks == list(range(ks[0], ks[0] + len(ks))):  # contiguous rows: decode in place
-                    shards.read_items(read_range, shard_len, positions, out[ks[0] : ks[0] + len(ks)], arr.fill_value)
-                else:
-                    part = np.empty((len(ks), *arr.shape[1:]), dtype=arr.dtype)
-                    shards.read_items(read_range, shard_len, positions, part, arr.fill_value)
-                    out[ks] = part
-            return out
-        lo, hi = min(slots), max(slots) + 1
-        if hi - lo == len(slots):
-            return np.asarray(arr[lo:hi])[np.asarray(slots) - lo]
-        return np.asarray(arr.get_orthogonal_selection((np.asarray(slots),)))
+        if self.codec_of(array) != "jpeg":
+            raise WorkspaceError(f"{array} is not stored as JPEG")
+        return shards.read_workspace_chunks(self, _key_of(array), slots)
 
     def read_shard(self, array: str, shard: int) -> np.ndarray:
+        """Every item of one shard (:meth:`read_items` of its slots)."""
         arr = self.array(array)
         start = shard * self.shard_size
-        return np.asarray(arr[start : min(start + self.shard_size, arr.shape[0])])
+        return self.read_items(array, list(range(start, min(start + self.shard_size, arr.shape[0]))))
 
     def list_arrays(self) -> list[str]:
         """Names of every array in the workspace (``corpus/images``, ``corpus/lineart/xdog``, ...)."""

@@ -98,7 +98,8 @@ def _images(ws: Workspace, opts: ColorizerOptions) -> tuple[list[str], np.ndarra
         if len(items) > opts.max_images:
             step = len(items) / opts.max_images
             items = [items[int(i * step)] for i in range(opts.max_images)]
-        return [i for i, _ in items], ws.read_items("corpus/images", [e["slot"] for _, e in items])
+        slots = [e["slot"] for _, e in items]  # decoded at the training size where JPEG's DCT scaling reaches it
+        return [i for i, _ in items], ws.read_items("corpus/images", slots, ws.dct_size("corpus/images", opts.size))
     from tasks.artline import draw_pairs
 
     log.info("train-colorizer: the corpus has fewer than 4 images; training on 200 synth portraits")

@@ -77,7 +77,7 @@ def _training_images(ws: Workspace, opts: FastStyleOptions) -> np.ndarray:
         if len(slots) > opts.max_images:
             step = len(slots) / opts.max_images
             slots = [slots[int(i * step)] for i in range(opts.max_images)]
-        return ws.read_items("corpus/images", slots)
+        return ws.read_items("corpus/images", slots, ws.dct_size("corpus/images", opts.size))  # DCT-scaled if it can
     from tasks.artline import draw_pairs
 
     log.info("train-style: the corpus is empty; training on 64 synth portraits")

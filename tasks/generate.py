@@ -29,7 +29,7 @@ from storage.checkpoints import load_checkpoint
 from storage.items import Journal, item_table, write_item_index
 from storage.location import Location, child_url, url_name
 from storage.sources import SourceReader, list_folder, read_file
-from storage.workspace import IGNORE_INDEX, Workspace, WorkspaceError, image_spec
+from storage.workspace import IGNORE_INDEX, Workspace, WorkspaceError
 from tasks.device import pick_device
 from tasks.gaugan import MODEL_DIR, GauganOptions, build_nets, collect_pairs, generate_images
 from tasks.imageio import BadImage, encode_png, load_square, open_image, square_mask
@@ -308,7 +308,7 @@ def store_generated(
     batch = Journal(ws, "generated").add(
         version, {"style": style}, [{"id": i, "source": s} for i, s in zip(ids, sources, strict=True)]
     )
-    arr = ws.require_array(ARRAY, image_spec(size), batch.end, owner="generate")
+    arr = ws.require_array(ARRAY, ws.rgb_spec(size), batch.end, owner="generate")
     if arr.shape[0] < batch.end:
         ws.grow(ARRAY, batch.end)
     k = 0

@@ -31,6 +31,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 
+from storage.jpeg import exif_orientation
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -129,6 +131,11 @@ def _decoder_error(exc: BaseException) -> BadImage:
     if "truncated" in msg.lower() or isinstance(exc, EOFError):
         return BadImage(f"truncated image: {msg}")
     return BadImage(f"undecodable image: {msg}")
+
+
+def source_format(data: bytes) -> str:
+    """The image format ``data``'s magic bytes name (``JPEG``, ``PNG``, ...), ``unknown`` if none."""
+    return _sniff_format(data) or "unknown"
 
 
 def _sniff_format(data: bytes) -> str | None:
@@ -257,46 +264,6 @@ def _jpeg_direct(data: bytes, out: np.ndarray, max_pixels: int, min_size: int) -
     except ValueError:
         return False
     return True
-
-
-def exif_orientation(data: bytes) -> int:
-    """EXIF orientation (1-8) of a JPEG from its APP1 segment, 1 if absent, 0 if unsure.
-
-    Reads only the marker segments before the image data. XMP metadata (which may also
-    carry an orientation) returns 0, sending the file down the general path.
-    """
-    pos, n = 2, len(data)
-    while pos + 4 <= n and data[pos] == 0xFF:
-        marker = data[pos + 1]
-        if marker in (0xDA, 0xD9):  # start of scan / end of image: no more metadata
-            return 1
-        length = struct.unpack(">H", data[pos + 2 : pos + 4])[0]
-        seg = data[pos + 4 : pos + 2 + length]
-        if marker == 0xE1:
-            if seg.startswith(b"Exif\0\0"):
-                value = _tiff_orientation(seg[6:])
-                if value != 1:
-                    return value
-            elif b"ns.adobe.com/xap" in seg[:64]:
-                return 0
-        pos += 2 + length
-    return 1
-
-
-def _tiff_orientation(tiff: bytes) -> int:
-    try:
-        endian = {b"II": "<", b"MM": ">"}[tiff[:2]]
-        (ifd,) = struct.unpack(endian + "I", tiff[4:8])
-        (count,) = struct.unpack(endian + "H", tiff[ifd : ifd + 2])
-        for k in range(count):
-            entry = tiff[ifd + 2 + 12 * k : ifd + 14 + 12 * k]
-            tag, kind = struct.unpack(endian + "HH", entry[:4])
-            if tag == 0x0112:
-                (value,) = struct.unpack(endian + "H", entry[8:10])
-                return value if kind == 3 and 1 <= value <= 8 else 0
-    except (KeyError, struct.error, IndexError):
-        return 0
-    return 1
 
 
 def square(im: Image.Image, size: int, fit: str = "crop") -> Image.Image:

@@ -22,9 +22,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from storage.items import REPLACE_BY_ID, Batch, Journal, item_table
+from storage.jpeg import conforming
 from storage.sources import Listing, SourceReader, SourceRef
 from storage.workspace import DEFAULT_SHARD_SIZE, Workspace, image_spec
-from tasks.imageio import DEFAULT_MAX_PIXELS, BadImage, load_square_into
+from tasks.imageio import DEFAULT_MAX_PIXELS, BadImage, load_square_into, source_format
 from tasks.shards import ShardResult
 
 log = logging.getLogger(__name__)
@@ -45,11 +46,21 @@ class IngestOptions(BaseModel):
     min_size: int = Field(0, ge=0, description="refuse images whose shorter side is smaller")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="refuse larger images before decoding")
     max_bytes: int = Field(200_000_000, ge=1, description="refuse larger files before reading them")
+    codec: Literal["jpeg", "raw"] | None = Field(
+        None,
+        description="how corpus images are stored: jpeg (a source JPEG of the right size as it is, others "
+        "encoded once) or raw (lossless); fixed when the workspace is created (default: the workspace's, else jpeg)",
+    )
+    jpeg_quality: int | None = Field(
+        None, ge=1, le=100, description="quality of the JPEGs mangaka encodes (default: the workspace's, else 95)"
+    )
 
     @property
     def version(self) -> str:
         """Producer version: changes when anything that shapes the stored pixels changes."""
         key = f"{CODE_VERSION}|{self.size}|{self.fit}|{self.min_size}|{self.max_pixels}|{self.max_bytes}"
+        if self.codec == "jpeg":  # raw keeps the version of workspaces from before codecs were a setting
+            key += f"|jpeg|{self.jpeg_quality}"
         return hashlib.sha1(key.encode()).hexdigest()[:12]
 
 
@@ -176,10 +187,19 @@ def shard_specs(ws: Workspace, batch: Batch, array: str = ARRAY) -> list[ShardSp
     return specs
 
 
+def resolve_codec(ws: Workspace, options: IngestOptions) -> IngestOptions:
+    """``options`` with the workspace's codec and JPEG quality filled in (recorded by the
+    first ingestion); a :class:`~storage.workspace.WorkspaceError` if they ask for others."""
+    codec, quality = ws.fix_codec(options.codec, options.jpeg_quality)
+    return options.model_copy(update={"codec": codec, "jpeg_quality": quality if codec == "jpeg" else None})
+
+
 def prepare_array(ws: Workspace, options: IngestOptions, length: int) -> None:
     """Create or grow ``corpus/images`` (single writer of the array's metadata: the flow)."""
     ws.ensure_config(image_size=options.size)
-    ws.require_array(ARRAY, image_spec(options.size), length, owner=STAGE)
+    codec, quality = ws.image_codec()
+    spec = image_spec(options.size, options.codec or codec, options.jpeg_quality or quality)
+    ws.require_array(ARRAY, spec, length, owner=STAGE)
 
 
 class Unusable(Exception):
@@ -319,21 +339,34 @@ def read_shard_sources(
 def ingest_shard(spec: ShardSpec, ws: Workspace) -> ShardResult:
     """Read, decode and store the sources of one shard; quarantine the bad ones.
 
+    In a JPEG workspace a source that already is what the workspace stores (see
+    ``storage.jpeg.conforming``) is stored byte for byte; every other source is decoded,
+    made square and encoded once. Each marker entry says which (``stored``: ``as-is``,
+    ``re-encoded`` or ``decoded`` for raw workspaces) and the source's ``format``.
     Idempotent: returns ``skipped=True`` when the shard's marker already has ``spec.version``.
     """
     t0 = time.perf_counter()
     opts = IngestOptions(**spec.options)
     data = shard_buffer(len(spec.sources), (opts.size, opts.size, 3))
+    as_is: dict[int, bytes] = {}
+    jpeg_array = ws.codec_of(ARRAY) == "jpeg"  # what the array stores decides, whatever the options say
+    keep = jpeg_array and opts.min_size <= opts.size and opts.size * opts.size <= opts.max_pixels
 
     def use(j: int, raw: bytes, ref: SourceRef, entry: dict[str, Any]) -> None:
         entry["sha256"] = hashlib.sha256(raw).hexdigest()
+        if keep and conforming(raw, opts.size) is None:
+            as_is[j] = raw
+            entry.update(stored="as-is", format="JPEG")
+            return
         load_square_into(raw, data[j], opts.fit, opts.max_pixels, opts.min_size)
+        entry.update(stored="re-encoded" if jpeg_array else "decoded", format=source_format(raw))
 
     start = spec.shard * ws.shard_size
     entries, holes = read_shard_sources(ws, spec.sources, start, STAGE, opts.max_bytes, use, judged=(BadImage,))
     n_bad = sum(e["status"] == "quarantined" for e in entries)
-    ws.write_shard(ARRAY, spec.shard, data, holes)
+    ws.write_shard(ARRAY, spec.shard, data, holes, encoded=as_is)
     ws.write_marker(ARRAY, spec.shard, spec.version, entries=entries)
     dt = time.perf_counter() - t0
-    log.info("shard %d: %d stored, %d quarantined in %.1f s", spec.shard, len(entries) - n_bad, n_bad, dt)
-    return ShardResult(ARRAY, spec.shard, False, len(entries) - n_bad, n_bad, dt)
+    n_ok = sum(e["status"] == "ok" for e in entries)
+    log.info("shard %d: %d stored (%d as is), %d quarantined in %.1f s", spec.shard, n_ok, len(as_is), n_bad, dt)
+    return ShardResult(ARRAY, spec.shard, False, len(entries) - n_bad, n_bad, dt, as_is=len(as_is))

@@ -39,6 +39,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from storage.workspace import Workspace, mask_spec
+from tasks.decode import batch_reader
 from tasks.device import autocast, pick_device, use_bf16
 from tasks.ingest import ShardResult
 from tasks.segment import load_segmenter
@@ -52,6 +53,7 @@ CONFIDENCE_MAP = "corpus/confidence_map"  # optional: per pixel, top probability
 CODE_VERSION = "pseudolabel-1"
 _MODELS = ModelCache()
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class PseudolabelOptions(BaseModel):
@@ -67,6 +69,9 @@ class PseudolabelOptions(BaseModel):
     )
     readers: int = Field(0, ge=0, description="threads reading images ahead; 0: 1 on a CPU, up to 8 on a GPU")
     device: str = "auto"
+    gpu_decode: bool = Field(
+        True, description="on a GPU, decode the corpus's JPEG chunks on the device (nvJPEG) rather than on the host"
+    )
 
     @model_validator(mode="after")
     def _engine_fits(self) -> PseudolabelOptions:
@@ -196,7 +201,12 @@ def _model(ws: Workspace, checkpoint: str, options: PseudolabelOptions) -> tuple
 
 
 def infer(
-    model: Segmenter, images: np.ndarray, device: torch.device, batch: int, flip: bool, bf16: bool = False
+    model: Segmenter,
+    images: np.ndarray | torch.Tensor,
+    device: torch.device,
+    batch: int,
+    flip: bool,
+    bf16: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For RGB ``(N, S, S, 3)`` uint8 images in 0..255: class ids ``(N, S, S)`` uint8, confidences ``(N,)``
     float32 (mean top probability) and the top probability per pixel ``(N, S, S)`` as uint8
@@ -218,7 +228,7 @@ def infer(
     return np.concatenate(preds), np.concatenate(confs), np.concatenate(maps)
 
 
-def read_ahead(read: Callable[[T], np.ndarray], batches: list[T], threads: int) -> Iterator[np.ndarray]:
+def read_ahead(read: Callable[[T], R], batches: list[T], threads: int) -> Iterator[R]:
     """``read(batch)`` for each batch, in order, read ahead by ``threads`` threads.
 
     Decode prefetching: up to ``2 * threads - 1`` batches past the one being inferred are
@@ -254,11 +264,9 @@ def pseudolabel_shard(spec: PseudolabelShardSpec) -> ShardResult:
     batches = [live[i : i + opts.batch_size] for i in range(0, len(live), opts.batch_size)]
     readers = opts.readers or (min(8, os.cpu_count() or 1) if device.type == "cuda" else 1)
 
-    def read(batch: list[int]) -> np.ndarray:
-        return ws.read_items(IMAGES, [start + j for j in batch])
-
-    for batch, images in zip(batches, read_ahead(read, batches, readers), strict=True):
-        pred, c, top = infer(model, images, device, opts.batch_size, opts.flip_tta, bf16)
+    read, finish = batch_reader(ws, IMAGES, start, device, opts.gpu_decode and engine == "torch")
+    for batch, got in zip(batches, read_ahead(read, batches, readers), strict=True):
+        pred, c, top = infer(model, finish(got), device, opts.batch_size, opts.flip_tta, bf16)
         masks[batch], conf[batch], cmap[batch] = pred, c, top
     holes = sorted(set(range(n)) - set(live))
     ws.write_shard(MASKS, spec.shard, masks, holes)

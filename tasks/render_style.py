@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -53,18 +53,19 @@ class StyleMethod:
     about: str
     draw: Draw
     gpu: bool = True  # pinned to GPU workers where the cluster has them
+    palette: bool = False  # draws palette colours only: stored lossless, whatever the workspace's codec
 
 
 STYLE_METHODS: dict[str, StyleMethod] = {}
 
 
-def style_method(name: str, about: str, gpu: bool = True) -> Callable[[Draw], Draw]:
+def style_method(name: str, about: str, gpu: bool = True, palette: bool = False) -> Callable[[Draw], Draw]:
     """Register ``draw`` as style method ``name`` (its parameters come in ``spec.params``)."""
 
     def wrap(draw: Draw) -> Draw:
         if name in STYLE_METHODS:
             raise ValueError(f"style method {name!r} is registered twice")
-        STYLE_METHODS[name] = StyleMethod(name, about, draw, gpu)
+        STYLE_METHODS[name] = StyleMethod(name, about, draw, gpu, palette)
         return draw
 
     return wrap
@@ -79,8 +80,13 @@ def producer_version(method: str, params: dict[str, Any], digest: str = "") -> s
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
-def prepare_array(ws: Workspace, name: str) -> None:
-    prepare_rendering(ws, array_name(name), corpus_cell(ws, 3, 0), owner="render-style")
+def prepare_array(ws: Workspace, name: str, method: str) -> None:
+    """Create or grow ``corpus/styled/<name>``: stored like the workspace's images (JPEG or
+    lossless), except a palette method's, which keeps its exact palette colours (lossless)."""
+    spec = corpus_cell(ws, 3, 0)
+    if STYLE_METHODS[method].palette:
+        spec = replace(spec, codec="raw")
+    prepare_rendering(ws, array_name(name), spec, owner="render-style")
 
 
 def store_style_image(ws: Workspace, data: bytes, suffix: str) -> str:
@@ -123,7 +129,9 @@ def _gatys(ws: Workspace, spec: StyleShardSpec, images: np.ndarray, rows: list[i
     return np.stack([stylize(img, style, opts)[0] for img in images])
 
 
-@style_method("colorize", "the colouriser on each image's line art, coloured like the image or a portrait")
+@style_method(
+    "colorize", "the colouriser on each image's line art, coloured like the image or a portrait", palette=True
+)
 def _colorize(ws: Workspace, spec: StyleShardSpec, images: np.ndarray, rows: list[int]) -> np.ndarray:
     from PIL import Image
 

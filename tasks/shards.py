@@ -36,6 +36,7 @@ class ShardResult:
     ok: int = 0
     quarantined: int = 0
     seconds: float = 0.0
+    as_is: int = 0  # ingestion: items stored byte for byte from their source
 
 
 def one_thread_per_worker() -> None:
@@ -83,6 +84,9 @@ def corpus_cell(ws: Workspace, channels: int | None, fill: int) -> ArraySpec:
     size = int(ws.array(IMAGES).shape[1])
     if channels is None:
         return ArraySpec((size, size), "uint8", ("y", "x"), fill)
+    if channels == 3:  # an RGB rendering is stored like the workspace's images (JPEG or lossless)
+        codec, quality = ws.image_codec()
+        return ArraySpec((size, size, 3), "uint8", ("y", "x", "rgb"), fill, codec, quality)
     return ArraySpec((size, size, channels), "uint8", ("y", "x", "rgb"), fill)
 
 

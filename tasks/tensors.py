@@ -18,12 +18,13 @@ import numpy as np
 import torch
 
 
-def to_unit(images: np.ndarray, device: torch.device | str | None = None) -> torch.Tensor:
-    """RGB ``(N, H, W, 3)`` uint8 images -> unit ``(N, 3, H, W)`` float32 in [0, 1].
+def to_unit(images: np.ndarray | torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+    """RGB ``(N, H, W, 3)`` uint8 images (host arrays, or tensors already on a device) -> unit
+    ``(N, 3, H, W)`` float32 in [0, 1].
 
     With ``device`` the uint8 images move first (a quarter of the bytes of floats).
     """
-    t = torch.from_numpy(np.ascontiguousarray(images))
+    t = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
     if device is not None:
         t = t.to(device)
     return t.permute(0, 3, 1, 2).float().div_(255)

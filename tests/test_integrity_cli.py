@@ -64,7 +64,8 @@ def test_a_duplicate_keeps_its_picture_when_the_original_changes(cluster: str, t
     Image.fromarray(b).save(src / "r.png")
     ws = tmp_path / "ws"
     base = ["--workspace", str(ws)]
-    r = run([*base, "ingest-images", str(src), "--size", "32", "--shard-size", "4"], tmp_path)
+    # lossless (--codec raw), so that pixels compare exactly
+    r = run([*base, "ingest-images", str(src), "--size", "32", "--shard-size", "4", "--codec", "raw"], tmp_path)
     assert r.returncode == 0, r.stderr
     assert "ingested 3 new images" in r.stdout and "1 duplicates skipped" in r.stdout
     r = run([*base, "render-lineart", "--method", "xdog"], tmp_path)

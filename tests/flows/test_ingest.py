@@ -17,7 +17,15 @@ from flows.ingest import ingest_images
 from storage.items import Journal, item_table
 from storage.sources import list_sources
 from storage.workspace import Workspace
-from tasks.ingest import IngestOptions, ingest_shard, plan_ingest, prepare_array, shard_specs, source_record
+from tasks.ingest import (
+    IngestOptions,
+    ingest_shard,
+    plan_ingest,
+    prepare_array,
+    resolve_codec,
+    shard_specs,
+    source_record,
+)
 from tasks.synth import write_synth_shard
 from tests.conftest import jpeg_bytes, make_tar, write_hostile
 
@@ -104,7 +112,7 @@ def test_an_interrupted_run_resumes_to_the_same_bytes(cluster: str, corpus: Path
     # "kill" a run after planning and one finished shard: replay the flow's first steps by hand
     ws = Workspace(str(broken))
     ws.ensure_config(shard_size=8)
-    opts = IngestOptions(size=SIZE)
+    opts = resolve_codec(ws, IngestOptions(size=SIZE))
     plan = plan_ingest(ws, list_sources(str(corpus)))
     batch = Journal(ws, "corpus").add(opts.version, opts.model_dump(), [source_record(r) for r in plan.new])
     prepare_array(ws, opts, batch.end)

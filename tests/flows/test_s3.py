@@ -64,3 +64,20 @@ def test_s3_workspace_exports_exactly_what_a_local_one_does(
 
     again = ingest_images(workspace=s3_ws, src=f"s3://{bucket}/incoming", options=opts, shard_size=4)
     assert (again["stored"], again["already_ingested"]) == (0, 16)
+
+    # the same shard files on S3 as on local disk: JPEG chunks, encoded the same way
+    local_shards = [p for p in sorted((Path(local_ws) / "corpus" / "images").rglob("*")) if p.is_file()]
+    assert local_shards and Workspace(s3_ws).codec_of("corpus/images") == "jpeg"
+    for p in local_shards:
+        rel = p.relative_to(local_ws).as_posix()
+        assert fs.cat(f"{bucket}/ws/{rel}") == p.read_bytes(), rel
+    # JPEGs of the workspace's size are stored on S3 byte for byte, as on local disk
+    write_synth_shard(str(tmp_path / "exact"), seed=3, size=48, start=0, stop=3, annotated=0)
+    fs.put(str(tmp_path / "exact" / "images") + "/", f"{bucket}/exact/", recursive=True)
+    r = ingest_images(workspace=s3_ws, src=f"s3://{bucket}/exact", options=opts, shard_size=4)
+    assert (r["stored"], r["stored_as_is"]) == (3, 3)
+    ws = Workspace(s3_ws)
+    table = item_table(ws, "corpus")
+    for name in sorted(p.name for p in (tmp_path / "exact" / "images").iterdir()):
+        (chunk,) = ws.read_chunks("corpus/images", [table.by_id[Path(name).stem]["slot"]])
+        assert chunk == (tmp_path / "exact" / "images" / name).read_bytes()

@@ -31,7 +31,9 @@ def test_every_style_method_renders_the_corpus(cluster: str, tmp_path: Path) -> 
     r = render_style(workspace=ws.url, method="npr", name="toon", style="toon")
     assert (r["rendered"], r["shards"]) == (10, 2)
     image = np.asarray(ws.array("corpus/images")[slot])
-    assert np.array_equal(ws.array("corpus/styled/toon")[slot], npr(image, "toon"))
+    styled = ws.array("corpus/styled/toon")[slot]  # stored as JPEG, like the workspace's images
+    assert ws.codec_of("corpus/styled/toon") == "jpeg"
+    assert np.abs(styled.astype(int) - npr(image, "toon")).mean() < 5  # flat colours and ink: some ringing
     assert render_style(workspace=ws.url, method="npr", name="toon", style="toon")["shards"] == 0
     assert render_style(workspace=ws.url, method="npr", name="toon", style="oil")["shards"] == 2
 

@@ -117,7 +117,9 @@ def test_generate_eval_and_attribute_directions(tmp_path: Path) -> None:
     table = item_table(ws, "generated")
     assert sorted(table.by_id) == ["m0", "m1", "m2"], "a newer image of an id replaces the older"
     stored = ws.read_items("generated/images", [table.by_id["m0"]["slot"]])[0]
-    assert np.array_equal(stored, np.asarray(Image.open(tmp_path / "out3" / "m0.png")))
+    # generated/images is stored as JPEG (the workspace's codec): close to the newest PNG, not the older one
+    err = np.abs(stored.astype(int) - np.asarray(Image.open(tmp_path / "out3" / "m0.png"))).mean()
+    assert err < 3 and err < np.abs(stored.astype(int) - img).mean()
     assert any(e["stage"] == "generate" and "rgb.png" in e["source"] for e in ws.quarantine_entries())
     styled = generate(ws, model, str(masks), str(tmp_path / "styled"), style_image=str(out / "m1.png"))
     assert styled["style"] == "image:m1.png"
