@@ -165,14 +165,28 @@ def shard_task(name: str, retries: int = 4) -> Callable[[Callable[..., R]], Task
         keyword = inspect.Parameter("fence", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Fence | None)
         at = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_KEYWORD), len(params))
         fenced.__signature__ = sig.replace(parameters=[*params[:at], keyword, *params[at:]])  # type: ignore[attr-defined]
-        return task(
-            name=name,
-            retries=retries,
-            retry_delay_seconds=exponential_backoff(backoff_factor=2),
-            retry_jitter_factor=0.5,
-            retry_condition_fn=retry_transient,
-            cache_policy=NO_CACHE,
-        )(fenced)
+
+        def several(specs: list[Any], fence: Fence | None = None) -> list[Any]:
+            """The shards of ``specs`` one after another, in one task (each keeps its own
+            marker: a retry skips those already done)."""
+            with fencing(fence):
+                out = []
+                for spec in specs:
+                    if fence is not None:
+                        fence.check()
+                    out.append(fn(spec))
+                return out
+
+        options: dict[str, Any] = {
+            "retries": retries,
+            "retry_delay_seconds": exponential_backoff(backoff_factor=2),
+            "retry_jitter_factor": 0.5,
+            "retry_condition_fn": retry_transient,
+            "cache_policy": NO_CACHE,
+        }
+        one = task(name=name, **options)(fenced)
+        one.several = task(name=f"{name}s", **options)(several)  # type: ignore[attr-defined]
+        return one
 
     return wrap
 

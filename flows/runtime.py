@@ -339,6 +339,17 @@ class MangakaTaskRunner(DaskTaskRunner):
         return DaskTaskRunner.client.fget(self)  # type: ignore[attr-defined]
 
 
+def cluster_workers() -> int:
+    """How many workers the run's Dask cluster has (its own LocalCluster: one per core)."""
+    address = os.environ.get(DASK_ADDRESS_ENV)
+    if not address:
+        return os.cpu_count() or 1
+    from distributed import Client
+
+    with Client(address, timeout=30) as client:
+        return max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
+
+
 def gpu_workers() -> int:
     """How many workers of the run's Dask cluster advertise a ``GPU`` resource.
 

@@ -15,6 +15,7 @@ wait for shards whose writes are refused anyway.
 from __future__ import annotations
 
 import inspect
+import math
 import queue
 import re
 import sys
@@ -39,8 +40,27 @@ class ShardFailures(RuntimeError):
     """Some shards failed after their retries; the others are done and marked."""
 
 
-def run_shards(task: Task, specs: Sequence[Any], label: str, resources: dict[str, float] | None = None) -> list[Any]:
+def shards_per_task(shards: int, cap: int = 16) -> int:
+    """How many shards one task carries for a cheap stage: about one task per worker for a
+    small run (a Prefect task costs about 0.3 s of a 2-core machine, as much as ingesting a
+    shard of JPEGs), at most ``cap``, so that a large run still spreads and shows progress."""
+    from flows.runtime import cluster_workers
+
+    return max(1, min(cap, math.ceil(shards / cluster_workers())))
+
+
+def run_shards(
+    task: Task,
+    specs: Sequence[Any],
+    label: str,
+    resources: dict[str, float] | None = None,
+    per_task: int = 1,
+) -> list[Any]:
     """Run ``task`` on every spec; return the results; raise ShardFailures if any failed.
+
+    ``per_task`` shards go to one Prefect task (``task.several``, see
+    ``flows.ops.shard_task``), one after another, for stages whose shards cost about as
+    much as a task; a task that fails fails its shards, and its retry skips those done.
 
     ``resources`` (``{"GPU": 1}``) pins the tasks to Dask workers that advertise them, and
     tags them ``gpu`` so that a Prefect tag concurrency limit (``mangaka serve --gpu-limit``)
@@ -58,13 +78,17 @@ def run_shards(task: Task, specs: Sequence[Any], label: str, resources: dict[str
     fence = active_fence()
     lease = held_lease(fence)
     extra: dict[str, Any] = {"fence": unmapped(fence)} if fence is not None and _takes_fence(task) else {}
+    runner, work = task, list(specs)
+    if per_task > 1 and len(work) > 1 and hasattr(task, "several"):
+        runner = task.several
+        work = [list(specs[i : i + per_task]) for i in range(0, len(specs), per_task)]
     if resources:
         import dask
 
         with dask.annotate(resources=resources), tags(*[r.lower() for r in resources]):
-            futures = task.map(list(specs), **extra)
+            futures = runner.map(work, **extra)
     else:
-        futures = task.map(list(specs), **extra)
+        futures = runner.map(work, **extra)
     results: list[Any] = []
     failures: list[str] = []
     columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
@@ -72,7 +96,8 @@ def run_shards(task: Task, specs: Sequence[Any], label: str, resources: dict[str
         job = bar.add_task(label, total=len(futures))
         for done, fut in enumerate(_as_completed(futures, lease), 1):
             try:
-                results.append(fut.result())
+                got = fut.result()
+                results.extend(got if runner is not task else [got])
             except LeaseLost:
                 _cancel(futures)
                 raise
@@ -89,7 +114,8 @@ def run_shards(task: Task, specs: Sequence[Any], label: str, resources: dict[str
         table=[
             {
                 "stage": label,
-                "shards": len(futures),
+                "shards": len(specs),
+                "tasks": len(futures),
                 "failed": len(failures),
                 "items": items,
                 "quarantined": quarantined,
@@ -100,7 +126,8 @@ def run_shards(task: Task, specs: Sequence[Any], label: str, resources: dict[str
         description=f"{label}: shards of this run",
     )
     if failures:
-        raise ShardFailures(f"{len(failures)} of {len(futures)} shards of {label} failed; first: {failures[0]}")
+        what = "shards" if runner is task else f"tasks of up to {per_task} shards"
+        raise ShardFailures(f"{len(failures)} of {len(futures)} {what} of {label} failed; first: {failures[0]}")
     return results
 
 

@@ -173,13 +173,22 @@ def decode_into(blob: bytes, out: np.ndarray) -> None:
     """
     rgb = out.ndim >= 3 and out.shape[-1] == 3
     h, w = out.shape[-3:-1] if rgb else out.shape[-2:]
+    direct = out.flags.c_contiguous  # decode straight into ``out``: no copy of the pixels
     try:
-        got = simplejpeg.decode_jpeg(blob, "RGB" if rgb else "GRAY", min_height=h, min_width=w, strict=True)
+        got = simplejpeg.decode_jpeg(
+            blob,
+            "RGB" if rgb else "GRAY",
+            min_height=h,
+            min_width=w,
+            buffer=out if direct else None,
+            strict=True,
+        )
     except ValueError as exc:
         raise JpegError(f"undecodable JPEG chunk: {exc}") from None
     if got.shape[0] != h or got.shape[1] != w:
         raise JpegError(f"a JPEG chunk of {got.shape[1]}x{got.shape[0]} does not fit an item of {w}x{h}")
-    out[...] = got.reshape(out.shape)
+    if not direct:
+        out[...] = got.reshape(out.shape)
 
 
 def decode(blob: bytes, size: int | None = None) -> np.ndarray:

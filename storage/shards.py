@@ -185,6 +185,17 @@ def read_items(
 
 
 # -- reading a workspace's arrays -----------------------------------------------------------
+def reading_array(ws, key: str, slots: list[int]):  # noqa: ANN001, ANN201
+    """Array ``key`` of ``ws`` opened for reading, kept by ``ws`` between reads (opening one
+    reads and parses its metadata: a tenth of a JPEG decode per image in batches of 16).
+    Reopened when a slot lies past its cached length (another process grew it); data is
+    never cached, only the layout and the shape."""
+    arr = ws._readers.get(key)
+    if arr is None or any(s >= arr.shape[0] for s in slots):
+        arr = ws._readers[key] = ws.array(key)
+    return arr
+
+
 def _by_shard(ws, key: str, arr, slots: list[int]) -> list[tuple[list[int], list[int], ReadRange]]:  # noqa: ANN001
     """``slots`` of array ``key`` grouped by shard: (rows of ``slots``, inner-chunk positions, range reader)."""
     shard_len = arr.metadata.chunk_grid.chunk_shape[0]
@@ -213,7 +224,7 @@ def read_workspace_items(ws, key: str, slots: list[int], size: int | None = None
     path for mangaka's layouts and zarr for others; ``size`` decodes JPEG at a DCT scale."""
     from storage.workspace import WorkspaceError
 
-    arr = ws.array(key)
+    arr = reading_array(ws, key, slots)
     layout = layout_of(arr)
     shape = tuple(arr.shape[1:])
     if size is not None and size != shape[0]:
@@ -240,7 +251,7 @@ def read_workspace_items(ws, key: str, slots: list[int], size: int | None = None
 
 def read_workspace_chunks(ws, key: str, slots: list[int]) -> list[bytes | None]:  # noqa: ANN001
     """``Workspace.read_chunks``: the stored chunks of array ``key`` at ``slots`` (``None``: empty)."""
-    arr = ws.array(key)
+    arr = reading_array(ws, key, slots)
     got: list[bytes | None] = [None] * len(slots)
     shard_len = arr.metadata.chunk_grid.chunk_shape[0]
     for ks, positions, read_range in _by_shard(ws, key, arr, slots):

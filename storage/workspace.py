@@ -166,6 +166,7 @@ class Workspace(ImageCodecs):
         self.loc = Location(str(url))
         self.url = self.loc.url
         self._group: Any = None
+        self._readers: dict[str, Any] = {}  # arrays opened for reading (storage.shards.reading_array)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (Workspace, (self.url,))
@@ -312,6 +313,7 @@ class Workspace(ImageCodecs):
     def drop_array(self, array: str) -> None:
         """Delete an array and its markers (a derived array whose layout must change)."""
         key = _key_of(array)
+        self._readers.pop(key, None)
         # markers first: a killed drop must never leave a marker that describes deleted data
         self.loc.delete(f"_meta/markers/{key}")
         self.loc.delete(key)
