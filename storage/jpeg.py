@@ -191,18 +191,6 @@ def decode_into(blob: bytes, out: np.ndarray) -> None:
         out[...] = got.reshape(out.shape)
 
 
-def decode(blob: bytes, size: int | None = None) -> np.ndarray:
-    """One chunk as a ``(H, W, 3)`` RGB uint8 image, at ``size`` (a DCT scale of it) if given."""
-    try:
-        if size is None:
-            return np.asarray(simplejpeg.decode_jpeg(blob, "RGB", strict=True))
-    except ValueError as exc:
-        raise JpegError(f"undecodable JPEG chunk: {exc}") from None
-    out = np.empty((size, size, 3), np.uint8)
-    decode_into(blob, out)
-    return out
-
-
 # -- header checks -----------------------------------------------------------------------
 @dataclass(frozen=True)
 class JpegHeader:
@@ -220,28 +208,11 @@ class JpegHeader:
 
 
 def exif_orientation(data: bytes) -> int:
-    """EXIF orientation (1-8) of a JPEG from its APP1 segment, 1 if absent, 0 if unsure.
-
-    Reads only the marker segments before the image data. XMP metadata (which may also
-    carry an orientation) returns 0: such a file is decoded by the general path, which
-    applies whatever orientation it carries.
-    """
-    pos, n = 2, len(data)
-    while pos + 4 <= n and data[pos] == 0xFF:
-        marker = data[pos + 1]
-        if marker in (0xDA, 0xD9):  # start of scan / end of image: no more metadata
-            return 1
-        length = struct.unpack(">H", data[pos + 2 : pos + 4])[0]
-        seg = data[pos + 4 : pos + 2 + length]
-        if marker == 0xE1:
-            if seg.startswith(b"Exif\0\0"):
-                value = _tiff_orientation(seg[6:])
-                if value != 1:
-                    return value
-            elif b"ns.adobe.com/xap" in seg[:64]:
-                return 0
-        pos += 2 + length
-    return 1
+    """EXIF orientation (1-8) of a JPEG (from :func:`read_header`), 1 if absent or not a
+    readable JPEG, 0 if unsure: XMP metadata (which may also carry an orientation) or an
+    orientation tag of a strange type, which send the file down the general decoder."""
+    head = read_header(data)
+    return 1 if head is None else head.orientation
 
 
 def _tiff_orientation(tiff: bytes) -> int:

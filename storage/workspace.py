@@ -352,14 +352,15 @@ class Workspace(ImageCodecs):
         *before* its data is replaced: a run killed in between leaves a shard without a
         marker (done again), never a marker that describes data that is no longer there.
         """
-        from storage.shards import direct_writer
+        from storage.shards import direct_writer, layout_of
 
         arr = self.array(array, mode="r+")
         start = shard * self.shard_size
         if start + len(data) > arr.shape[0] or len(data) > self.shard_size:
             raise WorkspaceError(f"shard {shard} of {array} does not fit the array ({arr.shape[0]} slots)")
         self.clear_markers(array, [shard])
-        if encoded and self.codec_of(array) != "jpeg":  # JPEG files given for an array of pixels: decode them
+        layout = layout_of(arr)
+        if encoded and (layout is None or layout.codec != "jpeg"):  # JPEG files for an array of pixels: decode
             from storage.jpeg import decode_into
 
             for j, chunk in encoded.items():

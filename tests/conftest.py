@@ -81,6 +81,16 @@ def jpeg_bytes(array: np.ndarray, **save: object) -> bytes:
     return buf.getvalue()
 
 
+def rotated_jpeg(array: np.ndarray, orientation: int) -> bytes:
+    """A JPEG of ``array`` whose EXIF says to show it rotated (``orientation`` 2-8)."""
+    im = Image.fromarray(array)
+    exif = im.getexif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=95, exif=exif.tobytes())
+    return buf.getvalue()
+
+
 def png_bytes(im: Image.Image) -> bytes:
     buf = io.BytesIO()
     im.save(buf, format="PNG")

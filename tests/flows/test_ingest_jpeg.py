@@ -3,7 +3,6 @@ what is encoded once, what is quarantined, and that the codec is fixed per works
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from flows.ingest import ingest_images
 from storage.workspace import Workspace, WorkspaceError
 from tasks.imageio import load_square
 from tasks.ingest import IngestOptions
-from tests.conftest import jpeg_bytes, png_bytes
+from tests.conftest import jpeg_bytes, png_bytes, rotated_jpeg
 
 S = 64
 
@@ -28,21 +27,12 @@ def picture(seed: int, h: int = S, w: int = S) -> np.ndarray:
     return np.clip(base + x[..., None] * (100 / w) + y[..., None] * (80 / h), 0, 255).astype(np.uint8)
 
 
-def rotated(img: np.ndarray) -> bytes:
-    im = Image.fromarray(img)
-    exif = im.getexif()
-    exif[0x0112] = 3
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=95, exif=exif.tobytes())
-    return buf.getvalue()
-
-
 KEPT = {"colour.jpg": lambda: jpeg_bytes(picture(1)), "grey.jpg": lambda: jpeg_bytes(picture(2)[..., 0])}
 ENCODED = {
     "flat.png": lambda: png_bytes(Image.fromarray(picture(3))),
     "progressive.jpg": lambda: jpeg_bytes(picture(4), progressive=True),
     "large.jpg": lambda: jpeg_bytes(picture(5, 2 * S, 3 * S)),
-    "rotated.jpg": lambda: rotated(picture(6)),
+    "rotated.jpg": lambda: rotated_jpeg(picture(6), 3),
 }
 # a header that passes every check, then a scan that stops in the middle
 BROKEN = {"cut.jpg": lambda: jpeg_bytes(picture(7))[:-300]}

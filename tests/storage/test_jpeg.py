@@ -19,7 +19,7 @@ from PIL import Image
 from storage.jpeg import JpegCodec, conforming, read_header
 from storage.shards import layout_of
 from storage.workspace import Workspace, image_spec
-from tests.conftest import gradient, jpeg_bytes
+from tests.conftest import gradient, jpeg_bytes, rotated_jpeg
 
 S = 64
 # The configuration keys imagecodecs' zarr v3 ``Jpeg`` codec (imagecodecs.zarr, 2026) documents and writes.
@@ -110,7 +110,6 @@ def test_chunks_are_jpeg_files_that_imagecodecs_decodes_to_the_same_pixels(jpeg_
     # and imagecodecs' encoder output (what its codec writes) reads back through ours
     theirs = imagecodecs.jpeg8_encode(pixels[0], level=90, subsampling="444")
     out = np.empty((S, S, 3), np.uint8)
-    JpegCodec()  # constructible with its defaults
     from storage.jpeg import decode_into
 
     decode_into(bytes(theirs), out)
@@ -158,15 +157,6 @@ def test_plain_zarr_writes_jpeg_chunks_too(tmp_path: Path) -> None:
     assert raw[:2] == b"\xff\xd8" and (imagecodecs.jpeg8_decode(raw) == arr[0]).all()
 
 
-def rotated_jpeg(img: np.ndarray) -> bytes:
-    im = Image.fromarray(img)
-    exif = im.getexif()
-    exif[0x0112] = 6
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=95, exif=exif.tobytes())
-    return buf.getvalue()
-
-
 @pytest.mark.parametrize(
     ("make", "why"),
     [
@@ -175,7 +165,7 @@ def rotated_jpeg(img: np.ndarray) -> bytes:
         (lambda: jpeg_bytes(gradient(S, S, 1), subsampling=0), None),
         (lambda: jpeg_bytes(gradient(S, S, 1), progressive=True), "progressive"),
         (lambda: jpeg_bytes(gradient(S, 2 * S, 1)), "not 64x64"),
-        (lambda: rotated_jpeg(gradient(S, S, 1)), "orientation 6"),
+        (lambda: rotated_jpeg(gradient(S, S, 1), 6), "orientation 6"),
         (lambda: jpeg_bytes(gradient(S, S, 1))[:-400], "does not decode"),  # truncated mid-stream
         (lambda: b"\xff\xd8\xff\xe0\x00\x10JFIF", "readable header"),
     ],
