@@ -12,7 +12,7 @@ from typing import Any
 from prefect import get_run_logger
 
 from flows.ops import mangaka_flow, shard_task
-from flows.shards import run_shards, shards_per_task, summarise
+from flows.shards import run_shards, summarise
 from storage.items import item_table, write_item_index
 from storage.sources import list_sources
 from storage.workspace import Workspace
@@ -108,7 +108,7 @@ def ingest_family(
         len(plan.new),
         len(specs),
     )
-    results: list[ShardResult] = run_shards(task, specs, stage, per_task=shards_per_task(len(specs)))
+    results: list[ShardResult] = run_shards(task, specs, stage)
     table = item_table(ws, family)
     write_item_index(ws, table)
     summary = {

@@ -32,11 +32,12 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import Task, exponential_backoff
 
-from flows.runtime import MangakaTaskRunner
+from flows.runtime import MangakaTaskRunner, unjoined_heartbeats
 from storage.lease import DEFAULT_TTL, Fence, LeaseLost, WorkspaceLease, fencing
 from storage.workspace import Workspace, now_iso
 
 log = logging.getLogger("flows")
+unjoined_heartbeats()
 
 F = TypeVar("F", bound=Callable[..., Any])
 R = TypeVar("R")
@@ -166,16 +167,19 @@ def shard_task(name: str, retries: int = 4) -> Callable[[Callable[..., R]], Task
         at = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_KEYWORD), len(params))
         fenced.__signature__ = sig.replace(parameters=[*params[:at], keyword, *params[at:]])  # type: ignore[attr-defined]
 
-        def several(specs: list[Any], fence: Fence | None = None) -> list[Any]:
-            """The shards of ``specs`` one after another, in one task (each keeps its own
-            marker: a retry skips those already done)."""
+        def several(specs: list[Any], fence: Fence | None = None) -> dict[str, list[Any]]:
+            """The shards of ``specs`` one after another, in one task: their results and the
+            seconds each took (``flows.shards.run_shards`` sizes the next tasks from them).
+            Each shard keeps its own marker, so a retry redoes only what has none."""
             with fencing(fence):
-                out = []
+                results, seconds = [], []
                 for spec in specs:
                     if fence is not None:
                         fence.check()
-                    out.append(fn(spec))
-                return out
+                    t0 = time.perf_counter()
+                    results.append(fn(spec))
+                    seconds.append(round(time.perf_counter() - t0, 4))
+                return {"results": results, "seconds": seconds}
 
         options: dict[str, Any] = {
             "retries": retries,

@@ -17,6 +17,7 @@ import contextlib
 import functools
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,29 +50,62 @@ def _ensure_prefect_home() -> None:
     os.environ["PREFECT_HOME"] = str(home)
 
 
+class Api:
+    """The run's Prefect API: its URL, and ``wait()`` for a local server that is still starting."""
+
+    def __init__(self, url: str, server: Any = None) -> None:
+        self.url, self._server = url, server
+
+    def wait(self) -> None:
+        if self._server is not None:
+            self._server.wait()
+            self._server = None
+
+
 @contextlib.contextmanager
-def prefect_api() -> Iterator[str]:
-    """Yield the Prefect API URL for this run, starting one local server if none is set."""
+def prefect_api(wait: bool = True) -> Iterator[Api]:
+    """The Prefect API for this run: ``PREFECT_API_URL`` when set, else the embedded default's
+    local server (kept between commands, see :mod:`flows.apiserver`), exported as
+    ``PREFECT_API_URL`` for this process and every worker it starts. ``wait=False`` returns
+    while a new server is still starting (call ``wait()`` before the first flow)."""
     _ensure_prefect_home()
     url = os.environ.get("PREFECT_API_URL")
     if url:
-        yield url
+        yield Api(url)
         return
-    from prefect.server.api.server import SubprocessASGIServer
+    from flows.apiserver import find_or_start
 
-    server = SubprocessASGIServer()
-    log.info("starting a local Prefect server (set PREFECT_API_URL to use your own)")
-    server.start(timeout=120)
-    os.environ["PREFECT_API_URL"] = server.api_url
+    server = find_or_start()
+    if server.process is not None:
+        log.info("starting a local Prefect server at %s (set PREFECT_API_URL to use your own)", server.url)
+    _set_api_url(server.url)
     try:
-        yield server.api_url
+        api = Api(server.url, server)
+        if wait:
+            api.wait()
+        yield api
     finally:
-        # Logs are shipped to the API in batches: flush them while the server still runs.
-        from prefect.logging.handlers import APILogWorker
+        if "prefect.logging.handlers" in sys.modules:
+            # Logs are shipped to the API in batches: flush them while the server still runs.
+            from prefect.logging.handlers import APILogWorker
 
-        APILogWorker.drain_all(timeout=5)
-        os.environ.pop("PREFECT_API_URL", None)
+            APILogWorker.drain_all(timeout=5)
+        _set_api_url(None)
         server.stop()
+
+
+def _set_api_url(url: str | None) -> None:
+    """Export ``PREFECT_API_URL`` (or remove it), for this process's Prefect as well: Prefect reads
+    its settings from the environment once, when it is imported (the command line imported it
+    to build its options)."""
+    if url is None:
+        os.environ.pop("PREFECT_API_URL", None)
+    else:
+        os.environ["PREFECT_API_URL"] = url
+    if "prefect.context" in sys.modules:
+        from prefect.context import refresh_global_settings_context
+
+        refresh_global_settings_context()
 
 
 def quiet_dask() -> None:
@@ -130,6 +164,9 @@ def local_cluster(n_workers: int | None = None, gpus: int | None = None) -> Any:
             threads_per_worker=1,
             processes=True,
             dashboard_address=None,
+            # No dashboard, and the scheduler's small HTTP server (health, metrics) on a free
+            # loopback port: not on 8787, where another cluster's dashboard may be.
+            scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
             silence_logs=logging.WARNING,
             # A worker must never be killed for memory mid-shard on a small laptop: shards are
             # sized so that a task's peak is bounded (see docs/ARCHITECTURE.md).
@@ -165,32 +202,71 @@ def worker_environ() -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def dask_address(config: RunConfig) -> Iterator[str]:
-    """Yield a Dask scheduler address: the given one, or a LocalCluster's for this run.
+def dask_address(config: RunConfig) -> Iterator[str | None]:
+    """The run's Dask scheduler: the given one, or a LocalCluster started in the background.
 
-    Workers are processes with one thread each (PIL, zstd and torch each use their own
-    threads; one task per core avoids oversubscription). Call inside :func:`prefect_api` so
-    the workers inherit ``PREFECT_API_URL``.
+    With ``--dask-address`` it yields that address. Otherwise it starts a LocalCluster in a
+    thread and yields None at once: the cluster starts while the Prefect server does and while
+    the flow plans its shards, and :func:`cluster_address` waits for it when the first task is
+    submitted (a run with nothing to do never waits). Workers are processes with one thread
+    each (PIL, zstd and torch each use their own threads; one task per core avoids
+    oversubscription). Call inside :func:`prefect_api` so the workers inherit
+    ``PREFECT_API_URL``.
     """
+    global _pending_cluster
     if config.dask_address:
-        yield config.dask_address
+        os.environ[DASK_ADDRESS_ENV] = config.dask_address
+        try:
+            yield config.dask_address
+        finally:
+            os.environ.pop(DASK_ADDRESS_ENV, None)
         return
-    cluster = local_cluster(config.n_workers)
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="cluster-start")
+    pending = pool.submit(local_cluster, config.n_workers)
+    pool.shutdown(wait=False)
+    _pending_cluster = pending
     try:
-        yield cluster.scheduler_address
+        yield None
     finally:
-        cluster.close()
+        _pending_cluster = None
+        os.environ.pop(DASK_ADDRESS_ENV, None)
+        try:
+            cluster = pending.result()
+        except Exception as exc:  # the run's own error (if any) is the one to report
+            log.debug("the LocalCluster did not start: %s", exc)
+        else:
+            cluster.close()
+
+
+_pending_cluster: Any = None
+
+
+def cluster_address() -> str | None:
+    """The run's Dask scheduler address (``MANGAKA_DASK_ADDRESS``), waiting for a LocalCluster
+    that :func:`dask_address` is still starting; None when the run has no cluster yet."""
+    address = os.environ.get(DASK_ADDRESS_ENV)
+    if address or _pending_cluster is None:
+        return address
+    global _own_address
+    address = _own_address = str(_pending_cluster.result().scheduler_address)
+    os.environ[DASK_ADDRESS_ENV] = address
+    return address
+
+
+_own_address: str | None = None  # the LocalCluster this process started (its workers have the API)
 
 
 @contextlib.contextmanager
-def session(config: RunConfig) -> Iterator[str]:
-    """One Prefect API and one Dask cluster for a whole command; yields the Dask address."""
-    with prefect_api(), flow_heartbeats(), dask_address(config) as address:
-        os.environ[DASK_ADDRESS_ENV] = address
-        try:
-            yield address
-        finally:
-            os.environ.pop(DASK_ADDRESS_ENV, None)
+def session(config: RunConfig, lazy: bool = False) -> Iterator[str | None]:
+    """One Prefect API and one Dask cluster for a whole command, started side by side; yields
+    the Dask address. ``lazy`` (the command line): do not wait for a LocalCluster that is
+    still starting; yield None, and :func:`cluster_address` gives it once a task needs it.
+    """
+    with prefect_api(wait=False) as api, flow_heartbeats(), dask_address(config):
+        api.wait()
+        yield None if lazy else cluster_address()
 
 
 def quiet_libraries(verbose: bool) -> None:
@@ -210,7 +286,7 @@ def launch(flow: Any, config: RunConfig, **kwargs: Any) -> Any:
     """Run ``flow`` the one way every command does: on one Prefect API, and one Dask
     cluster for the flows that map shard tasks (``mangaka_flow(..., cluster=False)`` marks
     the ones that run in this process, the trainers)."""
-    with session(config) if getattr(flow, "mangaka_cluster", True) else prefect_api():
+    with session(config, lazy=True) if getattr(flow, "mangaka_cluster", True) else prefect_api():
         return flow(**kwargs)
 
 
@@ -239,6 +315,28 @@ def flow_heartbeats() -> contextlib.AbstractContextManager[Any]:
     return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
 
 
+def unjoined_heartbeats() -> None:
+    """End a flow run without waiting for its heartbeat thread.
+
+    Prefect's sync engine joins the thread at the end of every flow run, and the thread
+    sleeps in steps of one second: every run (and every sub-flow of ``build``) lasted up to
+    a second longer than its work. The thread is a daemon that has been told to stop and
+    sends nothing more once the run is final, so the run need not wait for it. Applied
+    once, when ``flows.ops`` defines the flows.
+    """
+    import prefect.flow_engine as engine
+
+    original = engine._send_heartbeats
+    if getattr(original, "mangaka_unjoined", False):
+        return
+
+    def send(flow_engine: Any, join_on_exit: bool = True) -> Any:
+        return original(flow_engine, join_on_exit=False)
+
+    send.mangaka_unjoined = True  # type: ignore[attr-defined]
+    engine._send_heartbeats = send  # type: ignore[assignment]
+
+
 class MangakaTaskRunner(DaskTaskRunner):
     """Prefect's DaskTaskRunner on the run's one cluster, found when the first task is submitted.
 
@@ -251,6 +349,7 @@ class MangakaTaskRunner(DaskTaskRunner):
     def __init__(self) -> None:
         super().__init__(cluster_class=local_cluster)
         self._map_context: dict[str, Any] | None = None
+        self._shared: dict[frozenset[str], dict[str, Any]] | None = None
 
     def duplicate(self) -> MangakaTaskRunner:
         return type(self)()
@@ -262,9 +361,15 @@ class MangakaTaskRunner(DaskTaskRunner):
 
     def map(self, task: Any, parameters: dict[str, Any], wait_for: Any = None) -> Any:
         """Prefect's map, serialising the flow's context once for all its tasks (see submit)."""
-        from prefect.context import serialize_context
+        from prefect.context import TagsContext, serialize_context
 
-        self._map_context = serialize_context()
+        if self._shared is not None:  # inside shared_task_context: once per set of tags
+            key = frozenset(TagsContext.get().current_tags or ())
+            if key not in self._shared:
+                self._shared[key] = serialize_context()
+            self._map_context = self._shared[key]
+        else:
+            self._map_context = serialize_context()
         try:
             return super().map(task, parameters, wait_for)
         finally:
@@ -307,6 +412,7 @@ class MangakaTaskRunner(DaskTaskRunner):
 
         @functools.wraps(task.fn)
         def run(**kwargs: Any) -> Any:
+            require_worker_api()
             if task.isasync:
                 return asyncio.run(run_task_async(**kwargs))
             return run_task_sync(**kwargs)
@@ -328,9 +434,11 @@ class MangakaTaskRunner(DaskTaskRunner):
     @property
     def client(self) -> Any:
         if self._client is None:
-            address = os.environ.get(DASK_ADDRESS_ENV)
+            address = cluster_address()
             if address:
                 self.address, self.cluster_class, self.resolved_cluster_class = address, None, None
+                if address != _own_address:
+                    check_workers(address)
             else:
                 cluster = self._exit_stack.enter_context(local_cluster())
                 self._cluster = cluster
@@ -339,9 +447,72 @@ class MangakaTaskRunner(DaskTaskRunner):
         return DaskTaskRunner.client.fget(self)  # type: ignore[attr-defined]
 
 
+WORKER_API_HELP = (
+    "start every Dask worker with PREFECT_API_URL set to the Prefect server the flows use "
+    "(the same value as the flow's; deploy/README.md, 'What a worker needs')"
+)
+
+
+def require_worker_api() -> None:
+    """On a Dask worker, before a task run: refuse to run without ``PREFECT_API_URL``.
+
+    Without it Prefect's background services in the worker (task-run logs, events) would
+    start a temporary server of their own in the worker process: its task runs, logs and
+    states would land in a database nobody looks at, ~15 s later, once per worker.
+    """
+    if not os.environ.get("PREFECT_API_URL"):
+        where = ""
+        with contextlib.suppress(Exception):
+            from distributed import get_worker
+
+            where = f" {get_worker().address}"
+        raise WorkerSetupError(f"Dask worker{where} has no PREFECT_API_URL: {WORKER_API_HELP}")
+
+
+class WorkerSetupError(RuntimeError):
+    """A Dask worker that cannot run mangaka's tasks as it was started (not retried)."""
+
+
+def _worker_api_url() -> str | None:
+    return os.environ.get("PREFECT_API_URL") or None
+
+
+def check_workers(address: str) -> None:
+    """Before the first task on a cluster mangaka did not start: every worker must have
+    ``PREFECT_API_URL`` (see :func:`require_worker_api`); a clear error names those without."""
+    from distributed import Client
+
+    with Client(address, timeout=30) as client:
+        urls = client.run(_worker_api_url)
+    missing = sorted(w for w, url in urls.items() if not url)
+    if missing:
+        raise WorkerSetupError(
+            f"{len(missing)} of {len(urls)} Dask worker(s) of {address} have no PREFECT_API_URL "
+            f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): {WORKER_API_HELP}"
+        )
+
+
+@contextlib.contextmanager
+def shared_task_context() -> Iterator[None]:
+    """Inside a flow run: the tasks that the block maps one by one share one serialised Prefect
+    context (per set of tags), as the tasks of one ``map`` do (see ``MangakaTaskRunner.submit``)."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    runner = getattr(ctx, "task_runner", None)
+    if not isinstance(runner, MangakaTaskRunner) or runner._shared is not None:
+        yield
+        return
+    runner._shared = {}
+    try:
+        yield
+    finally:
+        runner._shared = None
+
+
 def cluster_workers() -> int:
     """How many workers the run's Dask cluster has (its own LocalCluster: one per core)."""
-    address = os.environ.get(DASK_ADDRESS_ENV)
+    address = cluster_address()
     if not address:
         return os.cpu_count() or 1
     from distributed import Client
@@ -356,7 +527,7 @@ def gpu_workers() -> int:
     GPU tasks are pinned to those (``dask worker --resources GPU=1``); on a cluster
     without any, the same tasks run anywhere, on the CPU.
     """
-    address = os.environ.get(DASK_ADDRESS_ENV)
+    address = cluster_address()
     if not address:
         return local_gpus()  # the run's own LocalCluster, started with the first task
     from distributed import Client

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import queue
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from prefect import get_run_logger, tags, unmapped
@@ -31,7 +32,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from flows import UsageError
 from flows.runtime import gpu_workers
 from storage.items import ItemTable, item_table
-from storage.lease import LeaseLost, WorkspaceLease, active_fence, held_lease
+from storage.lease import LeaseLost, active_fence, held_lease
 from storage.workspace import Workspace, WorkspaceError, marker_matches
 from tasks.shards import ShardResult
 
@@ -40,13 +41,62 @@ class ShardFailures(RuntimeError):
     """Some shards failed after their retries; the others are done and marked."""
 
 
-def shards_per_task(shards: int, cap: int = 16) -> int:
-    """How many shards one task carries for a cheap stage: about one task per worker for a
-    small run (a Prefect task costs about 0.3 s of a 2-core machine, as much as ingesting a
-    shard of JPEGs), at most ``cap``, so that a large run still spreads and shows progress."""
-    from flows.runtime import cluster_workers
+TASK_SECONDS_ENV = "MANGAKA_TASK_SECONDS"
+SHARDS_PER_TASK_ENV = "MANGAKA_SHARDS_PER_TASK"
+DEFAULT_TASK_SECONDS = 8.0
+MAX_SHARDS_PER_TASK = 64
 
-    return max(1, min(cap, math.ceil(shards / cluster_workers())))
+
+def _env_number(name: str, default: float | None, kind: type = float) -> Any:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        raise UsageError(f"{name} must be a {'whole ' if kind is int else ''}number, not {text!r}") from None
+    if value <= 0:
+        raise UsageError(f"{name} must be positive, not {text!r}")
+    return value
+
+
+class TaskSizer:
+    """How many shards the next Prefect task carries, from the seconds the shards took so far.
+
+    A Prefect task costs about 0.2 s of a small machine (its task run, state changes and
+    logs, in the flow process and on the worker), as much as a whole shard of the cheapest
+    stages (xdog line art: ~0.35 s per 256 images at 512 px; tiny images far less). So the
+    first task of each worker carries one shard (which also warms the worker), and every
+    later one as many as fill ``target`` seconds (``MANGAKA_TASK_SECONDS``, default 8: the
+    per-task cost stays a few percent) at the mean seconds per shard measured so far, at
+    most 64, and at most an equal part of what is left per worker, so that the last tasks
+    end together and a bar still moves. ``MANGAKA_SHARDS_PER_TASK`` fixes the count.
+    Nothing here grows with the corpus: the state is two numbers.
+    """
+
+    def __init__(self, workers: int, target: float | None = None, fixed: int | None = None) -> None:
+        self.workers = max(1, workers)
+        self.target = target if target is not None else _env_number(TASK_SECONDS_ENV, DEFAULT_TASK_SECONDS)
+        self.fixed = fixed if fixed is not None else _env_number(SHARDS_PER_TASK_ENV, None, int)
+        self.seconds = 0.0
+        self.measured = 0
+
+    def measure(self, seconds: Sequence[float]) -> None:
+        self.seconds += float(sum(seconds))
+        self.measured += len(seconds)
+
+    @property
+    def known(self) -> bool:
+        return self.fixed is not None or self.measured > 0
+
+    def next_size(self, left: int) -> int:
+        if self.fixed is not None:
+            return max(1, min(self.fixed, left))
+        if not self.measured:
+            return 1
+        per_shard = max(self.seconds / self.measured, 1e-3)
+        want = max(1, min(MAX_SHARDS_PER_TASK, math.ceil(self.target / per_shard)))
+        return max(1, min(want, math.ceil(left / self.workers), left))
 
 
 def run_shards(
@@ -54,13 +104,15 @@ def run_shards(
     specs: Sequence[Any],
     label: str,
     resources: dict[str, float] | None = None,
-    per_task: int = 1,
+    per_task: int | None = None,
 ) -> list[Any]:
-    """Run ``task`` on every spec; return the results; raise ShardFailures if any failed.
+    """Run ``task`` on every spec; return the results in spec order; raise ShardFailures if any failed.
 
-    ``per_task`` shards go to one Prefect task (``task.several``, see
-    ``flows.ops.shard_task``), one after another, for stages whose shards cost about as
-    much as a task; a task that fails fails its shards, and its retry skips those done.
+    Shards travel in Prefect tasks of several (``task.several``, see ``flows.ops.shard_task``)
+    sized by :class:`TaskSizer` from the seconds measured so far (``per_task`` fixes the
+    count); a task that fails fails its shards, and its retry skips those done. Tasks are
+    submitted as workers free up (one more than the workers are in flight), so a run of any
+    size holds a few futures, not one per shard.
 
     ``resources`` (``{"GPU": 1}``) pins the tasks to Dask workers that advertise them, and
     tags them ``gpu`` so that a Prefect tag concurrency limit (``mangaka serve --gpu-limit``)
@@ -68,6 +120,8 @@ def run_shards(
     is updated as shards finish, and a table artifact sums them up (items, quarantine,
     throughput).
     """
+    from flows.runtime import cluster_workers, shared_task_context
+
     logger = get_run_logger()
     if not specs:
         logger.info("%s: nothing to do", label)
@@ -78,34 +132,74 @@ def run_shards(
     fence = active_fence()
     lease = held_lease(fence)
     extra: dict[str, Any] = {"fence": unmapped(fence)} if fence is not None and _takes_fence(task) else {}
-    runner, work = task, list(specs)
-    if per_task > 1 and len(work) > 1 and hasattr(task, "several"):
-        runner = task.several
-        work = [list(specs[i : i + per_task]) for i in range(0, len(specs), per_task)]
-    if resources:
-        import dask
-
-        with dask.annotate(resources=resources), tags(*[r.lower() for r in resources]):
-            futures = runner.map(work, **extra)
-    else:
-        futures = runner.map(work, **extra)
-    results: list[Any] = []
+    runner = getattr(task, "several", None)
+    sizer = TaskSizer(cluster_workers(), fixed=per_task if runner is not None else 1)
+    waiting = list(range(len(specs)))[::-1]  # spec indices, next one last
+    done_results: dict[int, Any] = {}
     failures: list[str] = []
+    failed_shards = 0
+    tasks = 0
+    in_flight: dict[Any, list[int]] = {}
+    finished: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def submit() -> None:
+        nonlocal tasks
+        n = sizer.next_size(len(waiting))
+        chunk = [waiting.pop() for _ in range(n)]
+        work = [[specs[i] for i in chunk]] if runner is not None else [specs[chunk[0]]]
+        if resources:
+            import dask
+
+            with dask.annotate(resources=resources), tags(*[r.lower() for r in resources]):
+                fut = (runner or task).map(work, **extra)[0]
+        else:
+            fut = (runner or task).map(work, **extra)[0]
+        in_flight[fut] = chunk
+        fut.add_done_callback(finished.put)
+        tasks += 1
+
+    poll = None if lease is None else max(0.05, min(2.0, lease.ttl / 8))
     columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, transient=True, disable=not sys.stderr.isatty()) as bar:
-        job = bar.add_task(label, total=len(futures))
-        for done, fut in enumerate(_as_completed(futures, lease), 1):
+    with (
+        Progress(*columns, transient=True, disable=not sys.stderr.isatty()) as bar,
+        shared_task_context(),
+    ):
+        job = bar.add_task(label, total=len(specs))
+        shards_done = 0
+        while waiting or in_flight:
+            # One task per worker until the first shard times are in, then one more than the
+            # workers, so that a worker never waits for the flow to size its next task.
+            limit = sizer.workers + (1 if sizer.known else 0)
+            while waiting and len(in_flight) < limit:
+                submit()
+            try:
+                fut = finished.get(timeout=poll)
+            except queue.Empty:
+                fut = None
+            if lease is not None and lease.lost:
+                _cancel(list(in_flight))
+                raise LeaseLost(lease.lost_reason)
+            if fut is None:
+                continue
+            chunk = in_flight.pop(fut)
             try:
                 got = fut.result()
-                results.extend(got if runner is not task else [got])
+                if runner is not None:
+                    sizer.measure(got["seconds"])
+                    done_results.update(zip(chunk, got["results"], strict=True))
+                else:
+                    done_results[chunk[0]] = got
             except LeaseLost:
-                _cancel(futures)
+                _cancel(list(in_flight))
                 raise
             except Exception as exc:  # a shard's own error, after its retries
                 failures.append(f"{exc.__class__.__name__}: {exc}")
-            bar.advance(job)
+                failed_shards += len(chunk)
+            shards_done += len(chunk)
+            bar.advance(job, len(chunk))
             if progress is not None:
-                _update_progress(progress, 100.0 * done / len(futures))
+                _update_progress(progress, 100.0 * shards_done / len(specs))
+    results = [done_results[i] for i in sorted(done_results)]
     seconds = time.perf_counter() - t0
     items = sum(int(getattr(r, "ok", 0)) for r in results)
     quarantined = sum(int(getattr(r, "quarantined", 0)) for r in results)
@@ -115,8 +209,8 @@ def run_shards(
             {
                 "stage": label,
                 "shards": len(specs),
-                "tasks": len(futures),
-                "failed": len(failures),
+                "tasks": tasks,
+                "failed": failed_shards,
                 "items": items,
                 "quarantined": quarantined,
                 "seconds": round(seconds, 2),
@@ -125,9 +219,12 @@ def run_shards(
         ],
         description=f"{label}: shards of this run",
     )
+    logger.info("%s: %d shard(s) in %d task(s), %.1f s", label, len(specs), tasks, seconds)
     if failures:
-        what = "shards" if runner is task else f"tasks of up to {per_task} shards"
-        raise ShardFailures(f"{len(failures)} of {len(futures)} {what} of {label} failed; first: {failures[0]}")
+        raise ShardFailures(
+            f"{failed_shards} of {len(specs)} shards of {label} failed (in {len(failures)} of {tasks} tasks); "
+            f"first: {failures[0]}"
+        )
     return results
 
 
@@ -137,26 +234,6 @@ def _takes_fence(task: Task) -> bool:
         return "fence" in inspect.signature(task.fn).parameters
     except (TypeError, ValueError):
         return False
-
-
-def _as_completed(futures: list[Any], lease: WorkspaceLease | None) -> Iterator[Any]:
-    """The futures as they finish; raises LeaseLost (after cancelling the rest) once ``lease`` is lost."""
-    finished: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    for fut in futures:
-        fut.add_done_callback(finished.put)
-    poll = None if lease is None else max(0.05, min(2.0, lease.ttl / 8))
-    left = len(futures)
-    while left:
-        try:
-            fut = finished.get(timeout=poll)
-        except queue.Empty:
-            fut = None
-        if lease is not None and lease.lost:
-            _cancel(futures)
-            raise LeaseLost(lease.lost_reason)
-        if fut is not None:
-            left -= 1
-            yield fut
 
 
 def _cancel(futures: list[Any]) -> None:

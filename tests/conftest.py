@@ -70,6 +70,7 @@ def cluster(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     from flows.runtime import RunConfig, session
 
     os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    os.environ["MANGAKA_API_IDLE"] = "0"  # the suite's server ends with it (tests/test_apiserver.py: the kept one)
     with session(RunConfig(workspace="unused", n_workers=2)) as address:
         yield address
 

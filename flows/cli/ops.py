@@ -1,4 +1,4 @@
-"""Commands that run the whole chain or serve it: build, demo, serve."""
+"""Commands that run the whole chain or serve it: build, demo, serve; the kept local Prefect server."""
 
 from __future__ import annotations
 
@@ -12,5 +12,11 @@ COMMANDS = [
         "serve the nightly build and every flow's backfill (needs PREFECT_API_URL)",
         extra="flows.serve:serve_options",
         run="flows.serve:serve_command",
+    ),
+    Command(
+        "api-server",
+        "the local Prefect server kept between commands: where it runs; --stop stops it",
+        extra="flows.apiserver:cli_options",
+        run="flows.apiserver:cli_command",
     ),
 ]
