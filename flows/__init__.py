@@ -11,10 +11,25 @@ hook come with it), add a ``Command`` in ``flows/cli/`` (its options come from t
 """
 
 import logging
+from dataclasses import dataclass
 
 
 class UsageError(ValueError):
     """A request that cannot be carried out as asked: the command line exits 2 with its message."""
+
+
+class ShardFailures(RuntimeError):
+    """Some shards failed after their retries; the others are done and marked."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What every flow needs to know about where it runs (the CLI's global options)."""
+
+    workspace: str
+    dask_address: str | None = None
+    device: str = "auto"
+    n_workers: int | None = None
 
 
 # Task and storage code logs through the standard library; Prefect forwards these loggers

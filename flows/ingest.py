@@ -109,8 +109,13 @@ def ingest_family(
         len(specs),
     )
     results: list[ShardResult] = run_shards(task, specs, stage)
-    table = item_table(ws, family)
-    write_item_index(ws, table)
+    if specs or plan.table is None or plan.refused:
+        table = item_table(ws, family)
+        write_item_index(ws, table)
+    else:  # nothing ran and nothing was set aside: the items are the ones planning read
+        table = plan.table
+        if ws.length(f"{family}/item") != table.length:  # an earlier run stopped before its index
+            write_item_index(ws, table)
     summary = {
         "source": source,
         "listed": len(listing.refs),

@@ -181,6 +181,9 @@ def shard_task(name: str, retries: int = 4) -> Callable[[Callable[..., R]], Task
                     seconds.append(round(time.perf_counter() - t0, 4))
                 return {"results": results, "seconds": seconds}
 
+        # Dask names a task's key after its function: "lineart_shard_several-<id>"
+        several.__name__ = several.__qualname__ = f"{fn.__name__}_several"
+
         options: dict[str, Any] = {
             "retries": retries,
             "retry_delay_seconds": exponential_backoff(backoff_factor=2),

@@ -12,8 +12,6 @@ import json
 from collections.abc import Collection
 from typing import Any
 
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
-
 from storage.checkpoints import side_key
 from storage.items import item_table
 from storage.location import exists_file
@@ -169,6 +167,8 @@ def quality_rows(
 def _artifacts(
     ws: Workspace, paths: dict[str, str], stages: list[dict[str, Any]], metrics: list[dict[str, Any]], quarantined: int
 ) -> None:
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact  # `status` needs no Prefect
+
     def link(path: str) -> str:
         return path if "://" in path else f"file://{path}"
 

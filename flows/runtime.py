@@ -19,24 +19,15 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
 from prefect_dask import DaskTaskRunner
 
+from flows import RunConfig
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """What every flow needs to know about where it runs (the CLI's global options)."""
-
-    workspace: str
-    dask_address: str | None = None
-    device: str = "auto"
-    n_workers: int | None = None
 
 
 def _ensure_prefect_home() -> None:
@@ -267,19 +258,6 @@ def session(config: RunConfig, lazy: bool = False) -> Iterator[str | None]:
     with prefect_api(wait=False) as api, flow_heartbeats(), dask_address(config):
         api.wait()
         yield None if lazy else cluster_address()
-
-
-def quiet_libraries(verbose: bool) -> None:
-    """The command line's logging: warnings (every task's log with ``verbose``), libraries quieter."""
-    level = logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger().handlers[0].setLevel(level)
-    for name in ("distributed", "tornado", "asyncio", "botocore", "aiobotocore", "s3fs"):
-        logging.getLogger(name).setLevel(logging.WARNING if verbose else logging.ERROR)
-    if not verbose:
-        # Quiet terminal, full record: runs still log at INFO to the Prefect API (the UI);
-        # only the console handlers (here and in every Dask worker) show warnings alone.
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 
 
 def launch(flow: Any, config: RunConfig, **kwargs: Any) -> Any:

@@ -29,17 +29,12 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from prefect.tasks import Task
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from flows import UsageError
+from flows import ShardFailures, UsageError
 from flows.runtime import gpu_workers
 from storage.items import ItemTable, item_table
 from storage.lease import LeaseLost, active_fence, held_lease
 from storage.workspace import Workspace, WorkspaceError, marker_matches
 from tasks.shards import ShardResult
-
-
-class ShardFailures(RuntimeError):
-    """Some shards failed after their retries; the others are done and marked."""
-
 
 TASK_SECONDS_ENV = "MANGAKA_TASK_SECONDS"
 SHARDS_PER_TASK_ENV = "MANGAKA_SHARDS_PER_TASK"

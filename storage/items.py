@@ -23,6 +23,7 @@ not use mangaka; it is rewritten from the markers after every run.
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -153,6 +154,7 @@ class ItemTable:
     quarantined: list[dict[str, Any]] = field(default_factory=list)
     missing: list[dict[str, Any]] = field(default_factory=list)
     pending: int = 0
+    _order: tuple[list[int], list[tuple[int, str]]] | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.by_id)
@@ -162,9 +164,13 @@ class ItemTable:
         return {e["slot"]: i for i, e in self.by_id.items()}
 
     def slots_in(self, slots: range) -> list[tuple[int, str]]:
-        """(slot, id) of the live items inside ``slots``, in slot order."""
-        lo, hi = slots.start, slots.stop
-        return sorted((e["slot"], i) for i, e in self.by_id.items() if lo <= e["slot"] < hi)
+        """(slot, id) of the live items inside ``slots``, in slot order (a binary search in
+        the table's slot order, built once: a run asks this for every shard)."""
+        if self._order is None or len(self._order[0]) != len(self.by_id):
+            pairs = sorted((e["slot"], i) for i, e in self.by_id.items())
+            self._order = ([p[0] for p in pairs], pairs)
+        keys, pairs = self._order
+        return pairs[bisect.bisect_left(keys, slots.start) : bisect.bisect_left(keys, slots.stop)]
 
     def ids_array(self) -> np.ndarray:
         ids = np.full(self.length, "", dtype=object)
@@ -173,13 +179,21 @@ class ItemTable:
         return ids
 
 
-def item_table(ws: Workspace, family: str, array: str | None = None) -> ItemTable:
-    """Build the item table of ``family`` from the markers of its ingestion array."""
+def item_table(
+    ws: Workspace,
+    family: str,
+    array: str | None = None,
+    markers: dict[int, dict[str, Any]] | None = None,
+    batches: list[Batch] | None = None,
+) -> ItemTable:
+    """Build the item table of ``family`` from the markers of its ingestion array (and its
+    journal); a caller that has just read them passes them in (a corpus of 302,652 items
+    has 1,183 marker files to read)."""
     if family in DERIVED:
         return derived_table(ws, family)
     array = array or f"{family}/images"
-    markers = ws.markers(array)
-    batches = Journal(ws, family).batches()
+    markers = ws.markers(array) if markers is None else markers
+    batches = Journal(ws, family).batches() if batches is None else batches
     table = derive_items(family, (e for m in markers.values() for e in m.get("entries", [])))
     table.length = max((b.end for b in batches), default=0)
     table.pending = sum(

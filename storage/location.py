@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextvars
 import errno
+import gzip
 import json
 import logging
 import os
@@ -207,6 +208,34 @@ def _mtime_of(info: dict[str, Any]) -> float | None:
     return float(stamp)
 
 
+# A JSON document longer than this is stored gzip-compressed (markers and ingestion journals
+# list every item of a shard: ~250 bytes an item as text, ~75 compressed; the corpus's 302,652
+# items would carry 150 MB of _meta, about 1% of their JPEGs, instead of ~45 MB).
+GZIP_OVER = 4096
+
+
+def json_bytes(obj: Any) -> bytes:
+    """A workspace JSON document as stored: sorted keys; small ones readable as they are
+    (one key a line), larger ones compact and gzip-compressed (``zcat`` shows them).
+    The bytes depend only on ``obj`` (no time stamp in the gzip header), so a resumed run
+    writes exactly what an uninterrupted one does."""
+    text = json.dumps(obj, indent=1, sort_keys=True).encode()
+    if len(text) <= GZIP_OVER:
+        return text
+    compact = json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
+    return gzip.compress(compact, compresslevel=6, mtime=0)
+
+
+def json_text(raw: bytes) -> bytes:
+    """The JSON text of a stored document, plain or gzip-compressed (see :func:`json_bytes`)."""
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            return gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise ValueError(f"a damaged compressed document: {exc}") from exc
+    return raw
+
+
 @dataclass
 class Location:
     """A root (local directory or S3 prefix) and atomic, key-based access below it."""
@@ -263,7 +292,7 @@ class Location:
 
     def read_json(self, key: str) -> Any:
         """Parse one JSON object; raises if it is missing (FileNotFoundError) or unreadable (ValueError)."""
-        return json.loads(self.read_bytes(key))
+        return json.loads(json_text(self.read_bytes(key)))
 
     def read_json_or_none(self, key: str) -> Any:
         """One JSON object, or None when it is missing, or unreadable (empty or not JSON: logged)."""
@@ -277,7 +306,7 @@ class Location:
         try:
             if not raw.strip():
                 raise ValueError("empty")
-            return json.loads(raw)
+            return json.loads(json_text(raw))
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             log.warning("ignoring unreadable %s in %s (%s): treated as absent", key, self.url, exc)
             return None
@@ -393,10 +422,10 @@ class Location:
         return write_file_durably(target, data, exclusive=True)
 
     def write_json(self, key: str, obj: Any) -> None:
-        self.write_bytes(key, json.dumps(obj, indent=1, sort_keys=True).encode())
+        self.write_bytes(key, json_bytes(obj))
 
     def create_json(self, key: str, obj: Any) -> bool:
-        return self.create_bytes(key, json.dumps(obj, indent=1, sort_keys=True).encode())
+        return self.create_bytes(key, json_bytes(obj))
 
     def delete(self, key: str) -> None:
         p = self.path(key)

@@ -226,7 +226,15 @@ class Workspace(ImageCodecs):
 
     @property
     def shard_size(self) -> int:
-        return int(self.config().get("shard_size", DEFAULT_SHARD_SIZE))
+        """Items per shard: fixed when the workspace is created, so read once per instance
+        (a run asks it for every shard; on S3 each read is two requests)."""
+        cached = self.__dict__.get("_shard_size")
+        if cached is not None:
+            return int(cached)
+        cfg = self.config()
+        if "shard_size" in cfg:
+            self.__dict__["_shard_size"] = int(cfg["shard_size"])
+        return int(cfg.get("shard_size", DEFAULT_SHARD_SIZE))
 
     @property
     def classes(self) -> list[str]:

@@ -21,10 +21,10 @@ from typing import Any, Literal, Protocol, TypeVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from storage.items import REPLACE_BY_ID, Batch, Journal, item_table
+from storage.items import REPLACE_BY_ID, Batch, ItemTable, Journal, item_table
 from storage.jpeg import conforming
 from storage.sources import Listing, SourceReader, SourceRef
-from storage.workspace import DEFAULT_SHARD_SIZE, Workspace, image_spec
+from storage.workspace import DEFAULT_SHARD_SIZE, Workspace, image_spec, marker_matches
 from tasks.imageio import DEFAULT_MAX_PIXELS, BadImage, load_square_into, source_format
 from tasks.shards import ShardResult
 
@@ -74,6 +74,7 @@ class IngestPlan:
     resuming: int = 0  # listed sources planned by an unfinished batch: done by this run
     refused: list[tuple[str, str]] = field(default_factory=list)  # (source, reason), quarantined by the flow
     skipped_names: int = 0
+    table: ItemTable | None = None  # the family's items when planned (None: not needed to plan)
 
 
 @dataclass(frozen=True)
@@ -110,8 +111,10 @@ def plan_ingest(ws: Workspace, listing: Listing, family: str = FAMILY, array: st
     known_fp: set[str] = set()  # in a done shard: stored, duplicate or quarantined for its content
     pending_fp: set[str] = set()  # in a shard of an open batch: this run does it
     id_source: dict[str, str] = {}
+    table = None
     if family not in REPLACE_BY_ID:
-        id_source = {i: e["source"] for i, e in item_table(ws, family).by_id.items()}
+        table = item_table(ws, family, array, markers, batches)
+        id_source = {i: e["source"] for i, e in table.by_id.items()}
     for b in batches:
         for shard, sources in zip(b.shard_indices(), b.shards, strict=True):
             m = markers.get(shard)
@@ -142,7 +145,7 @@ def plan_ingest(ws: Workspace, listing: Listing, family: str = FAMILY, array: st
             continue
         id_source[ref.id] = ref.source
         new.append(ref)
-    return IngestPlan(open_batches, new, known, resuming, refused, listing.skipped_names)
+    return IngestPlan(open_batches, new, known, resuming, refused, listing.skipped_names, table)
 
 
 def start_batches(
@@ -274,8 +277,16 @@ def unless_done(array: str) -> Callable[[Callable[[S, Workspace], ShardResult]],
         @functools.wraps(task)
         def run(spec: S) -> ShardResult:
             ws = Workspace(spec.workspace)
-            if ws.is_done(array, spec.shard, spec.version):
-                return ShardResult(array, spec.shard, skipped=True)
+            marker = ws.read_marker(array, spec.shard)
+            if marker_matches(marker, spec.version, None):
+                # Done already, in this run: the flow plans only shards without a marker, so
+                # an attempt that wrote this one was lost with its worker. Report its counts.
+                assert marker is not None
+                status = [e.get("status") for e in marker.get("entries", [])]
+                as_is = sum(1 for e in marker.get("entries", []) if e.get("stored") == "as-is")
+                return ShardResult(
+                    array, spec.shard, True, status.count("ok"), status.count("quarantined"), as_is=as_is
+                )
             return task(spec, ws)
 
         sig = inspect.signature(task)  # callers (Prefect's task binding) see ``run(spec)``, not ``task``'s two

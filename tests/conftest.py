@@ -75,6 +75,54 @@ def cluster(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         yield address
 
 
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A real ``prefect server start`` on 127.0.0.1 with its own database (the operator's
+    server, as deploy/README.md starts it); yields the environment to reach it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    home = tmp_path_factory.mktemp("prefect-server")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MANGAKA_"))}
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_UI_API_URL=url,  # the UI's pages call the API here, not at the default port
+        PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+    )
+    log = open(home / "server.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        deadline = time.monotonic() + 120
+        while not healthy():
+            assert proc.poll() is None and time.monotonic() < deadline, "the Prefect server did not start"
+            time.sleep(0.5)
+        yield {**env, "PREFECT_API_URL": url}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        log.close()
+
+
 # -- small images the tests draw themselves ---------------------------------------------------
 def jpeg_bytes(array: np.ndarray, **save: object) -> bytes:
     buf = io.BytesIO()

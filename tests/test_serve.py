@@ -12,7 +12,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,6 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import _free_port
 from tests.test_cli import MANGAKA
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,42 +52,9 @@ def _wait_or_none(check: Any, timeout: float, every: float = 0.5) -> Any:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A real Prefect server on 127.0.0.1 with its own database; yields the env to reach it."""
-    import httpx
-
-    home = tmp_path_factory.mktemp("prefect-server")
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MANGAKA_"))}
-    env.update(
-        PREFECT_HOME=str(home),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_UI_API_URL=url,  # the UI's pages call the API here, not at the default port
-        PYTHONPATH=str(ROOT),
-    )
-    log = open(home / "server.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(f"{url}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        _wait("the Prefect server", healthy, timeout=120)
-        yield {**env, "PREFECT_API_URL": url}
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-        log.close()
+def server(prefect_server: dict[str, str]) -> dict[str, str]:
+    """The suite's real Prefect server (tests/conftest.py); yields the env to reach it."""
+    return prefect_server
 
 
 @pytest.fixture(scope="module")

@@ -64,7 +64,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def _execute(cmd: Command, args: argparse.Namespace) -> int:
-    from flows.runtime import RunConfig, launch
+    from flows import RunConfig
     from storage.location import exists_dir, exists_file
     from storage.workspace import check_name
 
@@ -86,6 +86,8 @@ def _execute(cmd: Command, args: argparse.Namespace) -> int:
             raise UsageError(f"{url} " + ("is not a folder" if kind == "dir" else "does not exist"))
     if precheck := getattr(sys.modules[module], f"precheck_{name}", None):
         precheck(params, set(vars(args)))
+    from flows.runtime import launch  # Prefect and Dask: only for the commands that run a flow
+
     result = launch(flow, config, **params)
     describe = getattr(sys.modules[module], f"describe_{name}", None)
     print(describe(result, params) if describe and not args.json else json.dumps(result, indent=1, default=str))
@@ -94,8 +96,7 @@ def _execute(cmd: Command, args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from flows.runtime import quiet_libraries
-    from flows.shards import ShardFailures
+    from flows import ShardFailures
     from storage.workspace import WorkspaceError
 
     quiet_libraries(args.verbose)
@@ -115,6 +116,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.debug("failure", exc_info=True)
         print(f"mangaka {args.command}: failed: {exc.__class__.__name__}: {exc}", file=sys.stderr)
         return 1
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """The command line's logging: warnings (every task's log with ``verbose``), libraries quieter."""
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().handlers[0].setLevel(level)
+    for name in ("distributed", "tornado", "asyncio", "botocore", "aiobotocore", "s3fs"):
+        logging.getLogger(name).setLevel(logging.WARNING if verbose else logging.ERROR)
+    if not verbose:
+        # Quiet terminal, full record: runs still log at INFO to the Prefect API (the UI);
+        # only the console handlers (here and in every Dask worker) show warnings alone.
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 
 
 def _validation_line(exc: ValidationError) -> str:
