@@ -259,18 +259,18 @@ def rows() -> list[tuple[str, str, str, str, str]]:
         )
     orch = _load("orchestration")
     if orch:
-        o = orch["overhead"]
-        out.append(
-            (
-                f"Orchestration overhead, {o['stage']}, {o['images']} images, shards of {o['shard_size']}",
-                f"flow {_f(o['flow_s'], 's')}, without heartbeats {_f(o['flow_no_heartbeats_s'], 's')}, "
-                f"Dask alone {_f(o['dask_only_s'], 's')}",
-                f"plain loop over the same shards {_f(o['plain_loop_s'], 's')}",
-                f"{o['overhead_flow_pct']:+}% ({o['overhead_flow_no_heartbeats_pct']:+}% without heartbeats; "
-                f"Dask alone {o['overhead_dask_pct']:+}%)",
-                "≤ 5%",
+        for o in orch.get("overhead_runs", [orch["overhead"]]):
+            out.append(
+                (
+                    f"Orchestration overhead, {o['stage']}, {o['images']} images, shards of {o['shard_size']}",
+                    f"flow {_f(o['flow_s'], 's')}, without heartbeats {_f(o['flow_no_heartbeats_s'], 's')}, "
+                    f"Dask alone {_f(o['dask_only_s'], 's')}",
+                    f"plain loop over the same shards {_f(o['plain_loop_s'], 's')}",
+                    f"{o['overhead_flow_pct']:+}% ({o['overhead_flow_no_heartbeats_pct']:+}% without heartbeats; "
+                    f"Dask alone {o['overhead_dask_pct']:+}%)",
+                    "≤ 5%",
+                )
             )
-        )
         p = orch.get("overhead_pseudolabel")
         if p:
             out.append(
@@ -292,6 +292,62 @@ def rows() -> list[tuple[str, str, str, str, str]]:
                 "flat",
             )
         )
+    out.extend(scale_rows())
+    return out
+
+
+SCALE_GOALS = {  # step -> (what, goal in seconds)
+    "ingest": ("ingest-images, all new", 300),
+    "ingest_noop": ("ingest-images again (nothing new)", 10),
+    "render_xdog": ("render-lineart xdog", None),
+    "render_noop": ("render-lineart xdog again (nothing to do)", 10),
+    "status": ("status", 3),
+    "render_noop_temporary_server": ("the no-op render with a temporary Prefect server (MANGAKA_API_IDLE=0)", None),
+}
+
+
+def scale_rows() -> list[tuple[str, str, str, str, str]]:
+    """bench/scale.py: the real commands over 302,652 tiny images, local and on S3."""
+    sc = _load("scale")
+    if not sc:
+        return []
+    out = []
+    for run in sc["runs"]:
+        where = "local disk" if run["store"] == "local" else "S3 (moto on loopback)"
+        small = next((r for r in sc["runs"] if r["store"] == run["store"] and r["items"] < run["items"]), None)
+        for step, (what, goal) in SCALE_GOALS.items():
+            r = run.get(step)
+            if not r:
+                continue
+            figure = f"{_f(r['seconds'], 's')}, peak RSS {r['peak_rss_mb']} MB"
+            if "s3_requests_total" in r:
+                figure += f", {r['s3_requests_total']:,} S3 requests"
+            base, ratio = "—", "—"
+            if small and small.get(step):
+                b = small[step]
+                base = f"{small['items']:,} items: {_f(b['seconds'], 's')}, peak RSS {b['peak_rss_mb']} MB"
+                if "s3_requests_total" in b:
+                    base += f", {b['s3_requests_total']:,} S3 requests"
+                ratio = f"time {r['seconds'] / b['seconds']:.2f}x, memory {r['peak_rss_mb'] / b['peak_rss_mb']:.2f}x"
+            goals = [f"≤ {goal} s" if goal else "", "memory ≤ 1.2x" if small else ""]
+            out.append(
+                (
+                    f"Scale, {run['items']:,} tiny images, {where}: {what}",
+                    figure,
+                    base,
+                    ratio,
+                    ", ".join(g for g in goals if g) or "—",
+                )
+            )
+        out.append(
+            (
+                f"Scale, {run['items']:,} tiny images, {where}: bytes of _meta",
+                f"{run['meta_bytes_per_item']:.0f} bytes per item",
+                "a Danbooru2019-Portraits JPEG: 52.9 KB",
+                f"{run['meta_pct_of_danbooru_jpegs']:.2f}%",
+                "≤ 1%",
+            )
+        )
     return out
 
 
@@ -310,6 +366,7 @@ GUIDES = (
     ("GauGAN", "../../docs/GAUGAN.md#performance"),
     ("Orchestration", "../../docs/OPERATIONS.md#orchestration-overhead"),
     ("Peak memory", "../../docs/OPERATIONS.md#orchestration-overhead"),
+    ("Scale", "../../docs/OPERATIONS.md#danbooru-scale"),
 )
 
 

@@ -7,6 +7,7 @@ tasks on Dask read, decode and write; the flow then refreshes ``corpus/item`` an
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from prefect import get_run_logger
@@ -56,7 +57,7 @@ def ingest_images(
         stage=STAGE,
         family=FAMILY,
         array=ARRAY,
-        listing=list_sources(src),
+        listing=listing_beside(src),
         version=options.version,
         record=options.model_dump(),
         prepare=lambda b: prepare_array(ws, IngestOptions(**b.options), b.end),
@@ -74,6 +75,15 @@ def ingest_images(
         codec=options.codec,
     )
     return summarise(ws, "ingest-images-summary", summary, f"ingest-images of {src} into {ws.url} ({ARRAY})")
+
+
+def listing_beside(src: str, *args: Any) -> Future[Any]:
+    """``list_sources(src)`` in a thread of its own, while the flow reads the workspace."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="listing")
+    try:
+        return pool.submit(list_sources, src, *args)
+    finally:
+        pool.shutdown(wait=False)
 
 
 def ingest_family(
@@ -96,6 +106,8 @@ def ingest_family(
     the shard count), the shard results, the family's item table and the plan.
     """
     plan, batches = start_batches(ws, listing, family, array, stage, version, record)
+    if isinstance(listing, Future):
+        listing = listing.result()
     for b in batches:
         prepare(b)
     specs = [s for b in batches for s in specs_of(b)]

@@ -15,6 +15,7 @@ import inspect
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -98,8 +99,13 @@ def source_record(ref: SourceRef) -> dict[str, Any]:
     return {**ref.to_dict(), "fingerprint": ref.fingerprint}
 
 
-def plan_ingest(ws: Workspace, listing: Listing, family: str = FAMILY, array: str = ARRAY) -> IngestPlan:
+def plan_ingest(
+    ws: Workspace, listing: Listing | Future[Listing], family: str = FAMILY, array: str = ARRAY
+) -> IngestPlan:
     """Decide what is new in ``listing`` given everything the workspace already planned.
+
+    ``listing`` may still be in the making (a future): the workspace's journal, markers and
+    items are read first, while the source is listed beside (302,652 files: a few seconds each).
 
     Two files of one listing with the same id: the second is refused. An id already in
     the workspace from another source is refused too, except in families where a new
@@ -128,6 +134,8 @@ def plan_ingest(ws: Workspace, listing: Listing, family: str = FAMILY, array: st
         for planned in b.shards:
             id_source.update({SourceRef.from_dict(ref_fields(s)).id: s["source"] for s in planned})
     new: list[SourceRef] = []
+    if isinstance(listing, Future):
+        listing = listing.result()
     refused = list(listing.refused)
     known = resuming = 0
     for ref in listing.refs:
@@ -149,7 +157,13 @@ def plan_ingest(ws: Workspace, listing: Listing, family: str = FAMILY, array: st
 
 
 def start_batches(
-    ws: Workspace, listing: Listing, family: str, array: str, stage: str, version: str, options: dict[str, Any]
+    ws: Workspace,
+    listing: Listing | Future[Listing],
+    family: str,
+    array: str,
+    stage: str,
+    version: str,
+    options: dict[str, Any],
 ) -> tuple[IngestPlan, list[Batch]]:
     """Plan a run: quarantine what planning refused, journal a batch for the new sources.
 

@@ -19,6 +19,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# Commands the suite runs without the session's server start a temporary one of their own,
+# stopped with them: no kept server outlives the suite (tests/test_apiserver.py tests that one).
+os.environ.setdefault("MANGAKA_API_IDLE", "0")
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -70,7 +74,6 @@ def cluster(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     from flows.runtime import RunConfig, session
 
     os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
-    os.environ["MANGAKA_API_IDLE"] = "0"  # the suite's server ends with it (tests/test_apiserver.py: the kept one)
     with session(RunConfig(workspace="unused", n_workers=2)) as address:
         yield address
 
