@@ -219,11 +219,10 @@ def json_bytes(obj: Any) -> bytes:
     (one key a line), larger ones compact and gzip-compressed (``zcat`` shows them).
     The bytes depend only on ``obj`` (no time stamp in the gzip header), so a resumed run
     writes exactly what an uninterrupted one does."""
-    text = json.dumps(obj, indent=1, sort_keys=True).encode()
-    if len(text) <= GZIP_OVER:
-        return text
     compact = json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
-    return gzip.compress(compact, compresslevel=6, mtime=0)
+    if len(compact) <= GZIP_OVER // 2:
+        return json.dumps(obj, indent=1, sort_keys=True).encode()
+    return gzip.compress(compact, compresslevel=1, mtime=0)  # level 6: 7% smaller, 3x the time
 
 
 def json_text(raw: bytes) -> bytes:
@@ -392,6 +391,28 @@ class Location:
             if not posixpath.basename(rel).startswith(TMP_PREFIX):
                 keys.append(rel)
         return sorted(keys)
+
+    def list_stamps(self, prefix: str) -> dict[str, str]:
+        """The files directly under ``prefix`` with a stamp that changes whenever the file
+        does: the ETag on S3 (from the same LIST request as the names), size, mtime and inode
+        on a local disk (a file is replaced by a rename, so a new inode)."""
+        base = self.path(prefix)
+        try:
+            entries = self.fs.ls(base, detail=True)
+        except FileNotFoundError:
+            return {}
+        root = self.root.rstrip("/") + "/"
+        out: dict[str, str] = {}
+        for e in entries:
+            if e.get("type") != "file":
+                continue
+            name = str(e["name"])
+            rel = name[len(root) :] if name.startswith(root) else name
+            if posixpath.basename(rel).startswith(TMP_PREFIX):
+                continue
+            etag = e.get("ETag") or e.get("etag")
+            out[rel] = str(etag) if etag else f"{e.get('size')}:{e.get('mtime')}:{e.get('ino')}"
+        return out
 
     # -- writes -------------------------------------------------------------------------
     def write_bytes(self, key: str, data: bytes) -> None:

@@ -107,6 +107,7 @@ def _run_killing(
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
+@pytest.mark.slow  # ~95 s: `make test-slow` (make test stays within its 20 minutes)
 def test_a_real_cluster_with_a_worker_killed_mid_run_gives_the_local_cluster_result(
     real_cluster: Cluster, prefect_server: dict[str, str], tmp_path: Path
 ) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from storage.location import json_text
 from storage.workspace import Workspace
 from tests.conftest import gradient, jpeg_bytes
 from tests.faults import start_cli
@@ -36,7 +37,7 @@ from tests.test_cli import MANGAKA
 # Fields that say when, not what: they differ between any two runs.
 TIME_FIELDS = {"written", "time", "created", "start", "end", "seconds", "heartbeat"}
 # What a run says about itself, not about the data: compared for presence only.
-VOLATILE = ("_meta/runs/", "_meta/leases/")
+VOLATILE = ("_meta/runs/", "_meta/leases/", "_meta/marker-index/")
 
 
 def normalise(obj: Any) -> Any:
@@ -58,7 +59,7 @@ def local_snapshot(root: Path) -> dict[str, str]:
             continue
         data = p.read_bytes()
         if key.startswith("_meta/") and key.endswith(".json"):
-            data = json.dumps(normalise(json.loads(data)), sort_keys=True).encode()
+            data = json.dumps(normalise(json.loads(json_text(data))), sort_keys=True).encode()
         out[key] = hashlib.sha256(data).hexdigest()
     return out
 
@@ -73,7 +74,7 @@ def s3_snapshot(url: str) -> dict[str, str]:
             continue
         data = bytes(fs.cat_file(path))
         if key.startswith("_meta/") and key.endswith(".json"):
-            data = json.dumps(normalise(json.loads(data)), sort_keys=True).encode()
+            data = json.dumps(normalise(json.loads(json_text(data))), sort_keys=True).encode()
         out[key] = hashlib.sha256(data).hexdigest()
     return out
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -105,3 +106,31 @@ def test_read_items_by_slot(tmp_path: Path) -> None:
     assert (ws.read_items("corpus/images", [2, 3, 4]) == data[2:5]).all()
     assert (ws.read_items("corpus/images", [6, 1]) == data[[6, 1]]).all()
     assert ws.read_items("corpus/images", []).shape == (0, 4, 4, 3)
+
+
+def _truth(ws: Workspace, array: str) -> dict[int, Any]:
+    """The markers as their files say, read one by one (no index)."""
+    keys = [k for k in ws.loc.list(f"_meta/markers/{array}") if k.endswith(".json")]
+    return {int(k.rsplit("/", 1)[1][:-5]): ws.loc.read_json(k) for k in keys}
+
+
+@pytest.mark.parametrize("store", ["local", "s3"])
+def test_the_marker_index_never_hides_a_change_to_a_marker(store: str, tmp_path: Path, request: Any) -> None:
+    url = f"s3://{request.getfixturevalue('bucket')}/ws" if store == "s3" else str(tmp_path / "ws")
+    ws = Workspace(url)
+    array = "corpus/lineart/xdog"
+    for shard in range(20):
+        ws.write_marker(array, shard, "v1", entries=[{"slot": shard}])
+    assert ws.markers(array) == _truth(ws, array)  # read file by file, then indexed
+    assert ws.loc.exists(f"_meta/marker-index/{array}.json")
+    ws.write_marker(array, 3, "v2")  # replaced
+    ws.clear_markers(array, [7])  # removed
+    ws.write_marker(array, 25, "v1")  # added
+    got = Workspace(url).markers(array)
+    assert got == _truth(ws, array)
+    assert got[3]["version"] == "v2" and 7 not in got and 25 in got
+    ws.loc.write_bytes(f"_meta/marker-index/{array}.json", b"\x1f\x8b not really gzip")  # damaged: ignored
+    assert Workspace(url).markers(array) == _truth(ws, array)
+    for shard in range(8, 20):  # many changes at once: the index is rewritten, still the truth
+        ws.write_marker(array, shard, "v3")
+    assert Workspace(url).markers(array) == _truth(ws, array) == Workspace(url).markers(array)
