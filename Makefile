@@ -44,6 +44,7 @@ bench: setup
 	$(BIN)/python -m bench.styles
 	$(BIN)/python -m bench.colorizer
 	$(BIN)/python -m bench.orchestration
+	$(BIN)/python -m bench.scale
 	$(BIN)/python -m bench.report
 
 clean:
