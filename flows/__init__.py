@@ -11,11 +11,28 @@ hook come with it), add a ``Command`` in ``flows/cli/`` (its options come from t
 """
 
 import logging
+import os
 from dataclasses import dataclass
+from typing import Any
 
 
 class UsageError(ValueError):
     """A request that cannot be carried out as asked: the command line exits 2 with its message."""
+
+
+def env_number(name: str, default: float | None, kind: type = float, minimum: float = 0, strict: bool = False) -> Any:
+    """A number from the environment variable ``name`` (``default`` when unset or empty); a
+    :class:`UsageError` for text that is not one, or one below ``minimum`` (or equal to it, ``strict``)."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        raise UsageError(f"{name} must be a {'whole ' if kind is int else ''}number, not {text!r}") from None
+    if value < minimum or (strict and value == minimum):
+        raise UsageError(f"{name} must be {'over' if strict else 'at least'} {minimum:g}, not {text!r}")
+    return value
 
 
 class ShardFailures(RuntimeError):

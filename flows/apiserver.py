@@ -39,6 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flows import env_number
+from storage.identity import pid_alive
+
 IDLE_ENV = "MANGAKA_API_IDLE"
 DEFAULT_IDLE = 600.0
 RECORD = "mangaka-api.json"
@@ -47,16 +50,7 @@ LOG = "mangaka-api.log"
 
 def idle_seconds() -> float:
     """``MANGAKA_API_IDLE``: seconds a kept server waits for the next command (0: none kept)."""
-    text = os.environ.get(IDLE_ENV, "").strip()
-    if not text:
-        return DEFAULT_IDLE
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"{IDLE_ENV} must be a number of seconds, not {text!r}") from None
-    if value < 0:
-        raise ValueError(f"{IDLE_ENV} must not be negative, not {text!r}")
-    return value
+    return float(env_number(IDLE_ENV, DEFAULT_IDLE, minimum=0))
 
 
 def prefect_home() -> Path:
@@ -78,16 +72,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass
@@ -178,9 +162,10 @@ def find_or_start() -> ApiServer:
         return _start(_free_port(), 0, False, home)
     with _locked(home):
         record = read_record(home)
-        if record and _alive(int(record["pid"])) and healthy(str(record["url"])):
+        alive = bool(record) and pid_alive(int(record["pid"]))  # type: ignore[index]
+        if record and alive and healthy(str(record["url"])):
             return ApiServer(str(record["url"]), None, True)
-        if record and _alive(int(record["pid"])) and record.get("starting") and time.time() - record["started"] < 120:
+        if record and alive and record.get("starting") and time.time() - record["started"] < 120:
             # Another command started it a moment ago and is waiting for it too.
             return ApiServer(str(record["url"]), None, True)
         server = _start(_free_port(), idle, True, home)
@@ -195,17 +180,17 @@ def stop_kept(timeout: float = 15.0) -> str:
     home = prefect_home()
     with _locked(home):
         record = read_record(home)
-        if not record or not _alive(int(record["pid"])):
+        if not record or not pid_alive(int(record["pid"])):
             (home / RECORD).unlink(missing_ok=True)
             return "no kept Prefect server is running for " + str(home)
         pid = int(record["pid"])
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while _alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
             time.sleep(0.1)
-        if _alive(pid):
+        if pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
         (home / RECORD).unlink(missing_ok=True)
         return f"stopped the kept Prefect server at {record['url']} (pid {pid})"
@@ -214,7 +199,7 @@ def stop_kept(timeout: float = 15.0) -> str:
 def describe_kept() -> str:
     home = prefect_home()
     record = read_record(home)
-    if not record or not _alive(int(record["pid"])) or not healthy(str(record["url"])):
+    if not record or not pid_alive(int(record["pid"])) or not healthy(str(record["url"])):
         return f"no kept Prefect server is running for {home}"
     return (
         f"a kept Prefect server runs at {record['url']} (pid {record['pid']}) for {home}; it stops after "
@@ -272,16 +257,16 @@ def serve(port: int, idle: float) -> None:
         while not server.started and not server.should_exit:
             time.sleep(0.05)
         quiet["since"] = time.monotonic()  # idle counts from the moment it answers
-        _mark_ready(port)
+        _mark_ready()
 
     threading.Thread(target=ready, name="ready", daemon=True).start()
     try:
         server.run()
     finally:
-        _forget(port)
+        _forget()
 
 
-def _mark_ready(port: int) -> None:
+def _mark_ready() -> None:
     home = prefect_home()
     record = read_record(home)
     if record and record.get("pid") == os.getpid():
@@ -290,7 +275,7 @@ def _mark_ready(port: int) -> None:
             (home / RECORD).write_text(json.dumps(record))
 
 
-def _forget(port: int) -> None:
+def _forget() -> None:
     """Remove the record when it is this server's (a newer one may have replaced it)."""
     home = prefect_home()
     record = read_record(home)

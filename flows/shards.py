@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
 import queue
 import re
 import sys
@@ -29,7 +28,7 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from prefect.tasks import Task
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from flows import ShardFailures, UsageError
+from flows import ShardFailures, UsageError, env_number
 from flows.runtime import gpu_workers
 from storage.items import ItemTable, item_table
 from storage.lease import LeaseLost, active_fence, held_lease
@@ -40,19 +39,6 @@ TASK_SECONDS_ENV = "MANGAKA_TASK_SECONDS"
 SHARDS_PER_TASK_ENV = "MANGAKA_SHARDS_PER_TASK"
 DEFAULT_TASK_SECONDS = 8.0
 MAX_SHARDS_PER_TASK = 64
-
-
-def _env_number(name: str, default: float | None, kind: type = float) -> Any:
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        value = kind(text)
-    except ValueError:
-        raise UsageError(f"{name} must be a {'whole ' if kind is int else ''}number, not {text!r}") from None
-    if value <= 0:
-        raise UsageError(f"{name} must be positive, not {text!r}")
-    return value
 
 
 class TaskSizer:
@@ -71,8 +57,8 @@ class TaskSizer:
 
     def __init__(self, workers: int, target: float | None = None, fixed: int | None = None) -> None:
         self.workers = max(1, workers)
-        self.target = target if target is not None else _env_number(TASK_SECONDS_ENV, DEFAULT_TASK_SECONDS)
-        self.fixed = fixed if fixed is not None else _env_number(SHARDS_PER_TASK_ENV, None, int)
+        self.target = target if target is not None else env_number(TASK_SECONDS_ENV, DEFAULT_TASK_SECONDS, strict=True)
+        self.fixed = fixed if fixed is not None else env_number(SHARDS_PER_TASK_ENV, None, int, strict=True)
         self.seconds = 0.0
         self.measured = 0
 

@@ -342,21 +342,24 @@ class Location:
         except FileNotFoundError:
             return None
 
-    def mtimes(self, prefix: str) -> dict[str, float | None]:
-        """Key -> modification time (storage clock) of every file directly under ``prefix``."""
-        base = self.path(prefix)
+    def _files(self, prefix: str) -> list[tuple[str, dict[str, Any]]]:
+        """(key, fsspec info) of every file directly under ``prefix``: one listing."""
         try:
-            entries = self.fs.ls(base, detail=True)
+            entries = self.fs.ls(self.path(prefix), detail=True)
         except FileNotFoundError:
-            return {}
+            return []
         root = self.root.rstrip("/") + "/"
-        out: dict[str, float | None] = {}
+        out = []
         for info in entries:
             if info.get("type") == "directory":
                 continue
             name = str(info["name"])
-            out[name[len(root) :] if name.startswith(root) else name] = _mtime_of(info)
+            out.append((name[len(root) :] if name.startswith(root) else name, info))
         return out
+
+    def mtimes(self, prefix: str) -> dict[str, float | None]:
+        """Key -> modification time (storage clock) of every file directly under ``prefix``."""
+        return {key: _mtime_of(info) for key, info in self._files(prefix)}
 
     def storage_now(self, probe_key: str) -> float:
         """The storage's clock now: the modification time of a probe object written for it.
@@ -396,22 +399,12 @@ class Location:
         """The files directly under ``prefix`` with a stamp that changes whenever the file
         does: the ETag on S3 (from the same LIST request as the names), size, mtime and inode
         on a local disk (a file is replaced by a rename, so a new inode)."""
-        base = self.path(prefix)
-        try:
-            entries = self.fs.ls(base, detail=True)
-        except FileNotFoundError:
-            return {}
-        root = self.root.rstrip("/") + "/"
         out: dict[str, str] = {}
-        for e in entries:
-            if e.get("type") != "file":
-                continue
-            name = str(e["name"])
-            rel = name[len(root) :] if name.startswith(root) else name
-            if posixpath.basename(rel).startswith(TMP_PREFIX):
+        for key, e in self._files(prefix):
+            if posixpath.basename(key).startswith(TMP_PREFIX):
                 continue
             etag = e.get("ETag") or e.get("etag")
-            out[rel] = str(etag) if etag else f"{e.get('size')}:{e.get('mtime')}:{e.get('ino')}"
+            out[key] = str(etag) if etag else f"{e.get('size')}:{e.get('mtime')}:{e.get('ino')}"
         return out
 
     # -- writes -------------------------------------------------------------------------
