@@ -298,7 +298,7 @@ def mangaka_flow(
                 "name": flow_run.name or name,
                 "parameters": _plain(dict(bound.arguments)),
                 "state": "RUNNING",
-                "start": now_iso(),
+                "start": now_iso("milliseconds"),
             }
             wait = float(os.environ.get(LEASE_WAIT_ENV, "0") or 0)
             ttl = float(os.environ.get(LEASE_TTL_ENV, "") or DEFAULT_TTL)
@@ -309,11 +309,15 @@ def mangaka_flow(
                 try:
                     result = fn(*args, **kwargs)
                 except BaseException as exc:
-                    record.update(state="FAILED", end=now_iso(), seconds=round(time.perf_counter() - t0, 3))
+                    record.update(
+                        state="FAILED", end=now_iso("milliseconds"), seconds=round(time.perf_counter() - t0, 3)
+                    )
                     record["message"] = f"{type(exc).__name__}: {exc}"[:500]
                     _record(ws, run_id, record)
                     raise
-                record.update(state="COMPLETED", end=now_iso(), seconds=round(time.perf_counter() - t0, 3))
+                record.update(
+                    state="COMPLETED", end=now_iso("milliseconds"), seconds=round(time.perf_counter() - t0, 3)
+                )
                 _record(ws, run_id, record)
                 return result
 

@@ -71,8 +71,19 @@ DEFAULT_CODEC = "jpeg"
 FAMILIES = ("corpus", "annotated", "augmented", "generated")
 
 
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+def now_iso(timespec: str = "seconds") -> str:
+    """The current UTC time in ISO 8601; run records ask for ``milliseconds`` so runs started within
+    one second still sort in the order they started."""
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec=timespec)
+
+
+def _start_time(record: dict[str, Any]) -> _dt.datetime:
+    """When a run record says its run started (records of older versions have whole seconds)."""
+    try:
+        t = _dt.datetime.fromisoformat(str(record.get("start", "")))
+    except ValueError:
+        return _dt.datetime.min.replace(tzinfo=_dt.UTC)
+    return t if t.tzinfo else t.replace(tzinfo=_dt.UTC)
 
 
 class WorkspaceError(RuntimeError):
@@ -504,7 +515,7 @@ class Workspace(ImageCodecs):
         """The most recent run records (``_meta/runs``, written by every flow run), newest first."""
         keys = [k for k in self.loc.list("_meta/runs") if k.endswith(".json")]
         runs = list(self.loc.read_json_many(keys).values())
-        runs.sort(key=lambda r: str(r.get("start", "")), reverse=True)
+        runs.sort(key=_start_time, reverse=True)
         return runs[:limit]
 
     # -- quarantine --------------------------------------------------------------------
