@@ -30,15 +30,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from flows import ShardFailures, UsageError, env_number
 from flows.runtime import gpu_workers
+from storage.bulk import bulk_build
 from storage.items import ItemTable, item_table
 from storage.lease import LeaseLost, active_fence, held_lease
-from storage.workspace import Workspace, WorkspaceError, marker_matches
+from storage.workspace import REINDEX_AFTER, Workspace, WorkspaceError, marker_matches
 from tasks.shards import ShardResult
 
 TASK_SECONDS_ENV = "MANGAKA_TASK_SECONDS"
 SHARDS_PER_TASK_ENV = "MANGAKA_SHARDS_PER_TASK"
 DEFAULT_TASK_SECONDS = 8.0
 MAX_SHARDS_PER_TASK = 64
+TAIL_SPLIT = 2  # a task takes at most 1/(TAIL_SPLIT x workers) of the shards not yet submitted
 
 
 class TaskSizer:
@@ -50,8 +52,11 @@ class TaskSizer:
     first task of each worker carries one shard (which also warms the worker), and every
     later one as many as fill ``target`` seconds (``MANGAKA_TASK_SECONDS``, default 8: the
     per-task cost stays a few percent) at the mean seconds per shard measured so far, at
-    most 64, and at most an equal part of what is left per worker, so that the last tasks
-    end together and a bar still moves. ``MANGAKA_SHARDS_PER_TASK`` fixes the count.
+    most 64, and at most half of an equal part per worker of the shards not yet submitted
+    (guided self-scheduling): the tasks shrink towards the end, so the workers end within
+    a shard or two of each other rather than one idling while another runs its last large
+    task (with an equal part each, that tail had cost 1-2 s of a 20 s xdog run on 2
+    workers), and a bar still moves. ``MANGAKA_SHARDS_PER_TASK`` fixes the count.
     Nothing here grows with the corpus: the state is two numbers.
     """
 
@@ -77,7 +82,7 @@ class TaskSizer:
             return 1
         per_shard = max(self.seconds / self.measured, 1e-3)
         want = max(1, min(MAX_SHARDS_PER_TASK, math.ceil(self.target / per_shard)))
-        return max(1, min(want, math.ceil(left / self.workers), left))
+        return max(1, min(want, math.ceil(left / (TAIL_SPLIT * self.workers)), left))
 
 
 def run_shards(
@@ -240,6 +245,7 @@ def _update_progress(artifact_id: Any, percent: float) -> None:
         get_run_logger().debug("progress artifact not updated: %s", exc)
 
 
+@bulk_build
 def pending_shards(
     ws: Workspace,
     length: int,
@@ -344,6 +350,8 @@ def render_corpus(
     if gpus:
         logger.info("pinning %s tasks to the cluster's %d GPU worker(s)", stage, gpus)
     results: list[ShardResult] = run_shards(task, specs, label, {"GPU": 1} if gpus else None)
+    if len(specs) >= REINDEX_AFTER:
+        ws.markers(array)  # the marker index, refreshed now: the next run reads one file, not a file per shard
     summary = {
         **(head or {}),
         count: sum(r.ok for r in results),

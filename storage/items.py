@@ -24,13 +24,16 @@ not use mangaka; it is rewritten from the markers after every run.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import logging
+import posixpath
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from storage.bulk import bulk_build
 from storage.workspace import Workspace, now_iso
 
 log = logging.getLogger(__name__)
@@ -100,6 +103,7 @@ class Journal:
     def _keys(self) -> list[str]:
         return [k for k in self.ws.loc.list(self._prefix()) if k.endswith(".json")]
 
+    @bulk_build
     def batches(self) -> list[Batch]:
         """The readable batches, by number; an unreadable one is skipped with a warning."""
         got = self.ws.loc.read_json_many(self._keys())
@@ -154,6 +158,10 @@ class ItemTable:
     quarantined: list[dict[str, Any]] = field(default_factory=list)
     missing: list[dict[str, Any]] = field(default_factory=list)
     pending: int = 0
+    # What the table was derived from (a digest of the listing of its markers and journal,
+    # taken before they were read), when :func:`item_table` read them itself; see
+    # :func:`item_counts`.
+    basis: str | None = None
     _order: tuple[list[int], list[tuple[int, str]]] | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -179,6 +187,7 @@ class ItemTable:
         return ids
 
 
+@bulk_build
 def item_table(
     ws: Workspace,
     family: str,
@@ -192,9 +201,15 @@ def item_table(
     if family in DERIVED:
         return derived_table(ws, family)
     array = array or f"{family}/images"
+    basis = None
+    if markers is None and batches is None:
+        stamps = ws.marker_stamps(array)
+        basis = _basis(ws, family, stamps)
+        markers = ws.markers(array, stamps)
     markers = ws.markers(array) if markers is None else markers
     batches = Journal(ws, family).batches() if batches is None else batches
     table = derive_items(family, (e for m in markers.values() for e in m.get("entries", [])))
+    table.basis = basis
     table.length = max((b.end for b in batches), default=0)
     table.pending = sum(
         len(b.sources_of(shard))
@@ -283,6 +298,98 @@ def derive_items(family: str, entries: Iterable[dict[str, Any]]) -> ItemTable:
     return table
 
 
+def _basis(ws: Workspace, family: str, marker_stamps: dict[str, str] | None = None) -> str:
+    """A digest of everything an item table is derived from, by listing only: the stamps
+    of the family's marker files and journal files, and the shard size. Any marker or batch
+    written, replaced or removed changes it."""
+    if marker_stamps is None:
+        marker_stamps = ws.marker_stamps(f"{family}/images")
+    journal = ws.loc.list_stamps(f"_meta/batches/{family}")
+    h = hashlib.sha256(f"{COUNTS_FORMAT}\0{ws.shard_size}\0".encode())
+    for stamps in (marker_stamps, journal):
+        for k in sorted(stamps):
+            h.update(f"{posixpath.basename(k)}\0{stamps[k]}\0".encode())
+        h.update(b"\1")
+    return h.hexdigest()
+
+
+@dataclass
+class ItemCounts:
+    """What ``status`` needs of an item table, small whatever the corpus size: how many
+    items, planned but not done, and duplicates, the slots in use, and the live items of
+    each shard."""
+
+    family: str
+    items: int
+    pending: int
+    duplicates: int
+    length: int
+    live: dict[int, int]  # shard -> live items in it
+
+    @classmethod
+    def of(cls, ws: Workspace, table: ItemTable) -> ItemCounts:
+        s = ws.shard_size
+        live: dict[int, int] = {}
+        for e in table.by_id.values():
+            live[e["slot"] // s] = live.get(e["slot"] // s, 0) + 1
+        return cls(table.family, len(table), table.pending, len(table.duplicates), table.length, live)
+
+    def to_dict(self, basis: str) -> dict[str, Any]:
+        return {
+            "format": COUNTS_FORMAT,
+            "basis": basis,
+            "family": self.family,
+            "items": self.items,
+            "pending": self.pending,
+            "duplicates": self.duplicates,
+            "length": self.length,
+            "live": {str(k): v for k, v in sorted(self.live.items())},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ItemCounts:
+        live = {int(k): int(v) for k, v in d["live"].items()}
+        return cls(str(d["family"]), int(d["items"]), int(d["pending"]), int(d["duplicates"]), int(d["length"]), live)
+
+
+COUNTS_FORMAT = 1
+
+
+def _counts_key(family: str) -> str:
+    return f"_meta/item-counts/{family}.json"
+
+
+def item_counts(ws: Workspace, family: str) -> ItemCounts:
+    """The counts of ``family``'s item table, from ``_meta/item-counts/<family>.json`` when
+    that was derived from exactly the markers and journal listed now, else derived anew (and
+    stored for the next caller). The markers stay the truth: the file is a cache keyed by
+    their listing, so ``status`` on 302,652 items reads a few listings and one small file,
+    not every marker's entries, and its memory does not grow with the corpus."""
+    if family in DERIVED:
+        return ItemCounts.of(ws, derived_table(ws, family))
+    basis = _basis(ws, family)
+    cached = ws.loc.read_json_or_none(_counts_key(family))
+    if isinstance(cached, dict) and cached.get("format") == COUNTS_FORMAT and cached.get("basis") == basis:
+        try:
+            return ItemCounts.from_dict(cached)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            log.debug("item counts of %s unreadable, derived anew: %s", family, exc)
+    table = item_table(ws, family)
+    counts = ItemCounts.of(ws, table)
+    _store_counts(ws, table, counts)
+    return counts
+
+
+def _store_counts(ws: Workspace, table: ItemTable, counts: ItemCounts | None = None) -> None:
+    if table.basis is None or table.family in DERIVED:
+        return
+    counts = counts or ItemCounts.of(ws, table)
+    try:
+        ws.loc.write_json(_counts_key(table.family), counts.to_dict(table.basis))
+    except Exception as exc:  # a cache: whoever cannot write it derives the counts next time
+        log.debug("item counts of %s not written: %s", table.family, exc)
+
+
 # Per-slot index arrays (strings) that mirror item tables; not stages of their own.
 INDEX_ARRAYS = frozenset({"item", "parent"})
 
@@ -318,10 +425,12 @@ def derived_table(ws: Workspace, family: str) -> ItemTable:
 
 
 def write_item_index(ws: Workspace, table: ItemTable) -> None:
-    """Mirror the table into ``<family>/item`` (ids by slot) for plain zarr/xarray readers.
+    """Mirror the table into ``<family>/item`` (ids by slot) for plain zarr/xarray readers,
+    and its counts into ``_meta/item-counts`` (for ``status``).
 
     Derived families also get ``<family>/parent`` (the parent's id by slot).
     """
+    _store_counts(ws, table)
     columns = {"item": table.ids_array()}
     if table.family in DERIVED:
         parents = np.full(table.length, "", dtype=object)

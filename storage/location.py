@@ -38,6 +38,7 @@ from typing import Any, Protocol
 
 import fsspec
 
+from storage.bulk import bulk_build
 from storage.identity import TMP_PREFIX, tmp_prefix
 from storage.writepoints import write_point
 
@@ -310,6 +311,7 @@ class Location:
             log.warning("ignoring unreadable %s in %s (%s): treated as absent", key, self.url, exc)
             return None
 
+    @bulk_build
     def read_json_many(self, keys: list[str]) -> dict[str, Any]:
         """Read many small JSON objects at once (concurrently on S3).
 

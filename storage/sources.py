@@ -23,6 +23,7 @@ import tarfile
 from dataclasses import asdict, dataclass
 from typing import IO, Any
 
+from storage.bulk import bulk_build
 from storage.location import child_url, exists_dir, filesystem, is_remote
 from storage.workspace import WorkspaceError
 
@@ -217,10 +218,16 @@ class SourceRef:
     def id(self) -> str:
         return item_id(self.relpath)
 
+    @property
+    def listing_key(self) -> str:
+        """What the listing says of this file (place, size, time): the text its fingerprint
+        digests, and the same for its journal record (:func:`listing_key`)."""
+        return f"{self.source}\0{self.size}\0{self.mtime}"
+
     @functools.cached_property
     def fingerprint(self) -> str:
         """Changes when the file at this place changes (size or time), without reading it."""
-        return hashlib.sha1(f"{self.source}\0{self.size}\0{self.mtime}".encode()).hexdigest()
+        return hashlib.sha1(self.listing_key.encode()).hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -228,6 +235,13 @@ class SourceRef:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SourceRef:
         return cls(**d)
+
+
+def listing_key(record: dict[str, Any]) -> str:
+    """:attr:`SourceRef.listing_key` of a journal record (``SourceRef.to_dict`` plus its
+    fingerprint): planning compares these texts, not their digests, so an unchanged file
+    of a 302,652-file listing costs no hash."""
+    return f"{record['source']}\0{record['size']}\0{record['mtime']}"
 
 
 @dataclass
@@ -239,6 +253,7 @@ class Listing:
     refused: list[tuple[str, str]]  # (source, reason) for files that must not be read
 
 
+@bulk_build
 def list_sources(src: str, suffixes: frozenset[str] = IMAGE_SUFFIXES) -> Listing:
     """List the files under ``src`` (folder, ``.tar``, or ``s3://`` prefix) named with one
     of ``suffixes`` (images by default), sorted; other suffixes than images' want a folder

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from storage.bulk import bulk_build
 from storage.codecs import ImageCodecs
 from storage.location import Location, safe_key
 
@@ -474,7 +475,13 @@ class Workspace(ImageCodecs):
             body["live"] = live_digest(live)
         self.loc.write_json(self._marker_key(array, shard), body)
 
-    def markers(self, array: str) -> dict[int, dict[str, Any]]:
+    def marker_stamps(self, array: str) -> dict[str, str]:
+        """The marker files of ``array`` with their stamps (one listing; see ``Location.list_stamps``)."""
+        prefix = f"_meta/markers/{_key_of(array)}"
+        return {k: v for k, v in self.loc.list_stamps(prefix).items() if k.endswith(".json")}
+
+    @bulk_build
+    def markers(self, array: str, stamps: dict[str, str] | None = None) -> dict[int, dict[str, Any]]:
         """All markers of ``array`` by shard index.
 
         The marker files are the truth; ``_meta/marker-index/<array>.json`` is a cache of
@@ -484,10 +491,11 @@ class Workspace(ImageCodecs):
         to do reads one index, not a file per shard (1,183 GETs on S3 for 302,652 items).
         The index is rewritten when at least ``REINDEX_AFTER`` markers were read anew. It
         is never trusted past the listing: a marker written, replaced or removed after the
-        index was written is read (or dropped) as if there were no index.
+        index was written is read (or dropped) as if there were no index. A caller that has
+        just listed them (:meth:`marker_stamps`) passes the listing in.
         """
-        prefix = f"_meta/markers/{_key_of(array)}"
-        stamps = {k: v for k, v in self.loc.list_stamps(prefix).items() if k.endswith(".json")}
+        if stamps is None:
+            stamps = self.marker_stamps(array)
         index_key = f"_meta/marker-index/{_key_of(array)}.json"
         index = self.loc.read_json_or_none(index_key) if stamps else None
         known: dict[str, str] = {}

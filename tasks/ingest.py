@@ -22,9 +22,10 @@ from typing import Any, Literal, Protocol, TypeVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from storage.bulk import bulk_build
 from storage.items import REPLACE_BY_ID, Batch, ItemTable, Journal, item_table
 from storage.jpeg import conforming
-from storage.sources import Listing, SourceReader, SourceRef
+from storage.sources import Listing, SourceReader, SourceRef, listing_key
 from storage.workspace import DEFAULT_SHARD_SIZE, Workspace, image_spec, marker_matches
 from tasks.imageio import DEFAULT_MAX_PIXELS, BadImage, load_square_into, source_format
 from tasks.shards import ShardResult
@@ -99,6 +100,7 @@ def source_record(ref: SourceRef) -> dict[str, Any]:
     return {**ref.to_dict(), "fingerprint": ref.fingerprint}
 
 
+@bulk_build
 def plan_ingest(
     ws: Workspace, listing: Listing | Future[Listing], family: str = FAMILY, array: str = ARRAY
 ) -> IngestPlan:
@@ -114,8 +116,9 @@ def plan_ingest(
     batches = Journal(ws, family).batches()
     markers = ws.markers(array)
     open_batches = [b for b in batches if any(s not in markers for s in b.shard_indices())]
-    known_fp: set[str] = set()  # in a done shard: stored, duplicate or quarantined for its content
-    pending_fp: set[str] = set()  # in a shard of an open batch: this run does it
+    # Listing keys (place, size, time: what a fingerprint digests) of planned sources
+    known: set[str] = set()  # in a done shard: stored, duplicate or quarantined for its content
+    pending: set[str] = set()  # in a shard of an open batch: this run does it
     id_source: dict[str, str] = {}
     table = None
     if family not in REPLACE_BY_ID:
@@ -125,11 +128,11 @@ def plan_ingest(
         for shard, sources in zip(b.shard_indices(), b.shards, strict=True):
             m = markers.get(shard)
             if m is None:
-                pending_fp.update(s["fingerprint"] for s in sources)
+                pending.update(listing_key(s) for s in sources)
                 continue
             # a file that was gone when its shard ran is not known: if it is back, it is new
             gone = {e.get("fp") for e in m.get("entries", []) if e.get("status") == "missing"}
-            known_fp.update(s["fingerprint"] for s in sources if s["fingerprint"] not in gone)
+            known.update(listing_key(s) for s in sources if not gone or s["fingerprint"] not in gone)
     for b in open_batches:
         for planned in b.shards:
             id_source.update({SourceRef.from_dict(ref_fields(s)).id: s["source"] for s in planned})
@@ -137,12 +140,13 @@ def plan_ingest(
     if isinstance(listing, Future):
         listing = listing.result()
     refused = list(listing.refused)
-    known = resuming = 0
+    n_known = resuming = 0
     for ref in listing.refs:
-        if ref.fingerprint in known_fp:
-            known += 1
+        key = ref.listing_key
+        if key in known:
+            n_known += 1
             continue
-        if ref.fingerprint in pending_fp:
+        if key in pending:
             resuming += 1
             continue
         other = id_source.get(ref.id)
@@ -153,7 +157,7 @@ def plan_ingest(
             continue
         id_source[ref.id] = ref.source
         new.append(ref)
-    return IngestPlan(open_batches, new, known, resuming, refused, listing.skipped_names, table)
+    return IngestPlan(open_batches, new, n_known, resuming, refused, listing.skipped_names, table)
 
 
 def start_batches(

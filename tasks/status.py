@@ -8,32 +8,32 @@ from __future__ import annotations
 
 from typing import Any
 
+from storage.bulk import bulk_build
 from storage.checkpoints import checkpoint_metrics, has_tag, list_checkpoints, list_models
-from storage.items import ItemTable, is_index_array, item_table
+from storage.items import ItemCounts, is_index_array, item_counts
 from storage.workspace import Workspace, family_of
 
 
+@bulk_build
 def workspace_status(ws: Workspace) -> dict[str, Any]:
     arrays = ws.list_arrays()
-    tables: dict[str, ItemTable] = {}
+    counts: dict[str, ItemCounts] = {}
     stages: dict[str, dict[str, int]] = {}
     for name in arrays:
         family = family_of(name)
         if is_index_array(name):
             continue
-        if family not in tables:
-            tables[family] = item_table(ws, family)
-        table = tables[family]
+        if family not in counts:
+            counts[family] = item_counts(ws, family)
+        c = counts[family]
         if name == f"{family}/images":
             # planned but not yet stored (a killed or running ingestion) is not done
-            stages[name] = {"done": len(table), "total": len(table) + table.pending}
-            if table.pending:
-                stages[name]["pending"] = table.pending
+            stages[name] = {"done": c.items, "total": c.items + c.pending}
+            if c.pending:
+                stages[name]["pending"] = c.pending
             continue
-        marked = set(ws.markers(name))
-        s = ws.shard_size
-        done = sum(1 for slot in table.by_slot if slot // s in marked)
-        stages[name] = {"done": done, "total": len(table)}
+        done = sum(c.live.get(shard, 0) for shard in ws.markers(name))
+        stages[name] = {"done": done, "total": c.items}
     for model in list_models(ws):
         n = len(list_checkpoints(ws, model))
         has_latest = has_tag(ws, model)
@@ -62,7 +62,7 @@ def workspace_status(ws: Workspace) -> dict[str, Any]:
                     if metrics.get(k) is not None
                 }
             )
-    duplicates = sum(len(t.duplicates) for t in tables.values())
+    duplicates = sum(c.duplicates for c in counts.values())
     return {
         "workspace": ws.url,
         "stages": stages,

@@ -24,6 +24,28 @@ from PIL import Image
 os.environ.setdefault("MANGAKA_API_IDLE", "0")
 
 
+@pytest.fixture(autouse=True)
+def _no_kept_server_outlives_its_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Tests that run commands with a clean environment (the default kept Prefect server, as a
+    user gets it) leave that server behind for its idle time; stop the ones under the test's
+    folder when it ends, so none burns the suite's CPU for ten minutes."""
+    yield
+    tmp = getattr(request.node, "funcargs", {}).get("tmp_path")
+    if tmp is None:
+        return
+    import psutil
+
+    root = str(tmp)
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            server = "flows.apiserver" in " ".join(proc.info["cmdline"] or [])
+            if server and proc.environ().get("PREFECT_HOME", "").startswith(root):
+                proc.terminate()
+                proc.wait(10)
+        except (psutil.Error, OSError):
+            continue
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from PIL import Image
 from flows.ingest import ingest_images
 from flows.lineart import render_lineart
 from storage.items import item_table
+from storage.location import json_text
 from storage.workspace import Workspace, WorkspaceError
 from tasks.artline import LineartTrainOptions, train_lineart
 from tasks.ingest import IngestOptions
@@ -44,3 +46,14 @@ def test_every_method_renders_the_corpus(cluster: str, tmp_path: Path) -> None:
     assert ws.array("corpus/lineart/artline")[e["slot"]].shape == (64, 64)
     train_lineart(ws, LineartTrainOptions(size=32, sizes=(32,), epochs=(2,), count=8, val_count=4, batch_size=4))
     assert render_lineart(workspace=ws.url, method="artline")["shards"] == 2, "a new model redoes them"
+
+
+def test_a_render_leaves_the_marker_index_current(cluster: str, tmp_path: Path) -> None:
+    """The next run reads one index file, not a marker file per shard rendered now."""
+    ws = Workspace(str(tmp_path / "ws"))
+    ws.ensure_config(shard_size=2)
+    write_synth_shard(str(tmp_path / "c"), seed=22, size=32, start=0, stop=20, annotated=0)
+    ingest_images(workspace=ws.url, src=str(tmp_path / "c" / "images"), options=IngestOptions(size=32))
+    assert render_lineart(workspace=ws.url, method="canny")["shards"] == 10
+    index = ws.loc.read_bytes("_meta/marker-index/corpus/lineart/canny.json")
+    assert json.loads(json_text(index))["stamps"] == ws.marker_stamps("corpus/lineart/canny")
