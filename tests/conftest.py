@@ -11,6 +11,7 @@ import os
 import socket
 import struct
 import tarfile
+import tempfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,8 @@ from PIL import Image
 # Commands the suite runs without the session's server start a temporary one of their own,
 # stopped with them: no kept server outlives the suite (tests/test_apiserver.py tests that one).
 os.environ.setdefault("MANGAKA_API_IDLE", "0")
+# Kept command help (flows/cli/helpcache.py) goes to a folder of the suite's, not the user's.
+os.environ.setdefault("MANGAKA_CACHE_DIR", tempfile.mkdtemp(prefix="mangaka-cache-"))
 
 
 @pytest.fixture(autouse=True)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +116,27 @@ def test_shard_ranges_are_parsed_once_and_bad_ones_are_usage_errors() -> None:
     for bad in ("a:b", "1:x", "-1:2"):
         with pytest.raises(UsageError, match="A:B"):
             parse_shards(bad)
+
+
+def test_a_command_help_is_kept_and_shown_without_importing_its_flow(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from flows.cli import main\n"
+        "try:\n    main(['ingest-images', '--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+        "print('HEAVY', [m for m in ('prefect', 'torch', 'distributed') if m in sys.modules])\n"
+    )
+    env = {**os.environ, "MANGAKA_CACHE_DIR": str(tmp_path), "COLUMNS": "100"}
+
+    def run() -> str:
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+
+    built = run()
+    assert "--jpeg-quality" in built and "HEAVY ['prefect'" in built  # built from the flow the first time
+    (kept,) = tmp_path.glob("help-ingest-images-*.txt")
+    again = run()
+    assert "HEAVY []" in again and again.split("HEAVY")[0] == built.split("HEAVY")[0]
+    assert kept.read_text() == built.split("HEAVY")[0]
+    env["COLUMNS"] = "60"  # anything the text depends on: built anew, the old text replaced
+    narrow = run()
+    assert "HEAVY ['prefect'" in narrow and len(list(tmp_path.glob("help-ingest-images-*.txt"))) == 1
+    assert max(len(line) for line in narrow.splitlines() if "HEAVY" not in line) <= 60

@@ -58,9 +58,24 @@ def command_parser(cmd: Command) -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Global options, the command, and the command's options in one namespace."""
     top = _global_parser().parse_args(argv)
+    if top.rest in (["-h"], ["--help"]):
+        _print_help(top.command)
     args = command_parser(COMMANDS[top.command]).parse_args(top.rest)
     vars(args).update({k: v for k, v in vars(top).items() if k != "rest"})
     return args
+
+
+def _print_help(command: str) -> None:
+    """``mangaka COMMAND --help``: the kept text when nothing it depends on changed (see
+    :mod:`flows.cli.helpcache`), else built from the flow and kept. Exits 0, as argparse does."""
+    from flows.cli import helpcache
+
+    text = helpcache.cached(command)
+    if text is None:
+        text = command_parser(COMMANDS[command]).format_help()
+        helpcache.keep(command, text)
+    sys.stdout.write(text)
+    raise SystemExit(0)
 
 
 def _execute(cmd: Command, args: argparse.Namespace) -> int:
