@@ -119,6 +119,8 @@ def plan_ingest(
     # Listing keys (place, size, time: what a fingerprint digests) of planned sources
     known: set[str] = set()  # in a done shard: stored, duplicate or quarantined for its content
     pending: set[str] = set()  # in a shard of an open batch: this run does it
+    known_fp: set[str] = set()  # the same by fingerprint, for records that say no more
+    pending_fp: set[str] = set()
     id_source: dict[str, str] = {}
     table = None
     if family not in REPLACE_BY_ID:
@@ -128,11 +130,11 @@ def plan_ingest(
         for shard, sources in zip(b.shard_indices(), b.shards, strict=True):
             m = markers.get(shard)
             if m is None:
-                pending.update(listing_key(s) for s in sources)
+                _add_keys(pending, pending_fp, sources)
                 continue
             # a file that was gone when its shard ran is not known: if it is back, it is new
             gone = {e.get("fp") for e in m.get("entries", []) if e.get("status") == "missing"}
-            known.update(listing_key(s) for s in sources if not gone or s["fingerprint"] not in gone)
+            _add_keys(known, known_fp, [s for s in sources if s["fingerprint"] not in gone] if gone else sources)
     for b in open_batches:
         for planned in b.shards:
             id_source.update({SourceRef.from_dict(ref_fields(s)).id: s["source"] for s in planned})
@@ -143,10 +145,10 @@ def plan_ingest(
     n_known = resuming = 0
     for ref in listing.refs:
         key = ref.listing_key
-        if key in known:
+        if key in known or (known_fp and ref.fingerprint in known_fp):
             n_known += 1
             continue
-        if key in pending:
+        if key in pending or (pending_fp and ref.fingerprint in pending_fp):
             resuming += 1
             continue
         other = id_source.get(ref.id)
@@ -158,6 +160,16 @@ def plan_ingest(
         id_source[ref.id] = ref.source
         new.append(ref)
     return IngestPlan(open_batches, new, n_known, resuming, refused, listing.skipped_names, table)
+
+
+def _add_keys(keys: set[str], fingerprints: set[str], records: list[dict[str, Any]]) -> None:
+    """The listing keys of journal records into ``keys``; the fingerprint of a record that
+    lacks place, size or time (written by hand or by an older tool) into ``fingerprints``."""
+    for r in records:
+        try:
+            keys.add(listing_key(r))
+        except KeyError:
+            fingerprints.add(r["fingerprint"])
 
 
 def start_batches(
