@@ -14,7 +14,7 @@ from prefect import get_run_logger
 
 from flows.ops import mangaka_flow, shard_task
 from flows.shards import run_shards, summarise
-from storage.items import item_table, write_item_index
+from storage.items import REPLACE_BY_ID, ItemTable, item_table, write_item_index
 from storage.sources import list_sources
 from storage.workspace import Workspace
 from tasks.ingest import (
@@ -66,11 +66,13 @@ def ingest_images(
         source=src,
     )
     run_slots, s = {r.shard for r in results}, ws.shard_size
+    duplicates = table.duplicates if table is not None else []  # None: nothing ran
+    missing = table.missing if table is not None else []
     summary.update(
-        duplicates_skipped=sum(1 for d in table.duplicates if d["slot"] // s in run_slots),
-        missing=sum(1 for e in table.missing if e["slot"] // s in run_slots),
+        duplicates_skipped=sum(1 for d in duplicates if d["slot"] // s in run_slots),
+        missing=sum(1 for e in missing if e["slot"] // s in run_slots),
         not_image_names=plan.skipped_names,
-        corpus_items=len(table),
+        corpus_items=summary.pop("items"),
         stored_as_is=sum(r.as_is for r in results),
         codec=options.codec,
     )
@@ -102,8 +104,10 @@ def ingest_family(
 ) -> tuple[dict[str, Any], list[ShardResult], Any, Any]:
     """Every ingestion's flow body: journal the new files in batches, run their shards, index the items.
 
-    Returns the summary so far (what was listed, known, resumed, stored, quarantined, and
-    the shard count), the shard results, the family's item table and the plan.
+    Returns the summary so far (what was listed, known, resumed, stored, quarantined, the
+    shard count and the items in all), the shard results, the family's item table (``None``
+    when nothing ran and its counts sufficed; always a table for families where a new file
+    replaces an item) and the plan.
     """
     plan, batches = start_batches(ws, listing, family, array, stage, version, record)
     if isinstance(listing, Future):
@@ -121,13 +125,6 @@ def ingest_family(
         len(specs),
     )
     results: list[ShardResult] = run_shards(task, specs, stage)
-    if specs or plan.table is None or plan.refused:
-        table = item_table(ws, family)
-        write_item_index(ws, table)
-    else:  # nothing ran and nothing was set aside: the items are the ones planning read
-        table = plan.table
-        if ws.length(f"{family}/item") != table.length:  # an earlier run stopped before its index
-            write_item_index(ws, table)
     summary = {
         "source": source,
         "listed": len(listing.refs),
@@ -137,6 +134,25 @@ def ingest_family(
         "quarantined": sum(r.quarantined for r in results) + len(plan.refused),
         "shards": len(specs),
     }
+    ran = bool(specs)
+    # The listing and the journal records (one each of 302,652 files) are done with: let
+    # them go before the item table is derived, so the two are never held at once.
+    del listing, specs, batches
+    plan.new.clear()
+    plan.open_batches.clear()
+    counts = plan.counts
+    table: ItemTable | None = None
+    if ran or plan.refused or (plan.table is None and counts is None) or family in REPLACE_BY_ID:
+        plan.table = None
+        table = item_table(ws, family)
+        write_item_index(ws, table)
+    else:  # nothing ran and nothing was set aside: the items are the ones planning knew
+        table = plan.table
+        assert counts is not None
+        if ws.length(f"{family}/item") != counts.length:  # an earlier run stopped before its index
+            table = table or item_table(ws, family)
+            write_item_index(ws, table)
+    summary["items"] = len(table) if table is not None else counts.items if counts is not None else 0
     return summary, results, table, plan
 
 

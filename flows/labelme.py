@@ -75,7 +75,7 @@ def ingest_labelme(
         task=ingest_labelme_shard_task,
         source=root,
     )
-    summary.update(replaced=len(table.replaced), annotated_items=len(table))
+    summary.update(replaced=len(table.replaced), annotated_items=summary.pop("items"))
     return summarise(ws, "ingest-labelme-summary", summary, f"ingest-labelme of {root} into {ws.url}")
 
 

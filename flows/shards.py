@@ -31,7 +31,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from flows import ShardFailures, UsageError, env_number
 from flows.runtime import gpu_workers
 from storage.bulk import bulk_build
-from storage.items import ItemTable, item_table
+from storage.items import ItemTable, ItemView
 from storage.lease import LeaseLost, active_fence, held_lease
 from storage.workspace import REINDEX_AFTER, Workspace, WorkspaceError, marker_matches
 from tasks.shards import ShardResult
@@ -254,17 +254,16 @@ def pending_shards(
     version: str,
     shards: str | None,
     force: bool,
+    done: dict[int, dict[str, Any]] | None = None,
 ) -> list[tuple[int, list[int]]]:
     """(shard, live slots) of every shard of ``array`` still to do for ``version``.
 
     ``shards`` "A:B" limits the range (backfills); ``force`` clears the markers of the
     range so every shard in it is done again. ``slots_of(range)`` lists the live slots.
+    ``done``: the markers of ``array``, when the caller has just read them.
     """
-    lo, hi = 0, ws.shards_of(length)
-    if shards:
-        a, b = parse_shards(shards)
-        lo, hi = a if a is not None else lo, b if b is not None else hi
-    done = ws.markers(array)
+    lo, hi = shard_range(ws, length, shards)
+    done = ws.markers(array) if done is None else done
     todo = []
     for shard in range(lo, hi):
         slots = slots_of(ws.shard_slots(shard, length))
@@ -278,6 +277,42 @@ def pending_shards(
     return todo
 
 
+def shard_range(ws: Workspace, length: int, shards: str | None) -> tuple[int, int]:
+    """The shards ``shards`` ("A:B", ``None``: all) names of an array of ``length`` slots."""
+    lo, hi = 0, ws.shards_of(length)
+    if shards:
+        a, b = parse_shards(shards)
+        lo, hi = a if a is not None else lo, b if b is not None else hi
+    return lo, hi
+
+
+@bulk_build
+def pending_of(
+    ws: Workspace, items: ItemView, array: str, version: str, shards: str | None, force: bool
+) -> list[tuple[int, list[int]]]:
+    """:func:`pending_shards` of a family's items: decided from their counts alone when
+    every shard's marker matches ``version`` and the counts' live digest (a run with
+    nothing to do reads no item table); otherwise from the table, derived now."""
+    done = None
+    if not force:
+        counts = items.counts
+        lo, hi = shard_range(ws, counts.length, shards)
+        done = ws.markers(array)
+        if all(
+            _matches_digest(done.get(shard), version, digest)
+            for shard, digest in counts.digests.items()
+            if lo <= shard < hi
+        ):
+            return []
+    table = items.table()
+    return pending_shards(ws, table.length, live_slots(table), array, version, shards, force, done)
+
+
+def _matches_digest(marker: dict[str, Any] | None, version: str, digest: str) -> bool:
+    """:func:`storage.workspace.marker_matches` for live slots known by their digest."""
+    return marker is not None and marker.get("version") == version and marker.get("live") in (None, digest)
+
+
 def parse_shards(text: str) -> tuple[int | None, int | None]:
     """``"A:B"`` (either end may be left out; ``"A"`` is ``"A:"``) as ``(A, B)``; a usage error otherwise."""
     a, _, b = text.partition(":")
@@ -286,12 +321,13 @@ def parse_shards(text: str) -> tuple[int | None, int | None]:
     return (int(a) if a.strip() else None), (int(b) if b.strip() else None)
 
 
-def corpus_table(ws: Workspace) -> ItemTable:
-    """The corpus's item table, or a clear error when nothing was ingested yet."""
-    table = item_table(ws, "corpus")
-    if not len(table):
+def corpus_table(ws: Workspace) -> ItemView:
+    """The corpus's items (counts at once, the table when a run needs it), or a clear error
+    when nothing was ingested yet."""
+    items = ItemView(ws, "corpus")
+    if not len(items):
         raise WorkspaceError(f"{ws.url} has no corpus images: run ingest-images first")
-    return table
+    return items
 
 
 def live_slots(table: ItemTable) -> Callable[[range], list[int]]:
@@ -318,7 +354,7 @@ def describe_rendered(r: dict[str, Any], array: str) -> str:
 
 def render_corpus(
     ws: Workspace,
-    table: ItemTable,
+    table: ItemView,
     *,
     stage: str,
     array: str,
@@ -343,7 +379,7 @@ def render_corpus(
     """
     logger = get_run_logger()
     label = label or stage
-    todo = pending_shards(ws, table.length, live_slots(table), array, version, shards, force)
+    todo = pending_of(ws, table, array, version, shards, force)
     specs = [make_spec(shard, slots) for shard, slots in todo]
     logger.info("%s %s (version %s): %d shard task(s)", stage, array, version, len(specs))
     gpus = gpu_workers() if gpu else 0

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from storage.bulk import bulk_build
-from storage.workspace import Workspace, now_iso
+from storage.workspace import Workspace, live_digest, now_iso
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +158,9 @@ class ItemTable:
     quarantined: list[dict[str, Any]] = field(default_factory=list)
     missing: list[dict[str, Any]] = field(default_factory=list)
     pending: int = 0
+    # Shards whose marker was read (a marker that cannot be read is as if its shard were
+    # not done: its batch is open, and the next ingestion finishes it).
+    done: frozenset[int] = frozenset()
     # What the table was derived from (a digest of the listing of its markers and journal,
     # taken before they were read), when :func:`item_table` read them itself; see
     # :func:`item_counts`.
@@ -204,12 +207,13 @@ def item_table(
     basis = None
     if markers is None and batches is None:
         stamps = ws.marker_stamps(array)
-        basis = _basis(ws, family, stamps)
+        basis = items_basis(ws, family, stamps)
         markers = ws.markers(array, stamps)
     markers = ws.markers(array) if markers is None else markers
     batches = Journal(ws, family).batches() if batches is None else batches
     table = derive_items(family, (e for m in markers.values() for e in m.get("entries", [])))
     table.basis = basis
+    table.done = frozenset(markers)
     table.length = max((b.end for b in batches), default=0)
     table.pending = sum(
         len(b.sources_of(shard))
@@ -298,7 +302,7 @@ def derive_items(family: str, entries: Iterable[dict[str, Any]]) -> ItemTable:
     return table
 
 
-def _basis(ws: Workspace, family: str, marker_stamps: dict[str, str] | None = None) -> str:
+def items_basis(ws: Workspace, family: str, marker_stamps: dict[str, str] | None = None) -> str:
     """A digest of everything an item table is derived from, by listing only: the stamps
     of the family's marker files and journal files, and the shard size. Any marker or batch
     written, replaced or removed changes it."""
@@ -315,9 +319,9 @@ def _basis(ws: Workspace, family: str, marker_stamps: dict[str, str] | None = No
 
 @dataclass
 class ItemCounts:
-    """What ``status`` needs of an item table, small whatever the corpus size: how many
-    items, planned but not done, and duplicates, the slots in use, and the live items of
-    each shard."""
+    """What ``status`` and planning need of an item table, small whatever the corpus size:
+    how many items, planned but not done, and duplicates, the slots in use, the live items
+    of each shard, the shards that are done, and the files each done shard found gone."""
 
     family: str
     items: int
@@ -325,14 +329,32 @@ class ItemCounts:
     duplicates: int
     length: int
     live: dict[int, int]  # shard -> live items in it
+    done: frozenset[int] = frozenset()  # shards whose marker was read
+    gone: dict[int, frozenset[str]] = field(default_factory=dict)  # shard -> fingerprints of files gone when it ran
+    digests: dict[int, str] = field(default_factory=dict)  # shard -> live_digest of its live slots
 
     @classmethod
     def of(cls, ws: Workspace, table: ItemTable) -> ItemCounts:
         s = ws.shard_size
-        live: dict[int, int] = {}
+        slots: dict[int, list[int]] = {}
         for e in table.by_id.values():
-            live[e["slot"] // s] = live.get(e["slot"] // s, 0) + 1
-        return cls(table.family, len(table), table.pending, len(table.duplicates), table.length, live)
+            slots.setdefault(e["slot"] // s, []).append(e["slot"])
+        live = {k: len(v) for k, v in slots.items()}
+        gone: dict[int, set[str]] = {}
+        for e in table.missing:
+            if e.get("fp") is not None:
+                gone.setdefault(e["slot"] // s, set()).add(e["fp"])
+        return cls(
+            table.family,
+            len(table),
+            table.pending,
+            len(table.duplicates),
+            table.length,
+            live,
+            table.done,
+            {k: frozenset(v) for k, v in gone.items()},
+            {k: live_digest(v) for k, v in slots.items()},
+        )
 
     def to_dict(self, basis: str) -> dict[str, Any]:
         return {
@@ -344,19 +366,40 @@ class ItemCounts:
             "duplicates": self.duplicates,
             "length": self.length,
             "live": {str(k): v for k, v in sorted(self.live.items())},
+            "done": sorted(self.done),
+            "gone": {str(k): sorted(v) for k, v in sorted(self.gone.items())},
+            "digests": {str(k): v for k, v in sorted(self.digests.items())},
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ItemCounts:
         live = {int(k): int(v) for k, v in d["live"].items()}
-        return cls(str(d["family"]), int(d["items"]), int(d["pending"]), int(d["duplicates"]), int(d["length"]), live)
+        done = frozenset(int(k) for k in d["done"])
+        gone = {int(k): frozenset(str(f) for f in v) for k, v in d["gone"].items()}
+        digests = {int(k): str(v) for k, v in d["digests"].items()}
+        if set(digests) != set(live):
+            raise ValueError("live digests and live counts name different shards")
+        head = (str(d["family"]), int(d["items"]), int(d["pending"]), int(d["duplicates"]), int(d["length"]))
+        return cls(*head, live, done, gone, digests)
 
 
-COUNTS_FORMAT = 1
+COUNTS_FORMAT = 2
 
 
 def _counts_key(family: str) -> str:
     return f"_meta/item-counts/{family}.json"
+
+
+def cached_counts(ws: Workspace, family: str, basis: str) -> ItemCounts | None:
+    """The counts stored for ``family`` if they were derived from exactly ``basis`` (see
+    :func:`items_basis`), else ``None``."""
+    cached = ws.loc.read_json_or_none(_counts_key(family))
+    if isinstance(cached, dict) and cached.get("format") == COUNTS_FORMAT and cached.get("basis") == basis:
+        try:
+            return ItemCounts.from_dict(cached)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            log.debug("item counts of %s unreadable, derived anew: %s", family, exc)
+    return None
 
 
 def item_counts(ws: Workspace, family: str) -> ItemCounts:
@@ -367,20 +410,49 @@ def item_counts(ws: Workspace, family: str) -> ItemCounts:
     not every marker's entries, and its memory does not grow with the corpus."""
     if family in DERIVED:
         return ItemCounts.of(ws, derived_table(ws, family))
-    basis = _basis(ws, family)
-    cached = ws.loc.read_json_or_none(_counts_key(family))
-    if isinstance(cached, dict) and cached.get("format") == COUNTS_FORMAT and cached.get("basis") == basis:
-        try:
-            return ItemCounts.from_dict(cached)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            log.debug("item counts of %s unreadable, derived anew: %s", family, exc)
+    cached = cached_counts(ws, family, items_basis(ws, family))
+    if cached is not None:
+        return cached
     table = item_table(ws, family)
     counts = ItemCounts.of(ws, table)
-    _store_counts(ws, table, counts)
+    store_counts(ws, table, counts)
     return counts
 
 
-def _store_counts(ws: Workspace, table: ItemTable, counts: ItemCounts | None = None) -> None:
+class ItemView:
+    """A family's items as a run plans with them: the counts (:func:`item_counts`, from the
+    cache when it is current) at once, the whole table only when asked (:meth:`table`).
+
+    A run with nothing to do decides so from the counts alone: a shard is done when its
+    marker's version and live digest match the counts' (see :func:`flows.shards.pending_shards`).
+    """
+
+    def __init__(self, ws: Workspace, family: str) -> None:
+        self.ws = ws
+        self.family = family
+        self._table: ItemTable | None = None
+        cached = None if family in DERIVED else cached_counts(ws, family, items_basis(ws, family))
+        if cached is None:  # derived now: the table is at hand, and kept
+            self._table = self.table()
+            cached = ItemCounts.of(ws, self._table)
+            store_counts(ws, self._table, cached)
+        self.counts = cached
+
+    def __len__(self) -> int:
+        return len(self._table) if self._table is not None else self.counts.items
+
+    @property
+    def length(self) -> int:
+        return self._table.length if self._table is not None else self.counts.length
+
+    def table(self) -> ItemTable:
+        """The item table, derived from the markers now (once)."""
+        if self._table is None:
+            self._table = item_table(self.ws, self.family)  # derived families: see item_table
+        return self._table
+
+
+def store_counts(ws: Workspace, table: ItemTable, counts: ItemCounts | None = None) -> None:
     if table.basis is None or table.family in DERIVED:
         return
     counts = counts or ItemCounts.of(ws, table)
@@ -430,7 +502,7 @@ def write_item_index(ws: Workspace, table: ItemTable) -> None:
 
     Derived families also get ``<family>/parent`` (the parent's id by slot).
     """
-    _store_counts(ws, table)
+    store_counts(ws, table)
     columns = {"item": table.ids_array()}
     if table.family in DERIVED:
         parents = np.full(table.length, "", dtype=object)

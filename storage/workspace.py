@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import json
 import logging
 import math
 import re
@@ -42,7 +43,7 @@ import numpy as np
 
 from storage.bulk import bulk_build
 from storage.codecs import ImageCodecs
-from storage.location import Location, safe_key
+from storage.location import Location, json_text, safe_key
 
 log = logging.getLogger(__name__)
 
@@ -195,11 +196,12 @@ class Workspace(ImageCodecs):
 
     # -- configuration ---------------------------------------------------------------
     def config(self) -> dict[str, Any]:
-        key = "_meta/workspace.json"
-        if self.loc.exists(key):
-            cfg: dict[str, Any] = self.loc.read_json(key)
-            return cfg
-        return {}
+        try:  # one read, no existence check first: a task reads this once a shard on S3
+            raw = self.loc.read_bytes("_meta/workspace.json")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return {}
+        cfg: dict[str, Any] = json.loads(json_text(raw))
+        return cfg
 
     def update_config(self, **values: Any) -> None:
         """Change recorded settings (for callers that have dropped what depended on them)."""
@@ -269,21 +271,38 @@ class Workspace(ImageCodecs):
 
     def has_array(self, array: str) -> bool:
         """Whether a Zarr v3 array (not a group) exists at ``array``: its ``zarr.json`` says so."""
+        return self._array_metadata(array) is not None
+
+    def _array_metadata(self, array: str) -> dict[str, Any] | None:
+        """The ``zarr.json`` of the array at ``array`` (one read), ``None`` if there is none."""
         meta = f"{_key_of(array)}/zarr.json"
-        if not self.loc.exists(meta):
-            return False
         try:
-            return bool(self.loc.read_json(meta).get("node_type") == "array")
+            raw = self.loc.read_bytes(meta)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+        try:
+            doc = json.loads(json_text(raw))
         except ValueError as exc:
             raise WorkspaceError(f"{self.url}: {meta} is unreadable ({exc}); the array's metadata is damaged") from None
+        return doc if isinstance(doc, dict) and doc.get("node_type") == "array" else None
 
     def array(self, array: str, mode: str = "r"):  # noqa: ANN201
-        """Open an existing array (``mode`` ``"r"`` or ``"r+"``)."""
-        import zarr
+        """Open an existing array (``mode`` ``"r"`` or ``"r+"``), from one read of its
+        metadata (on S3 one GET: every shard task opens the arrays it reads and writes)."""
+        from zarr import Array
+        from zarr.core.array import AsyncArray
+        from zarr.core.metadata.v3 import ArrayV3Metadata
+        from zarr.storage import StorePath
 
-        if not self.has_array(array):
+        meta = self._array_metadata(array)
+        if meta is None:
             raise WorkspaceError(f"{self.url} has no array {array!r} yet: run the stage that makes it")
-        return zarr.open_array(self.loc.zarr_store(read_only=mode == "r"), path=_key_of(array), mode=mode)
+        store = self.loc.zarr_store(read_only=mode == "r")
+        try:
+            metadata = ArrayV3Metadata.from_dict(meta)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise WorkspaceError(f"{self.url}: the metadata of {array} is damaged ({exc})") from None
+        return Array(AsyncArray(metadata=metadata, store_path=StorePath(store, _key_of(array))))
 
     def require_array(self, array: str, spec: ArraySpec, length: int = 0, owner: str | None = None):  # noqa: ANN201
         """Open ``array``, creating it with ``spec`` if absent; an existing one must match.

@@ -23,7 +23,17 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from storage.bulk import bulk_build
-from storage.items import REPLACE_BY_ID, Batch, ItemTable, Journal, item_table
+from storage.items import (
+    REPLACE_BY_ID,
+    Batch,
+    ItemCounts,
+    ItemTable,
+    Journal,
+    cached_counts,
+    item_table,
+    items_basis,
+    store_counts,
+)
 from storage.jpeg import conforming
 from storage.sources import Listing, SourceReader, SourceRef, listing_key
 from storage.workspace import DEFAULT_SHARD_SIZE, Workspace, image_spec, marker_matches
@@ -76,7 +86,8 @@ class IngestPlan:
     resuming: int = 0  # listed sources planned by an unfinished batch: done by this run
     refused: list[tuple[str, str]] = field(default_factory=list)  # (source, reason), quarantined by the flow
     skipped_names: int = 0
-    table: ItemTable | None = None  # the family's items when planned (None: not needed to plan)
+    table: ItemTable | None = None  # the family's items when planning derived them
+    counts: ItemCounts | None = None  # what planning knew of them (always, but for plans made by hand)
 
 
 @dataclass(frozen=True)
@@ -106,38 +117,67 @@ def plan_ingest(
 ) -> IngestPlan:
     """Decide what is new in ``listing`` given everything the workspace already planned.
 
-    ``listing`` may still be in the making (a future): the workspace's journal, markers and
-    items are read first, while the source is listed beside (302,652 files: a few seconds each).
+    ``listing`` may still be in the making (a future): the workspace's journal and what its
+    markers say are read first, while the source is listed beside (302,652 files: a few
+    seconds each).
+
+    What planning needs of the markers (which shards are done, which files a shard found
+    gone) comes from the family's item counts (:func:`storage.items.cached_counts`) when
+    they were derived from exactly the markers and journal listed now; otherwise, and
+    whenever a listed file is new (to check its id), the markers are read and the item
+    table derived. A run with nothing new reads no marker's entries.
 
     Two files of one listing with the same id: the second is refused. An id already in
     the workspace from another source is refused too, except in families where a new
     file replaces the item of the same id (``storage.items.REPLACE_BY_ID``).
     """
+    stamps = ws.marker_stamps(array)
+    basis = items_basis(ws, family, stamps)  # listed before anything is read
     batches = Journal(ws, family).batches()
-    markers = ws.markers(array)
-    open_batches = [b for b in batches if any(s not in markers for s in b.shard_indices())]
+    counts = cached_counts(ws, family, basis)
+    table: ItemTable | None = None
+    markers: dict[int, dict[str, Any]] | None = None
+
+    def derive() -> ItemTable:
+        nonlocal table, markers
+        if table is None:
+            markers = ws.markers(array, stamps)
+            table = item_table(ws, family, array, markers, batches)
+            table.basis = basis
+        return table
+
+    if counts is None:
+        counts = ItemCounts.of(ws, derive())
+        store_counts(ws, derive(), counts)
+    done = counts.done
+    open_batches = [b for b in batches if any(s not in done for s in b.shard_indices())]
     # Listing keys (place, size, time: what a fingerprint digests) of planned sources
-    known: set[str] = set()  # in a done shard: stored, duplicate or quarantined for its content
-    pending: set[str] = set()  # in a shard of an open batch: this run does it
+    known: set[tuple[str, int, float]] = set()  # in a done shard: stored, duplicate or quarantined for its content
+    pending: set[tuple[str, int, float]] = set()  # in a shard of an open batch: this run does it
     known_fp: set[str] = set()  # the same by fingerprint, for records that say no more
     pending_fp: set[str] = set()
-    id_source: dict[str, str] = {}
-    table = None
-    if family not in REPLACE_BY_ID:
-        table = item_table(ws, family, array, markers, batches)
-        id_source = {i: e["source"] for i, e in table.by_id.items()}
     for b in batches:
         for shard, sources in zip(b.shard_indices(), b.shards, strict=True):
-            m = markers.get(shard)
-            if m is None:
+            if shard not in done:
                 _add_keys(pending, pending_fp, sources)
                 continue
             # a file that was gone when its shard ran is not known: if it is back, it is new
-            gone = {e.get("fp") for e in m.get("entries", []) if e.get("status") == "missing"}
+            gone = counts.gone.get(shard)
             _add_keys(known, known_fp, [s for s in sources if s["fingerprint"] not in gone] if gone else sources)
-    for b in open_batches:
-        for planned in b.shards:
-            id_source.update({SourceRef.from_dict(ref_fields(s)).id: s["source"] for s in planned})
+    id_source: dict[str, str] | None = None
+
+    def ids() -> dict[str, str]:
+        """Each id planned or stored, with its source (built when a file is new)."""
+        nonlocal id_source
+        if id_source is None:
+            id_source = {}
+            if family not in REPLACE_BY_ID:
+                id_source = {i: e["source"] for i, e in derive().by_id.items()}
+            for b in open_batches:
+                for planned in b.shards:
+                    id_source.update({SourceRef.from_dict(ref_fields(s)).id: s["source"] for s in planned})
+        return id_source
+
     new: list[SourceRef] = []
     if isinstance(listing, Future):
         listing = listing.result()
@@ -151,18 +191,20 @@ def plan_ingest(
         if key in pending or (pending_fp and ref.fingerprint in pending_fp):
             resuming += 1
             continue
-        other = id_source.get(ref.id)
+        other = ids().get(ref.id)
         if other is not None and other != ref.source:
             refused.append(
                 (ref.source, f"item id {ref.id!r} is already taken by {other}; ids are file stems and must be unique")
             )
             continue
-        id_source[ref.id] = ref.source
+        ids()[ref.id] = ref.source
         new.append(ref)
-    return IngestPlan(open_batches, new, n_known, resuming, refused, listing.skipped_names, table)
+    if family in REPLACE_BY_ID:
+        table = None  # not what the run ends with: a new file may replace an item
+    return IngestPlan(open_batches, new, n_known, resuming, refused, listing.skipped_names, table, counts)
 
 
-def _add_keys(keys: set[str], fingerprints: set[str], records: list[dict[str, Any]]) -> None:
+def _add_keys(keys: set[tuple[str, int, float]], fingerprints: set[str], records: list[dict[str, Any]]) -> None:
     """The listing keys of journal records into ``keys``; the fingerprint of a record that
     lacks place, size or time (written by hand or by an older tool) into ``fingerprints``."""
     for r in records:
