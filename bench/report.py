@@ -308,6 +308,11 @@ SCALE_GOALS = {  # step -> (what, goal in seconds)
 
 def scale_rows() -> list[tuple[str, str, str, str, str]]:
     """bench/scale.py: the real commands over 302,652 tiny images, local and on S3."""
+
+    def _rss(r: dict) -> str:  # the whole tree (workers too), and the command's own process
+        own = r.get("peak_rss_command_mb")
+        return f"{r['peak_rss_mb']} MB" + (f" (command {own} MB)" if own else "")
+
     sc = _load("scale")
     if not sc:
         return []
@@ -319,16 +324,18 @@ def scale_rows() -> list[tuple[str, str, str, str, str]]:
             r = run.get(step)
             if not r:
                 continue
-            figure = f"{_f(r['seconds'], 's')}, peak RSS {r['peak_rss_mb']} MB"
+            figure = f"{_f(r['seconds'], 's')}, peak RSS {_rss(r)}"
             if "s3_requests_total" in r:
                 figure += f", {r['s3_requests_total']:,} S3 requests"
             base, ratio = "—", "—"
             if small and small.get(step):
                 b = small[step]
-                base = f"{small['items']:,} items: {_f(b['seconds'], 's')}, peak RSS {b['peak_rss_mb']} MB"
+                base = f"{small['items']:,} items: {_f(b['seconds'], 's')}, peak RSS {_rss(b)}"
                 if "s3_requests_total" in b:
                     base += f", {b['s3_requests_total']:,} S3 requests"
                 ratio = f"time {r['seconds'] / b['seconds']:.2f}x, memory {r['peak_rss_mb'] / b['peak_rss_mb']:.2f}x"
+                if r.get("peak_rss_command_mb") and b.get("peak_rss_command_mb"):
+                    ratio += f" (command {r['peak_rss_command_mb'] / b['peak_rss_command_mb']:.2f}x)"
             goals = [f"≤ {goal} s" if goal else "", "memory ≤ 1.2x" if small else ""]
             out.append(
                 (

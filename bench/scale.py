@@ -300,10 +300,11 @@ def main() -> None:
         runs = [r for r in result["runs"] if r["store"] == store]
         if len(runs) > 1:
             small, big = runs[0], runs[-1]
-            result[f"{store}_peak_rss_growth"] = {
-                step: round(big[step]["peak_rss_mb"] / max(1, small[step]["peak_rss_mb"]), 2)
-                for step in ("ingest", "ingest_noop", "render_xdog", "render_noop", "status")
-            }
+            for kind, field in (("", "peak_rss_mb"), ("_command", "peak_rss_command_mb")):
+                result[f"{store}_peak_rss{kind}_growth"] = {
+                    step: round(big[step][field] / max(1, small[step][field]), 2)
+                    for step in ("ingest", "ingest_noop", "render_xdog", "render_noop", "status")
+                }
     Path(a.out).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
 
