@@ -31,7 +31,7 @@ from storage.checkpoints import has_tag
 from storage.items import item_table
 from storage.workspace import Workspace
 from tasks.annotations import LabelmeOptions
-from tasks.artline import LineartTrainOptions
+from tasks.artline_options import LineartTrainOptions
 from tasks.augment import AugmentOptions
 from tasks.colorizer import ColorizerOptions
 from tasks.fast_style import FastStyleOptions

@@ -11,7 +11,7 @@ from flows.shards import corpus_table, describe_rendered, render_corpus
 from flows.training import monitored
 from storage.checkpoints import load_checkpoint
 from storage.workspace import Workspace
-from tasks.artline import LineartTrainOptions, train_lineart
+from tasks.artline_options import LineartTrainOptions
 from tasks.lineart import (
     METHODS,
     LineartShardSpec,
@@ -37,6 +37,8 @@ def train_lineart_flow(workspace: str, options: LineartTrainOptions = LineartTra
         return f"epoch {m['epoch']} at {m['size']} px: F1 {m['f1']} ({m['seconds']} s)"
 
     with monitored("train-lineart-metrics", f"train-lineart on {ws.url}", line) as mon:
+        from tasks.artline import train_lineart  # torch: only where a model trains
+
         result = train_lineart(ws, options, mon.on_epoch, mon.on_step)
     if result["resumed_at"] and not result["already_done"]:
         get_run_logger().info("resumed after epoch %d", result["resumed_at"])

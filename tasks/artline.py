@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.nn import functional as F
 
 from models.registry import create
@@ -47,6 +46,7 @@ from storage.checkpoints import (
     save_checkpoint,
 )
 from storage.workspace import Workspace, WorkspaceError
+from tasks.artline_options import LineartTrainOptions
 from tasks.device import autocast, pick_device
 from tasks.lineart import dataset_f1
 from tasks.tensors import to_unit
@@ -66,58 +66,6 @@ PAIR_MAX_BYTES = 200_000_000  # a pair file is read whole; never more than this
 FEATURE_LAYERS = ("relu3_3", "relu4_3", "relu5_3")
 FEATURE_WEIGHTS = (5.0, 15.0, 2.0)
 GRAM_SCALE = 5e3
-
-
-class LineartTrainOptions(BaseModel):
-    """Hyper-parameters of ``train-lineart``; the defaults train on a CPU laptop."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    model: str = Field(
-        "artline-unet-small", description="registered line-art network", json_schema_extra={"registry": "lineart"}
-    )
-    size: int = Field(256, ge=32, description="final training side (multiple of 16)")
-    sizes: tuple[int, ...] = Field((), description="progressive sides; default size/4, size/2, size")
-    epochs: tuple[int, ...] = Field((4, 3, 4), description="epochs at each of sizes (progressive resizing), e.g. 4,3,4")
-    pairs: str | None = Field(None, description="folder of pairs in synth's layout; default: drawn")
-    count: int = Field(320, ge=2, description="pairs to draw when no folder is given")
-    val_count: int = Field(32, ge=1, description="held-out pairs scored at every epoch")
-    batch_size: int = Field(8, ge=1, description="pairs per step")
-    lr: float = Field(2e-3, gt=0, description="peak learning rate (one-cycle, AdamW)")
-    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
-    feature_weight: float | None = Field(
-        None, ge=0, description="scale of the VGG16 feature + Gram terms; default 1 with ImageNet weights, else 0"
-    )
-    ink_weight: float = Field(10.0, ge=1, description="weight of ink pixels in the pixel L1 (1: plain L1)")
-    vgg_weights: str | None = Field(None, description="local file with ImageNet VGG16 weights")
-    seed: int = Field(0, description="seed of the initial weights, the drawn pairs and the shuffle")
-    device: str = "auto"
-
-    @model_validator(mode="after")
-    def _check(self) -> LineartTrainOptions:
-        sizes = self.stage_sizes()
-        if any(s % 16 for s in sizes):
-            raise ValueError(f"every training side must be a multiple of 16, not {list(sizes)}")
-        if len(self.epochs) != len(sizes):
-            raise ValueError(f"epochs {list(self.epochs)} must give one count per size {list(sizes)}")
-        return self
-
-    def feature_scale(self) -> float:
-        """The feature-loss weight in effect (see the module docstring for the fallback)."""
-        if self.feature_weight is not None:
-            return self.feature_weight
-        return 1.0 if self.vgg_weights else 0.0
-
-    def stage_sizes(self) -> tuple[int, ...]:
-        if self.sizes:
-            return self.sizes
-        ladder = tuple(s for s in (self.size // 4, self.size // 2, self.size) if s >= 32) or (self.size,)
-        return ladder[-len(self.epochs) :] if self.epochs else ladder
-
-    def run_key(self) -> str:
-        fields = self.model_dump(exclude={"device"})
-        fields["sizes"] = list(self.stage_sizes())
-        return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
 # -- pairs -----------------------------------------------------------------------------------
