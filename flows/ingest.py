@@ -13,6 +13,7 @@ from typing import Any
 from prefect import get_run_logger
 
 from flows.ops import mangaka_flow, shard_task
+from flows.runtime import cluster_soon
 from flows.shards import run_shards, summarise
 from storage.items import REPLACE_BY_ID, ItemTable, item_table, write_item_index
 from storage.sources import list_sources
@@ -88,6 +89,11 @@ def listing_beside(src: str, *args: Any) -> Future[Any]:
         pool.shutdown(wait=False)
 
 
+def _cluster_if_work(plan: Any) -> None:
+    if plan.open_batches or plan.new:
+        cluster_soon()  # the LocalCluster starts while the journal and the arrays are written
+
+
 def ingest_family(
     ws: Workspace,
     *,
@@ -109,7 +115,7 @@ def ingest_family(
     when nothing ran and its counts sufficed; always a table for families where a new file
     replaces an item) and the plan.
     """
-    plan, batches = start_batches(ws, listing, family, array, stage, version, record)
+    plan, batches = start_batches(ws, listing, family, array, stage, version, record, planned=_cluster_if_work)
     if isinstance(listing, Future):
         listing = listing.result()
     for b in batches:

@@ -238,6 +238,18 @@ class _ClusterWhenNeeded:
                 self._cluster = local_cluster(self.n_workers)
             return self._cluster
 
+    def start_soon(self) -> None:
+        """Start the cluster in a thread of its own (when it is not started yet), so that it
+        starts beside what a run still does before its first task; :meth:`result` waits."""
+        if self._cluster is None and not self._lock.locked():
+            threading.Thread(target=self._start_quietly, name="cluster-start", daemon=True).start()
+
+    def _start_quietly(self) -> None:
+        try:
+            self.result()
+        except Exception as exc:  # the first task's own call raises it again
+            log.debug("the LocalCluster did not start: %s", exc)
+
     def close(self) -> None:
         with self._lock:
             cluster, self._cluster = self._cluster, None
@@ -249,6 +261,14 @@ class _ClusterWhenNeeded:
 
 
 _pending_cluster: _ClusterWhenNeeded | None = None
+
+
+def cluster_soon() -> None:
+    """Say that the run will submit tasks: its LocalCluster (if it is to have one) starts
+    now, beside the run's last steps before its first task (writing its journal, preparing
+    arrays). A run with nothing to do never calls this."""
+    if _pending_cluster is not None and not os.environ.get(DASK_ADDRESS_ENV):
+        _pending_cluster.start_soon()
 
 
 def cluster_address() -> str | None:

@@ -29,7 +29,7 @@ from prefect.tasks import Task
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from flows import ShardFailures, UsageError, env_number
-from flows.runtime import gpu_workers
+from flows.runtime import cluster_soon, gpu_workers
 from storage.bulk import bulk_build
 from storage.items import ItemTable, ItemView
 from storage.lease import LeaseLost, active_fence, held_lease
@@ -380,6 +380,8 @@ def render_corpus(
     logger = get_run_logger()
     label = label or stage
     todo = pending_of(ws, table, array, version, shards, force)
+    if todo:
+        cluster_soon()  # the LocalCluster starts while the specs are made
     specs = [make_spec(shard, slots) for shard, slots in todo]
     logger.info("%s %s (version %s): %d shard task(s)", stage, array, version, len(specs))
     gpus = gpu_workers() if gpu else 0

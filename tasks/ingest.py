@@ -222,13 +222,18 @@ def start_batches(
     stage: str,
     version: str,
     options: dict[str, Any],
+    planned: Callable[[IngestPlan], None] | None = None,
 ) -> tuple[IngestPlan, list[Batch]]:
     """Plan a run: quarantine what planning refused, journal a batch for the new sources.
+
+    ``planned(plan)`` is called as soon as the plan is made, before anything is written.
 
     Returns the plan and the batches to run: open ones of earlier runs first, then the new.
     Call from one process only (the flow): it is the journal's single writer.
     """
     plan = plan_ingest(ws, listing, family, array)
+    if planned is not None:
+        planned(plan)
     for source, reason in plan.refused:
         ws.quarantine(source, stage, reason)
     batches = list(plan.open_batches)
