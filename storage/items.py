@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from storage.bulk import bulk_build
-from storage.workspace import Workspace, live_digest, now_iso
+from storage.workspace import Workspace, live_digest, now_iso, shared_words
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class Journal:
     @bulk_build
     def batches(self) -> list[Batch]:
         """The readable batches, by number; an unreadable one is skipped with a warning."""
-        got = self.ws.loc.read_json_many(self._keys())
+        got = self.ws.loc.read_json_many(self._keys(), shared_words)
         out = []
         for key, v in got.items():
             try:
@@ -402,21 +402,29 @@ def cached_counts(ws: Workspace, family: str, basis: str) -> ItemCounts | None:
     return None
 
 
+def _counts(ws: Workspace, family: str) -> tuple[ItemCounts, ItemTable | None]:
+    """``family``'s counts, with the item table when it had to be derived for them (else
+    ``None``): from the cache when it was derived from exactly the markers and journal
+    listed now, else derived anew and stored for the next caller."""
+    if family in DERIVED:
+        table = derived_table(ws, family)
+        return ItemCounts.of(ws, table), table
+    cached = cached_counts(ws, family, items_basis(ws, family))
+    if cached is not None:
+        return cached, None
+    table = item_table(ws, family)
+    counts = ItemCounts.of(ws, table)
+    store_counts(ws, table, counts)
+    return counts, table
+
+
 def item_counts(ws: Workspace, family: str) -> ItemCounts:
     """The counts of ``family``'s item table, from ``_meta/item-counts/<family>.json`` when
     that was derived from exactly the markers and journal listed now, else derived anew (and
     stored for the next caller). The markers stay the truth: the file is a cache keyed by
     their listing, so ``status`` on 302,652 items reads a few listings and one small file,
     not every marker's entries, and its memory does not grow with the corpus."""
-    if family in DERIVED:
-        return ItemCounts.of(ws, derived_table(ws, family))
-    cached = cached_counts(ws, family, items_basis(ws, family))
-    if cached is not None:
-        return cached
-    table = item_table(ws, family)
-    counts = ItemCounts.of(ws, table)
-    store_counts(ws, table, counts)
-    return counts
+    return _counts(ws, family)[0]
 
 
 class ItemView:
@@ -424,19 +432,13 @@ class ItemView:
     cache when it is current) at once, the whole table only when asked (:meth:`table`).
 
     A run with nothing to do decides so from the counts alone: a shard is done when its
-    marker's version and live digest match the counts' (see :func:`flows.shards.pending_shards`).
+    marker's version and live digest match the counts' (see :func:`flows.shards.pending_of`).
     """
 
     def __init__(self, ws: Workspace, family: str) -> None:
         self.ws = ws
         self.family = family
-        self._table: ItemTable | None = None
-        cached = None if family in DERIVED else cached_counts(ws, family, items_basis(ws, family))
-        if cached is None:  # derived now: the table is at hand, and kept
-            self._table = self.table()
-            cached = ItemCounts.of(ws, self._table)
-            store_counts(ws, self._table, cached)
-        self.counts = cached
+        self.counts, self._table = _counts(ws, family)  # the table only when derived now
 
     def __len__(self) -> int:
         return len(self._table) if self._table is not None else self.counts.items

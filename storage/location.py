@@ -33,7 +33,7 @@ import logging
 import os
 import posixpath
 import secrets
-import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -42,6 +42,8 @@ import fsspec
 from storage.bulk import bulk_build
 from storage.identity import TMP_PREFIX, tmp_prefix
 from storage.writepoints import write_point
+
+ObjectHook = Callable[[dict[str, Any]], Any]
 
 log = logging.getLogger(__name__)
 
@@ -230,23 +232,6 @@ def json_bytes(obj: Any) -> bytes:
     return gzip.compress(compact, compresslevel=1, mtime=0)  # level 6: 7% smaller, 3x the time
 
 
-_WORDS = ("status", "stored", "format", "kind")  # the few values that recur in every marker entry and record
-
-
-def _shared_words(obj: dict[str, Any]) -> dict[str, Any]:
-    """One shared string for each value of the keys that take a few values only ("ok",
-    "as-is", "JPEG", "file"), and for a record's ``path`` that is its ``source``: a marker
-    index of 302,652 entries is 60 MB smaller in memory, their journal 30 MB."""
-    for key in _WORDS:
-        value = obj.get(key)
-        if value.__class__ is str:
-            obj[key] = sys.intern(value)
-    path = obj.get("path")
-    if path is not None and path == obj.get("source"):  # a journal record of a plain file: one string for both
-        obj["path"] = obj["source"]
-    return obj
-
-
 def json_text(raw: bytes) -> bytes:
     """The JSON text of a stored document, plain or gzip-compressed (see :func:`json_bytes`)."""
     if raw[:2] == b"\x1f\x8b":
@@ -315,29 +300,33 @@ class Location:
         """Parse one JSON object; raises if it is missing (FileNotFoundError) or unreadable (ValueError)."""
         return json.loads(json_text(self.read_bytes(key)))
 
-    def read_json_or_none(self, key: str) -> Any:
-        """One JSON object, or None when it is missing, or unreadable (empty or not JSON: logged)."""
+    def read_json_or_none(self, key: str, object_hook: ObjectHook | None = None) -> Any:
+        """One JSON object, or None when it is missing, or unreadable (empty or not JSON: logged).
+
+        ``object_hook`` is :func:`json.loads`' (a caller that knows the document's shape
+        may share its recurring strings)."""
         try:
             raw = self.read_bytes(key)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None
-        return self._parse(key, raw)
+        return self._parse(key, raw, object_hook)
 
-    def _parse(self, key: str, raw: bytes) -> Any:
+    def _parse(self, key: str, raw: bytes, object_hook: ObjectHook | None = None) -> Any:
         try:
             if not raw.strip():
                 raise ValueError("empty")
-            return json.loads(json_text(raw), object_hook=_shared_words)
+            return json.loads(json_text(raw), object_hook=object_hook)
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             log.warning("ignoring unreadable %s in %s (%s): treated as absent", key, self.url, exc)
             return None
 
     @bulk_build
-    def read_json_many(self, keys: list[str]) -> dict[str, Any]:
+    def read_json_many(self, keys: list[str], object_hook: ObjectHook | None = None) -> dict[str, Any]:
         """Read many small JSON objects at once (concurrently on S3).
 
         Missing keys are left out, and so are unreadable ones (empty or invalid JSON, as a
         crash of an older version could leave), each with a warning that names it.
+        ``object_hook`` as for :meth:`read_json_or_none`.
         """
         if not keys:
             return {}
@@ -353,7 +342,7 @@ class Location:
                 raw = by_path.get(p.lstrip("/"))
             if raw is None or isinstance(raw, BaseException):
                 continue
-            value = self._parse(k, bytes(raw))
+            value = self._parse(k, bytes(raw), object_hook)
             if value is not None:
                 out[k] = value
         return out
