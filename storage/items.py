@@ -26,14 +26,15 @@ from __future__ import annotations
 import bisect
 import hashlib
 import logging
+import os
 import posixpath
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from storage.bulk import bulk_build
+from storage.bulk import bulk, bulk_build
 from storage.workspace import Workspace, live_digest, now_iso, shared_words
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,20 @@ class Batch:
         }
 
 
+# Records a batch file holds at most when a run journals many files (whole shards, at
+# least one; ``MANGAKA_JOURNAL_PIECE`` sets another count): planning reads the journal a
+# few pieces at a time.
+PIECE_RECORDS = 8192
+
+
+def piece_shards(shard_size: int) -> int:
+    """Shards in one piece of a run's journal."""
+    raw = os.environ.get("MANGAKA_JOURNAL_PIECE") or str(PIECE_RECORDS)
+    if not raw.isdigit():
+        raise ValueError(f"MANGAKA_JOURNAL_PIECE must be a number of records, not {raw!r}")
+    return max(1, int(raw) // shard_size)
+
+
 class Journal:
     """The batches of one item family (``corpus``, ``annotated``, ...)."""
 
@@ -101,45 +116,78 @@ class Journal:
         return f"_meta/batches/{self.family}"
 
     def _keys(self) -> list[str]:
-        return [k for k in self.ws.loc.list(self._prefix()) if k.endswith(".json")]
+        """The batch files, by number (their names; a name that is no number last)."""
+        keys = [k for k in self.ws.loc.list(self._prefix()) if k.endswith(".json")]
 
-    @bulk_build
+        def order(key: str) -> tuple[bool, int, str]:
+            name = key.rsplit("/", 1)[-1][:-5]
+            return (not name.isdigit(), int(name) if name.isdigit() else 0, key)
+
+        return sorted(keys, key=order)
+
     def batches(self) -> list[Batch]:
         """The readable batches, by number; an unreadable one is skipped with a warning."""
-        got = self.ws.loc.read_json_many(self._keys(), shared_words)
-        out = []
-        for key, v in got.items():
-            try:
-                out.append(Batch(**v))
-            except TypeError as exc:
-                log.warning("ignoring the damaged ingestion batch %s (%s)", key, exc)
-        return sorted(out, key=lambda b: b.number)
+        return sorted(self.each(), key=lambda b: b.number)
+
+    def each(self, at_once: int = 4) -> Iterator[Batch]:
+        """The readable batches, by number, read ``at_once`` files at a time: a caller that
+        lets each go holds a few pieces of the journal, not all of it (a corpus of 302,652
+        files has 37 pieces). An unreadable one is skipped with a warning."""
+        keys = self._keys()
+        for i in range(0, len(keys), at_once):
+            out = []
+            with bulk():
+                for key, v in self.ws.loc.read_json_many(keys[i : i + at_once], shared_words).items():
+                    try:
+                        out.append(Batch(**v))
+                    except TypeError as exc:
+                        log.warning("ignoring the damaged ingestion batch %s (%s)", key, exc)
+            out.sort(key=lambda b: b.number)
+            while out:
+                yield out.pop(0)
 
     def add(self, version: str, options: dict[str, Any], sources: list[dict[str, Any]]) -> Batch:
-        """Record a new batch for ``sources`` after every existing one, on a shard boundary.
+        """Record one new batch for ``sources`` (see :meth:`extend`)."""
+        return self.extend(version, options, sources, pieces=False)[0]
 
-        Its number follows every batch file (readable or not) and its first slot follows
+    def extend(
+        self,
+        version: str,
+        options: dict[str, Any],
+        sources: list[dict[str, Any]],
+        pieces: bool = True,
+    ) -> list[Batch]:
+        """Record new batches for ``sources`` after every existing one, on a shard boundary,
+        each of at most :func:`piece_shards` shards (``pieces=False``: one batch), in slot
+        order.
+
+        Their numbers follow every batch file (readable or not) and their first slot follows
         every readable batch and every shard with a marker, so a damaged batch file can
-        never lead a new batch onto slots that hold data.
+        never lead a new batch onto slots that hold data. Each piece is written whole (a
+        run killed between two has journalled the first; the next run plans the rest).
         """
-        existing = self.batches()
         s = self.ws.shard_size
-        end = max((b.end for b in existing), default=0)
-        marked = self.ws.markers(f"{self.family}/images")
+        end = max((b.end for b in self.each()), default=0)
+        marked = self.ws.marker_stamps(f"{self.family}/images")
         if marked:
-            end = max(end, (max(marked) + 1) * s)
+            end = max(end, (max(int(k.rsplit("/", 1)[1][:-5]) for k in marked) + 1) * s)
         if self.ws.has_array(f"{self.family}/images"):
             end = max(end, self.ws.length(f"{self.family}/images"))
         base = -(-end // s) * s
-        shards = [sources[i : i + s] for i in range(0, len(sources), s)]
         numbers = [int(n) for k in self._keys() if (n := k.rsplit("/", 1)[-1][:-5]).isdigit()]
         number = max(numbers, default=0) + 1
-        batch = Batch(self.family, number, base, s, version, options, shards, now_iso())
-        self.ws.loc.write_json(f"{self._prefix()}/{number:06d}.json", batch.to_dict())
-        return batch
+        shards = [sources[i : i + s] for i in range(0, len(sources), s)]
+        step = piece_shards(s) if pieces else max(len(shards), 1)
+        out = []
+        for j in range(0, max(len(shards), 1), step):
+            batch = Batch(self.family, number, base + j * s, s, version, options, shards[j : j + step], now_iso())
+            self.ws.loc.write_json(f"{self._prefix()}/{number:06d}.json", batch.to_dict())
+            out.append(batch)
+            number += 1
+        return out
 
     def length(self) -> int:
-        return max((b.end for b in self.batches()), default=0)
+        return max((b.end for b in self.each()), default=0)
 
 
 @dataclass
@@ -210,17 +258,17 @@ def item_table(
         basis = items_basis(ws, family, stamps)
         markers = ws.markers(array, stamps)
     markers = ws.markers(array) if markers is None else markers
-    batches = Journal(ws, family).batches() if batches is None else batches
     table = derive_items(family, (e for m in markers.values() for e in m.get("entries", [])))
     table.basis = basis
     table.done = frozenset(markers)
-    table.length = max((b.end for b in batches), default=0)
-    table.pending = sum(
-        len(b.sources_of(shard))
-        for b in batches
-        for shard in b.shard_indices()
-        if markers.get(shard, {}).get("version") != b.version
-    )
+    table.length = table.pending = 0
+    for b in Journal(ws, family).each() if batches is None else batches:  # a few pieces at a time
+        table.length = max(table.length, b.end)
+        table.pending += sum(
+            len(sources)
+            for shard, sources in zip(b.shard_indices(), b.shards, strict=True)
+            if markers.get(shard, {}).get("version") != b.version
+        )
     return table
 
 

@@ -14,7 +14,7 @@ import hashlib
 import inspect
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
@@ -35,7 +35,7 @@ from storage.items import (
     store_counts,
 )
 from storage.jpeg import conforming
-from storage.sources import Listing, SourceReader, SourceRef, listing_key
+from storage.sources import Listing, SourceReader, SourceRef, item_id, listing_digests, record_digest
 from storage.workspace import DEFAULT_SHARD_SIZE, Workspace, image_spec, marker_matches
 from tasks.imageio import DEFAULT_MAX_PIXELS, BadImage, load_square_into, source_format
 from tasks.shards import ShardResult
@@ -133,16 +133,13 @@ def plan_ingest(
     """
     stamps = ws.marker_stamps(array)
     basis = items_basis(ws, family, stamps)  # listed before anything is read
-    batches = Journal(ws, family).batches()
     counts = cached_counts(ws, family, basis)
     table: ItemTable | None = None
-    markers: dict[int, dict[str, Any]] | None = None
 
     def derive() -> ItemTable:
-        nonlocal table, markers
+        nonlocal table
         if table is None:
-            markers = ws.markers(array, stamps)
-            table = item_table(ws, family, array, markers, batches)
+            table = item_table(ws, family, array, ws.markers(array, stamps))
             table.basis = basis
         return table
 
@@ -150,20 +147,24 @@ def plan_ingest(
         counts = ItemCounts.of(ws, derive())
         store_counts(ws, derive(), counts)
     done = counts.done
-    open_batches = [b for b in batches if any(s not in done for s in b.shard_indices())]
-    # Listing keys (place, size, time: what a fingerprint digests) of planned sources
-    known: set[tuple[str, int, float]] = set()  # in a done shard: stored, duplicate or quarantined for its content
-    pending: set[tuple[str, int, float]] = set()  # in a shard of an open batch: this run does it
-    known_fp: set[str] = set()  # the same by fingerprint, for records that say no more
-    pending_fp: set[str] = set()
-    for b in batches:
+    # What the journal planned, as digests (20 bytes a file, not its record): in a done
+    # shard, stored, duplicate or quarantined for its content (known); in a shard not done
+    # yet, done by this run (pending). Batches are read a few at a time and let go, but for
+    # the open ones, which this run finishes.
+    known, pending = _Planned(), _Planned()
+    open_batches: list[Batch] = []
+    for b in Journal(ws, family).each():
+        is_open = False
         for shard, sources in zip(b.shard_indices(), b.shards, strict=True):
             if shard not in done:
-                _add_keys(pending, pending_fp, sources)
+                is_open = True
+                pending.add(sources)
                 continue
             # a file that was gone when its shard ran is not known: if it is back, it is new
             gone = counts.gone.get(shard)
-            _add_keys(known, known_fp, [s for s in sources if s["fingerprint"] not in gone] if gone else sources)
+            known.add([s for s in sources if s.get("fingerprint") not in gone] if gone else sources)
+        if is_open:
+            open_batches.append(b)
     id_source: dict[str, str] | None = None
 
     def ids() -> dict[str, str]:
@@ -175,22 +176,22 @@ def plan_ingest(
                 id_source = {i: e["source"] for i, e in derive().by_id.items()}
             for b in open_batches:
                 for planned in b.shards:
-                    id_source.update({SourceRef.from_dict(ref_fields(s)).id: s["source"] for s in planned})
+                    # a record that names no file (by hand, or an older tool) plans no id
+                    id_source.update({item_id(s["relpath"]): s["source"] for s in planned if "relpath" in s})
         return id_source
 
     new: list[SourceRef] = []
     if isinstance(listing, Future):
         listing = listing.result()
     refused = list(listing.refused)
-    n_known = resuming = 0
-    for ref in listing.refs:
-        key = ref.listing_key
-        if key in known or (known_fp and ref.fingerprint in known_fp):
-            n_known += 1
-            continue
-        if key in pending or (pending_fp and ref.fingerprint in pending_fp):
-            resuming += 1
-            continue
+    refs = listing.refs
+    digests = listing_digests(refs)
+    is_known = known.holds(digests, refs)
+    is_pending = pending.holds(digests, refs) & ~is_known
+    del digests
+    n_known, resuming = int(is_known.sum()), int(is_pending.sum())
+    for i in np.flatnonzero(~(is_known | is_pending)).tolist():
+        ref = refs[i]
         other = ids().get(ref.id)
         if other is not None and other != ref.source:
             refused.append(
@@ -204,14 +205,35 @@ def plan_ingest(
     return IngestPlan(open_batches, new, n_known, resuming, refused, listing.skipped_names, table, counts)
 
 
-def _add_keys(keys: set[tuple[str, int, float]], fingerprints: set[str], records: list[dict[str, Any]]) -> None:
-    """The listing keys of journal records into ``keys``; the fingerprint of a record that
-    lacks place, size or time (written by hand or by an older tool) into ``fingerprints``."""
-    for r in records:
-        try:
-            keys.add(listing_key(r))
-        except KeyError:
-            fingerprints.add(r["fingerprint"])
+class _Planned:
+    """Journal records as planning compares them with a listing: the :func:`record_digest`
+    of each (20 bytes), or the fingerprint of a record that lacks place, size or time."""
+
+    def __init__(self) -> None:
+        self._digests = bytearray()
+        self._fingerprints: set[str] = set()
+
+    def add(self, records: list[dict[str, Any]]) -> None:
+        buf = self._digests
+        for r in records:
+            d = record_digest(r)
+            if d is None:
+                self._fingerprints.add(r["fingerprint"])
+            else:
+                buf += d
+
+    def holds(self, digests: np.ndarray, refs: Sequence[SourceRef]) -> np.ndarray:
+        """Whether each of ``refs`` (with its listing ``digests``) is one of these records."""
+        out = np.zeros(len(refs), dtype=bool)
+        if self._digests and len(refs):
+            planned = np.frombuffer(self._digests, dtype="S20")  # a view: sorted in place
+            planned.sort()
+            at = np.minimum(np.searchsorted(planned, digests), len(planned) - 1)
+            out = planned[at] == digests
+        if self._fingerprints:
+            fps = self._fingerprints
+            out |= np.fromiter((r.fingerprint in fps for r in refs), dtype=bool, count=len(refs))
+        return out
 
 
 def start_batches(
@@ -240,7 +262,7 @@ def start_batches(
     if batches:
         log.info("resuming %d unfinished batch(es) of an earlier run", len(batches))
     if plan.new:
-        batches.append(Journal(ws, family).add(version, options, [source_record(r) for r in plan.new]))
+        batches += Journal(ws, family).extend(version, options, [source_record(r) for r in plan.new])
     return plan, batches
 
 

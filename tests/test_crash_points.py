@@ -142,14 +142,18 @@ def crash_and_resume(
 
 
 def chosen(points: list[list[str]], every: bool) -> list[int]:
-    """All points, or two: just after the first data write (for pseudolabel: masks
-    written, confidence not yet) and the first marker write (``make test-slow`` does all)."""
+    """All points, or a few: before the second piece of an ingestion's journal, just after
+    the first data write (for pseudolabel: masks written, confidence not yet) and the
+    first marker write (``make test-slow`` does all)."""
     n = len(points)
     if every:
         return list(range(1, n + 1))
     picks: set[int] = set()
     data = [i for i, (op, key) in enumerate(points, 1) if op == "write" and "/c/" in key]
     marks = [i for i, (op, key) in enumerate(points, 1) if op == "write" and "/markers/" in key]
+    pieces = [i for i, (op, key) in enumerate(points, 1) if op == "write" and "/batches/" in key]
+    if len(pieces) > 1:  # between two pieces of the journal
+        picks.add(pieces[1])
     if data:
         picks.add(min(n, data[0] + 1))
     if marks:
@@ -222,8 +226,12 @@ def local_copy(tmp: Path) -> Callable[[str, str], str]:
     return copy
 
 
+# Journal pieces of two shards (shard size 4): an ingestion writes two, and is killed between.
+PIECES = {"MANGAKA_JOURNAL_PIECE": "8"}
+
+
 def check_stage(name: str, tmp: Path, every: bool) -> None:
-    env = cli_env(tmp)
+    env = {**cli_env(tmp), **PIECES}
     stage = stages(tmp, env)[name]
     base = str(tmp / "base")
     stage.prepare(base)
@@ -281,7 +289,7 @@ def test_killed_at_every_write_point_then_resumed_equals_an_uninterrupted_run(
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 def test_killed_at_every_write_point_on_s3(cluster: str, bucket: str, tmp_path: Path) -> None:
-    env = cli_env(tmp_path)
+    env = {**cli_env(tmp_path), **PIECES}
     src = image_folder(tmp_path / "src", 9)
     stage = Stage("ingest-images", ["ingest-images", str(src), "--size", "32", "--shard-size", "4"], lambda u: None)
 
