@@ -95,9 +95,25 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def process_state(pid: int) -> str:
+    """The state letter of process ``pid`` (``/proc/<pid>/stat`` field 3: R, S, D, Z, ...),
+    or '' when it cannot be read."""
+    raw = _read_text(f"/proc/{int(pid)}/stat")
+    if not raw or ")" not in raw:
+        return ""
+    fields = raw.rsplit(")", 1)[1].split()
+    return fields[0] if fields else ""
+
+
 def process_running(pid: int, start: str = "") -> bool:
-    """Whether ``pid`` runs here and, when its start time is known, is still the same process."""
+    """Whether ``pid`` runs here and, when its start time is known, is still the same process.
+
+    A zombie is not running: a SIGKILLed worker whose parent died with it stays a zombie
+    until init reaps it, and in a container whose PID 1 does not reap it stays one for good.
+    """
     if not pid_alive(pid):
+        return False
+    if process_state(pid) in ("Z", "X"):
         return False
     if start and start != "0":
         now = process_start(pid)

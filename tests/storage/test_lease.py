@@ -382,3 +382,25 @@ def test_status_still_tells_a_running_run_from_an_interrupted_one(tmp_path: Path
     # killed (a process of this machine that is gone), its lease never released
     ws.loc.write_json(generation_key("x", 2), holder(run="x on ws"))
     assert [r["state"] for r in last_runs(ws)] == ["INTERRUPTED"]
+
+
+def test_a_killed_writer_not_yet_reaped_counts_as_gone(tmp_path: Path) -> None:
+    """A SIGKILLed worker stays a zombie until init reaps it (seconds, or for good in a
+    container whose PID 1 does not reap): its temporary files are swept all the same."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 30
+        while identity.process_state(child.pid) != "Z" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert identity.process_state(child.pid) == "Z"
+        start = process_start(child.pid)
+        assert start and identity.pid_alive(child.pid)  # a signal still reaches a zombie
+        assert not identity.process_running(child.pid, start)
+        root = tmp_path / "ws"
+        (root / "corpus").mkdir(parents=True)
+        left = root / "corpus" / f".tmp-{machine_digest()}_{child.pid}_{start}_abc"
+        left.write_bytes(b"x")
+        assert sweep_stale_tmp(Location(str(root)), ttl=120) == 1
+        assert not left.exists()
+    finally:
+        child.wait()
