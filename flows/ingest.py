@@ -6,7 +6,8 @@ tasks on Dask read, decode and write; the flow then refreshes ``corpus/item`` an
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -15,6 +16,7 @@ from prefect import get_run_logger
 from flows.ops import mangaka_flow, shard_task
 from flows.runtime import cluster_soon
 from flows.shards import run_shards, summarise
+from storage.bulk import Joined
 from storage.items import REPLACE_BY_ID, ItemTable, item_table, write_item_index
 from storage.sources import list_sources
 from storage.workspace import Workspace
@@ -53,6 +55,7 @@ def ingest_images(
     ws = Workspace(workspace)
     fix_shard_size(ws, shard_size)
     options = resolve_codec(ws, options)
+    marked = functools.cache(lambda: ws.markers(ARRAY))  # read once for all batches, after planning
     summary, results, table, plan = ingest_family(
         ws,
         stage=STAGE,
@@ -62,7 +65,7 @@ def ingest_images(
         version=options.version,
         record=options.model_dump(),
         prepare=lambda b: prepare_array(ws, IngestOptions(**b.options), b.end),
-        specs_of=lambda b: shard_specs(ws, b),
+        specs_of=lambda b: shard_specs(ws, b, markers=marked()),
         task=ingest_shard_task,
         source=src,
     )
@@ -104,7 +107,7 @@ def ingest_family(
     version: str,
     record: dict[str, Any],
     prepare: Callable[[Any], None],
-    specs_of: Callable[[Any], list[Any]],
+    specs_of: Callable[[Any], Sequence[Any]],
     task: Any,
     source: str,
 ) -> tuple[dict[str, Any], list[ShardResult], Any, Any]:
@@ -121,7 +124,7 @@ def ingest_family(
         listing = listing.result()
     for b in batches:
         prepare(b)
-    specs = [s for b in batches for s in specs_of(b)]
+    specs = Joined([specs_of(b) for b in batches])  # each made when a task takes it
     get_run_logger().info(
         "%s: %d files listed, %d already ingested, %d left by an unfinished run, %d new, %d shard task(s)",
         source,
@@ -145,7 +148,7 @@ def ingest_family(
     # The listing and the journal records (one each of 302,652 files) are done with: let
     # them go before the item table is derived, so the two are never held at once.
     del listing, specs, batches
-    plan.new.clear()
+    plan.new = []
     plan.open_batches.clear()
     counts = plan.counts
     table: ItemTable | None = None

@@ -10,12 +10,14 @@ when the last one leaves), and leaves it as it was when someone else had turned 
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import functools
 import gc
+import itertools
 import threading
-from collections.abc import Callable, Iterator
-from typing import ParamSpec, TypeVar
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import ParamSpec, TypeVar, overload
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -55,3 +57,59 @@ def bulk_build(fn: Callable[P, R]) -> Callable[P, R]:
             return fn(*args, **kwargs)
 
     return wrapper
+
+
+T = TypeVar("T")
+
+
+class Lazy(Sequence[T]):
+    """``n`` items, each made by ``make(i)`` when it is asked for and not kept: what a run
+    hands out one at a time (the shard specs of 302,652 files) is never all held at once."""
+
+    __slots__ = ("_n", "_make")
+
+    def __init__(self, n: int, make: Callable[[int], T]) -> None:
+        self._n, self._make = n, make
+
+    def __len__(self) -> int:
+        return self._n
+
+    @overload
+    def __getitem__(self, i: int) -> T: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[T]: ...
+    def __getitem__(self, i: int | slice) -> T | list[T]:
+        if isinstance(i, slice):
+            return [self._make(j) for j in range(*i.indices(self._n))]
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError(i)
+        return self._make(i)
+
+
+class Joined(Sequence[T]):
+    """Several sequences one after the other, without copying them."""
+
+    __slots__ = ("_parts", "_starts")
+
+    def __init__(self, parts: Iterable[Sequence[T]]) -> None:
+        self._parts = [p for p in parts if len(p)]
+        self._starts = list(itertools.accumulate((len(p) for p in self._parts), initial=0))
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    @overload
+    def __getitem__(self, i: int) -> T: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[T]: ...
+    def __getitem__(self, i: int | slice) -> T | list[T]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        k = bisect.bisect_right(self._starts, i) - 1
+        return self._parts[k][i - self._starts[k]]

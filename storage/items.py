@@ -28,9 +28,9 @@ import hashlib
 import logging
 import os
 import posixpath
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -54,7 +54,7 @@ class Batch:
     shard_size: int
     version: str
     options: dict[str, Any]
-    shards: list[list[dict[str, Any]]]
+    shards: Sequence[list[dict[str, Any]]]  # lists, or cut from the run's sources when asked (Pieces)
     created: str = ""
 
     @property
@@ -86,9 +86,41 @@ class Batch:
             "shard_size": self.shard_size,
             "version": self.version,
             "options": self.options,
-            "shards": self.shards,
+            "shards": [list(sh) for sh in self.shards],
             "created": self.created,
         }
+
+
+class Pieces(Sequence[list[dict[str, Any]]]):
+    """The shards of a batch, cut from ``sources[start:stop]`` when asked: a run that
+    journalled 302,652 records a piece at a time holds its sources, not the records."""
+
+    __slots__ = ("_sources", "_start", "_stop", "_size")
+    __hash__ = None  # type: ignore[assignment]
+
+    def __init__(self, sources: Sequence[dict[str, Any]], start: int, stop: int, shard_size: int) -> None:
+        self._sources, self._start, self._stop, self._size = sources, start, stop, shard_size
+
+    def __len__(self) -> int:
+        return -(-(self._stop - self._start) // self._size)
+
+    @overload
+    def __getitem__(self, j: int) -> list[dict[str, Any]]: ...
+    @overload
+    def __getitem__(self, j: slice) -> list[list[dict[str, Any]]]: ...
+    def __getitem__(self, j: int | slice) -> list[dict[str, Any]] | list[list[dict[str, Any]]]:
+        if isinstance(j, slice):
+            return [self[k] for k in range(*j.indices(len(self)))]
+        n = len(self)
+        if j < 0:
+            j += n
+        if not 0 <= j < n:
+            raise IndexError(j)
+        a = self._start + j * self._size
+        return list(self._sources[a : min(self._stop, a + self._size)])
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
 
 
 # Records a batch file holds at most when a run journals many files (whole shards, at
@@ -154,12 +186,13 @@ class Journal:
         self,
         version: str,
         options: dict[str, Any],
-        sources: list[dict[str, Any]],
+        sources: Sequence[dict[str, Any]],
         pieces: bool = True,
     ) -> list[Batch]:
         """Record new batches for ``sources`` after every existing one, on a shard boundary,
         each of at most :func:`piece_shards` shards (``pieces=False``: one batch), in slot
-        order.
+        order. ``sources`` that are not a list (made when asked) are not held by the
+        batches returned: their shards are cut from ``sources`` again when asked.
 
         Their numbers follow every batch file (readable or not) and their first slot follows
         every readable batch and every shard with a marker, so a damaged batch file can
@@ -176,12 +209,16 @@ class Journal:
         base = -(-end // s) * s
         numbers = [int(n) for k in self._keys() if (n := k.rsplit("/", 1)[-1][:-5]).isdigit()]
         number = max(numbers, default=0) + 1
-        shards = [sources[i : i + s] for i in range(0, len(sources), s)]
-        step = piece_shards(s) if pieces else max(len(shards), 1)
+        n_shards = -(-len(sources) // s)
+        step = piece_shards(s) if pieces else max(n_shards, 1)
         out = []
-        for j in range(0, max(len(shards), 1), step):
-            batch = Batch(self.family, number, base + j * s, s, version, options, shards[j : j + step], now_iso())
+        for j in range(0, max(n_shards, 1), step):
+            a, b = j * s, min(len(sources), (j + step) * s)
+            piece = [list(sources[k : min(b, k + s)]) for k in range(a, b, s)]
+            batch = Batch(self.family, number, base + a, s, version, options, piece, now_iso())
             self.ws.loc.write_json(f"{self._prefix()}/{number:06d}.json", batch.to_dict())
+            if not isinstance(sources, list):  # made when asked: let this piece's records go
+                batch.shards = Pieces(sources, a, b, s)
             out.append(batch)
             number += 1
         return out

@@ -22,7 +22,7 @@ from typing import Any, Literal, Protocol, TypeVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from storage.bulk import bulk_build
+from storage.bulk import Lazy, bulk_build
 from storage.items import (
     REPLACE_BY_ID,
     Batch,
@@ -35,7 +35,7 @@ from storage.items import (
     store_counts,
 )
 from storage.jpeg import conforming
-from storage.sources import Listing, SourceReader, SourceRef, item_id, listing_digests, record_digest
+from storage.sources import Listing, Picked, SourceReader, SourceRef, item_id, listing_digests, record_digest
 from storage.workspace import DEFAULT_SHARD_SIZE, Workspace, image_spec, marker_matches
 from tasks.imageio import DEFAULT_MAX_PIXELS, BadImage, load_square_into, source_format
 from tasks.shards import ShardResult
@@ -81,7 +81,7 @@ class IngestPlan:
     """What a run will do: finish open batches, then a new batch for ``new`` sources."""
 
     open_batches: list[Batch]
-    new: list[SourceRef]
+    new: Sequence[SourceRef]  # a Picked view of the listing, from plan_ingest
     known: int  # sources already ingested (same place, size and time)
     resuming: int = 0  # listed sources planned by an unfinished batch: done by this run
     refused: list[tuple[str, str]] = field(default_factory=list)  # (source, reason), quarantined by the flow
@@ -109,6 +109,11 @@ class ShardSpec(ShardTask):
 
 def source_record(ref: SourceRef) -> dict[str, Any]:
     return {**ref.to_dict(), "fingerprint": ref.fingerprint}
+
+
+def source_records(refs: Sequence[SourceRef]) -> Lazy[dict[str, Any]]:
+    """The journal record of each of ``refs``, made when asked."""
+    return Lazy(len(refs), lambda i: source_record(refs[i]))
 
 
 @bulk_build
@@ -180,11 +185,11 @@ def plan_ingest(
                     id_source.update({item_id(s["relpath"]): s["source"] for s in planned if "relpath" in s})
         return id_source
 
-    new: list[SourceRef] = []
     if isinstance(listing, Future):
         listing = listing.result()
     refused = list(listing.refused)
     refs = listing.refs
+    new = Picked(refs)
     digests = listing_digests(refs)
     is_known = known.holds(digests, refs)
     is_pending = pending.holds(digests, refs) & ~is_known
@@ -199,7 +204,7 @@ def plan_ingest(
             )
             continue
         ids()[ref.id] = ref.source
-        new.append(ref)
+        new.append(i)
     if family in REPLACE_BY_ID:
         table = None  # not what the run ends with: a new file may replace an item
     return IngestPlan(open_batches, new, n_known, resuming, refused, listing.skipped_names, table, counts)
@@ -262,7 +267,7 @@ def start_batches(
     if batches:
         log.info("resuming %d unfinished batch(es) of an earlier run", len(batches))
     if plan.new:
-        batches += Journal(ws, family).extend(version, options, [source_record(r) for r in plan.new])
+        batches += Journal(ws, family).extend(version, options, source_records(plan.new))
     return plan, batches
 
 
@@ -277,16 +282,20 @@ def ref_fields(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k != "fingerprint"}
 
 
-def shard_specs(ws: Workspace, batch: Batch, array: str = ARRAY) -> list[ShardSpec]:
-    """Specs of the shards of ``batch`` whose marker on ``array`` is missing or stale."""
-    done = ws.markers(array)
-    specs = []
-    for shard in batch.shard_indices():
-        m = done.get(shard)
-        if m is not None and m.get("version") == batch.version:
-            continue
-        specs.append(ShardSpec(ws.url, shard, batch.version, batch.options, batch.sources_of(shard)))
-    return specs
+def shard_specs(
+    ws: Workspace, batch: Batch, array: str = ARRAY, markers: dict[int, dict[str, Any]] | None = None
+) -> Sequence[ShardSpec]:
+    """Specs of the shards of ``batch`` whose marker on ``array`` (``markers``, when the
+    caller read them) is missing or stale, each made when asked."""
+    done = ws.markers(array) if markers is None else markers
+    todo = [
+        shard for shard in batch.shard_indices() if (m := done.get(shard)) is None or m.get("version") != batch.version
+    ]
+
+    def spec(i: int) -> ShardSpec:
+        return ShardSpec(ws.url, todo[i], batch.version, batch.options, batch.sources_of(todo[i]))
+
+    return Lazy(len(todo), spec)
 
 
 def resolve_codec(ws: Workspace, options: IngestOptions) -> IngestOptions:
