@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import importlib.util
 import logging
 import os
+import re
 import sys
 import threading
 from collections.abc import Iterator
@@ -119,15 +121,70 @@ def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
-def local_gpus() -> int:
-    """GPUs this process can use (0 without CUDA); torch is imported only to ask."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
-        return 0
+GPUS_ENV = "MANGAKA_GPUS"
+
+
+def _torch_has_cuda() -> bool:
+    """Whether the installed torch is a CUDA build, read from ``torch/version.py`` without
+    importing torch (an import costs the flow process about 500 MB)."""
+    spec = importlib.util.find_spec("torch")
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        try:
+            text = Path(folder, "version.py").read_text()
+        except OSError:
+            continue
+        m = re.search(r"^cuda\s*(?::[^=\n]*)?=\s*(\S+)", text, re.M)
+        return m is not None and m[1] != "None"
+    return False
+
+
+def _nvidia_devices() -> int:
+    """NVIDIA devices this machine shows (``/dev/nvidia<N>``, as a container runtime hands
+    them out; else ``/proc/driver/nvidia/gpus``)."""
+    devs = [n for n in _listdir("/dev") if re.fullmatch(r"nvidia\d+", n)]
+    return len(devs) or len(_listdir("/proc/driver/nvidia/gpus"))
+
+
+def _listdir(path: str) -> list[str]:
     try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return 0
-    return int(torch.cuda.device_count())
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs a LocalCluster may hand its workers, as ``CUDA_VISIBLE_DEVICES`` entries.
+
+    ``MANGAKA_GPUS=N`` says how many (0: none) where the machine cannot be asked; otherwise
+    a CUDA build of torch and the NVIDIA devices of the machine, as far as
+    ``CUDA_VISIBLE_DEVICES`` lets this process see them (up to its first invalid entry,
+    as CUDA reads it). Nothing here imports torch.
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    entries: list[str] | None = None
+    if visible is not None:
+        entries = []
+        for tok in visible.split(","):
+            tok = tok.strip()
+            if not tok or tok.startswith("-"):
+                break
+            entries.append(tok)
+    fixed = os.environ.get(GPUS_ENV, "").strip()
+    if fixed:
+        try:
+            n = int(fixed)
+        except ValueError:
+            raise ValueError(f"{GPUS_ENV} must be a whole number of GPUs, not {fixed!r}") from None
+    else:
+        n = _nvidia_devices() if _torch_has_cuda() else 0
+    if entries is not None:
+        return entries[: max(n, 0)]
+    return [str(i) for i in range(max(n, 0))]
+
+
+def local_gpus() -> int:
+    """GPUs this process can use (0 without CUDA): see :func:`visible_gpus`."""
+    return len(visible_gpus())
 
 
 def local_cluster(n_workers: int | None = None, gpus: int | None = None) -> Any:
@@ -145,7 +202,8 @@ def local_cluster(n_workers: int | None = None, gpus: int | None = None) -> Any:
 
     quiet_dask()
     n = n_workers or default_workers()
-    gpus = local_gpus() if gpus is None else gpus
+    devices = visible_gpus()
+    gpus = len(devices) if gpus is None else gpus
     n = max(n, gpus)
     # Dask's statistical profiler samples every worker thread's stack every 10 ms for the
     # dashboard's profile page; this cluster has no dashboard (deploy/dask.yaml: same).
@@ -168,7 +226,7 @@ def local_cluster(n_workers: int | None = None, gpus: int | None = None) -> Any:
             spec = copy.deepcopy(cluster.new_spec)
             if i < gpus:
                 spec["options"]["resources"] = {"GPU": 1}
-                spec["options"]["env"] = {"CUDA_VISIBLE_DEVICES": str(i)}
+                spec["options"]["env"] = {"CUDA_VISIBLE_DEVICES": devices[i] if i < len(devices) else str(i)}
             cluster.worker_spec[f"{'gpu' if i < gpus else 'cpu'}-{i}"] = spec
         cluster.sync(cluster._correct_state)
         cluster.wait_for_workers(n)
