@@ -55,7 +55,8 @@ def ingest_images(
     ws = Workspace(workspace)
     fix_shard_size(ws, shard_size)
     options = resolve_codec(ws, options)
-    marked = functools.cache(lambda: ws.markers(ARRAY))  # read once for all batches, after planning
+    # what shard_specs needs of the markers (their versions), read once for all batches, after planning
+    marked = functools.cache(lambda: {shard: {"version": m.get("version")} for shard, m in ws.each_marker(ARRAY)})
     summary, results, table, plan = ingest_family(
         ws,
         stage=STAGE,

@@ -23,12 +23,12 @@ not use mangaka; it is rewritten from the markers after every run.
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import logging
 import os
 import posixpath
-from collections.abc import Iterable, Iterator, Sequence
+from array import array
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
 
@@ -227,6 +227,124 @@ class Journal:
         return max((b.end for b in self.each()), default=0)
 
 
+class Live(MutableMapping[str, dict[str, Any]]):
+    """The live items of a table by id, held as columns (about 180 bytes an item, where a
+    marker entry's dict is about 700): what the item table keeps of each is its slot,
+    source and content hash (and, in derived families, its parent). A source is held as its
+    folder (one string for all the files of a folder) and the UTF-8 bytes of the rest.
+    Reading an item makes its dict (``id``, ``slot``, ``source``, ``sha256``, ``parent``
+    when set) anew; ids keep the order they were set in, as a dict's keys do.
+    """
+
+    __slots__ = (
+        *("_row", "_ids", "_slot", "_sha"),
+        *("_heads", "_head_of", "_src_head", "_src", "_src_end"),
+        *("_parent", "_odd", "_dead"),
+    )
+
+    def __init__(self) -> None:
+        self._row: dict[str, int] = {}
+        self._ids: list[str | None] = []
+        self._slot = array("q")
+        self._sha = bytearray()
+        self._heads: list[str] = []  # source folders (up to the last "/")
+        self._head_of: dict[str, int] = {}
+        self._src_head = array("I")
+        self._src = bytearray()  # the rest of each source, UTF-8, one after the other
+        self._src_end = array("q")
+        self._parent: dict[int, str] = {}
+        self._odd: dict[int, str] = {}  # rows whose sha256 is not 64 hex digits: as given
+        self._dead = 0
+
+    def __len__(self) -> int:
+        return len(self._row)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._row)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._row
+
+    def __getitem__(self, item: str) -> dict[str, Any]:
+        return self._entry(item, self._row[item])
+
+    def _entry(self, item: str, r: int) -> dict[str, Any]:
+        sha = self._odd.get(r)
+        e = {
+            "id": item,
+            "slot": self._slot[r],
+            "source": self._source_at(r),
+            "sha256": self._sha[32 * r : 32 * r + 32].hex() if sha is None else sha,
+        }
+        if r in self._parent:
+            e["parent"] = self._parent[r]
+        return e
+
+    def __setitem__(self, item: str, e: dict[str, Any]) -> None:
+        if item in self._row:
+            del self[item]
+        r = len(self._ids)
+        sha = e["sha256"]
+        try:
+            raw = bytes.fromhex(sha) if isinstance(sha, str) and len(sha) == 64 else b""
+        except ValueError:
+            raw = b""
+        if len(raw) != 32 or raw.hex() != sha:  # upper case or odd: kept as given
+            self._odd[r] = sha
+            raw = bytes(32)
+        self._sha += raw
+        self._slot.append(int(e["slot"]))
+        source = str(e["source"])
+        cut = source.rfind("/") + 1
+        head = source[:cut]
+        h = self._head_of.get(head)
+        if h is None:
+            h = self._head_of[head] = len(self._heads)
+            self._heads.append(head)
+        self._src_head.append(h)
+        self._src += source[cut:].encode("utf-8", "surrogatepass")
+        self._src_end.append(len(self._src))
+        if e.get("parent") is not None:
+            self._parent[r] = e["parent"]
+        self._ids.append(item)
+        self._row[item] = r
+
+    def __delitem__(self, item: str) -> None:
+        r = self._row.pop(item)
+        self._ids[r] = None
+        self._parent.pop(r, None)
+        self._odd.pop(r, None)
+        self._dead += 1
+
+    def _source_at(self, r: int) -> str:
+        start = self._src_end[r - 1] if r else 0
+        return self._heads[self._src_head[r]] + self._src[start : self._src_end[r]].decode("utf-8", "surrogatepass")
+
+    def source_of(self, item: str) -> str | None:
+        r = self._row.get(item)
+        return None if r is None else self._source_at(r)
+
+    def slots(self) -> Iterator[int]:
+        """The slot of each live item, in :meth:`__iter__` order."""
+        return (self._slot[r] for r in self._row.values())
+
+    def items(self) -> Iterator[tuple[str, dict[str, Any]]]:  # type: ignore[override]
+        return ((i, self._entry(i, r)) for i, r in self._row.items())
+
+    def values(self) -> Iterator[dict[str, Any]]:  # type: ignore[override]
+        return (self._entry(i, r) for i, r in self._row.items())
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        return len(self) == len(other) and all(k in other and other[k] == v for k, v in self.items())
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Live({len(self)} items)"
+
+
 @dataclass
 class ItemTable:
     """Live items of a family, by id and by slot, and what was set aside.
@@ -237,7 +355,7 @@ class ItemTable:
 
     family: str
     length: int
-    by_id: dict[str, dict[str, Any]] = field(default_factory=dict)
+    by_id: Live = field(default_factory=Live)
     duplicates: list[dict[str, Any]] = field(default_factory=list)
     replaced: list[dict[str, Any]] = field(default_factory=list)
     quarantined: list[dict[str, Any]] = field(default_factory=list)
@@ -250,28 +368,31 @@ class ItemTable:
     # taken before they were read), when :func:`item_table` read them itself; see
     # :func:`item_counts`.
     basis: str | None = None
-    _order: tuple[list[int], list[tuple[int, str]]] | None = field(default=None, repr=False, compare=False)
+    _order: tuple[np.ndarray, list[str]] | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.by_id)
 
     @property
     def by_slot(self) -> dict[int, str]:
-        return {e["slot"]: i for i, e in self.by_id.items()}
+        return dict(zip(self.by_id.slots(), self.by_id, strict=True))
 
     def slots_in(self, slots: range) -> list[tuple[int, str]]:
         """(slot, id) of the live items inside ``slots``, in slot order (a binary search in
         the table's slot order, built once: a run asks this for every shard)."""
         if self._order is None or len(self._order[0]) != len(self.by_id):
-            pairs = sorted((e["slot"], i) for i, e in self.by_id.items())
-            self._order = ([p[0] for p in pairs], pairs)
-        keys, pairs = self._order
-        return pairs[bisect.bisect_left(keys, slots.start) : bisect.bisect_left(keys, slots.stop)]
+            keys = np.fromiter(self.by_id.slots(), dtype=np.int64, count=len(self.by_id))
+            order = np.argsort(keys, kind="stable")
+            ids = list(self.by_id)
+            self._order = (keys[order], [ids[i] for i in order.tolist()])
+        keys, ids = self._order
+        a, b = np.searchsorted(keys, [slots.start, slots.stop]).tolist()
+        return list(zip(keys[a:b].tolist(), ids[a:b], strict=True))
 
     def ids_array(self) -> np.ndarray:
         ids = np.full(self.length, "", dtype=object)
-        for i, e in self.by_id.items():
-            ids[e["slot"]] = i
+        for slot, i in zip(self.by_id.slots(), self.by_id, strict=True):
+            ids[slot] = i
         return ids
 
 
@@ -282,31 +403,60 @@ def item_table(
     array: str | None = None,
     markers: dict[int, dict[str, Any]] | None = None,
     batches: list[Batch] | None = None,
+    stamps: dict[str, str] | None = None,
 ) -> ItemTable:
     """Build the item table of ``family`` from the markers of its ingestion array (and its
     journal); a caller that has just read them passes them in (a corpus of 302,652 items
-    has 1,183 marker files to read)."""
+    has 1,183 marker files to read). Otherwise the markers (listed as ``stamps``, when the
+    caller has listed them) are read a piece of the marker index at a time
+    (:meth:`Workspace.each_marker`) and only what the table keeps of each entry is held."""
     if family in DERIVED:
         return derived_table(ws, family)
     array = array or f"{family}/images"
     basis = None
-    if markers is None and batches is None:
-        stamps = ws.marker_stamps(array)
-        basis = items_basis(ws, family, stamps)
-        markers = ws.markers(array, stamps)
-    markers = ws.markers(array) if markers is None else markers
-    table = derive_items(family, (e for m in markers.values() for e in m.get("entries", [])))
+    versions: dict[int, Any] = {}
+    if markers is None:
+        if stamps is None:  # listed here: the basis is listed with them (a caller that listed them sets it)
+            stamps = ws.marker_stamps(array)
+            if batches is None:
+                basis = items_basis(ws, family, stamps)
+        each: Iterable[tuple[int, dict[str, Any]]] = ws.each_marker(array, stamps)
+    else:
+        each = sorted(markers.items())
+
+    def entries() -> Iterator[dict[str, Any]]:
+        for shard, m in each:
+            versions[shard] = m.get("version")
+            yield from sorted(m.get("entries", []), key=_slot_of)  # shards come in slot order
+
+    table = _derive(family, entries())
     table.basis = basis
-    table.done = frozenset(markers)
+    table.done = frozenset(versions)
     table.length = table.pending = 0
     for b in Journal(ws, family).each() if batches is None else batches:  # a few pieces at a time
         table.length = max(table.length, b.end)
         table.pending += sum(
             len(sources)
             for shard, sources in zip(b.shard_indices(), b.shards, strict=True)
-            if markers.get(shard, {}).get("version") != b.version
+            if shard not in versions or versions[shard] != b.version
         )
     return table
+
+
+def _slot_of(e: dict[str, Any]) -> int:
+    return int(e["slot"])
+
+
+def _hash_key(sha: Any) -> Any:
+    """A content hash as a dict key: its 32 bytes (65 in memory, the hex string 113)."""
+    if isinstance(sha, str) and len(sha) == 64:
+        try:
+            raw = bytes.fromhex(sha)
+        except ValueError:
+            return sha
+        if raw.hex() == sha:
+            return raw
+    return sha
 
 
 def derive_items(family: str, entries: Iterable[dict[str, Any]]) -> ItemTable:
@@ -323,23 +473,28 @@ def derive_items(family: str, entries: Iterable[dict[str, Any]]) -> ItemTable:
     - A duplicate whose own file changes stops waiting: its old picture is no longer
       anyone's current content.
     """
+    return _derive(family, sorted(entries, key=_slot_of))
+
+
+def _derive(family: str, entries: Iterable[dict[str, Any]]) -> ItemTable:
+    """:func:`derive_items` of ``entries`` that come in slot order."""
     table = ItemTable(family, 0)
-    by_hash: dict[str, str] = {}  # content hash -> live id
+    by_hash: dict[Any, str] = {}  # content hash (_hash_key) -> live id
     waiting: dict[str, dict[str, Any]] = {}  # id -> its current content, a duplicate of a live item
-    waiting_by_hash: dict[str, list[str]] = {}  # hash -> ids waiting on it (slot order)
+    waiting_by_hash: dict[Any, list[str]] = {}  # hash -> ids waiting on it (slot order)
 
     def unwait(item: str) -> None:
         w = waiting.pop(item, None)
         if w is not None:
-            waiting_by_hash[w["sha256"]].remove(item)
+            waiting_by_hash[_hash_key(w["sha256"])].remove(item)
 
     def wait(e: dict[str, Any], holder: str) -> None:
         waiting[e["id"]] = {**e, "duplicate_of": holder}
-        waiting_by_hash.setdefault(e["sha256"], []).append(e["id"])
+        waiting_by_hash.setdefault(_hash_key(e["sha256"]), []).append(e["id"])
 
     def release(old: dict[str, Any]) -> None:
         """``old`` is no longer its id's content: hand its picture to the first waiting duplicate."""
-        sha = old["sha256"]
+        sha = _hash_key(old["sha256"])
         by_hash.pop(sha, None)
         heirs = waiting_by_hash.get(sha) or []
         if heirs:
@@ -351,7 +506,7 @@ def derive_items(family: str, entries: Iterable[dict[str, Any]]) -> ItemTable:
             for other in waiting_by_hash.get(sha, []):
                 waiting[other]["duplicate_of"] = heir
 
-    for e in sorted(entries, key=lambda e: e["slot"]):
+    for e in entries:
         status = e.get("status")
         if status == "missing":
             table.missing.append(e)
@@ -368,7 +523,8 @@ def derive_items(family: str, entries: Iterable[dict[str, Any]]) -> ItemTable:
             table.duplicates.append({**e, "duplicate_of": item, "clash": True})
             continue
         unwait(item)  # whatever this id held before as a duplicate is superseded
-        holder = by_hash.get(e["sha256"])
+        key = _hash_key(e["sha256"])
+        holder = by_hash.get(key)
         if holder == item:  # the same picture again under its own id (a touched file)
             table.duplicates.append({**e, "duplicate_of": holder})
             continue
@@ -376,12 +532,12 @@ def derive_items(family: str, entries: Iterable[dict[str, Any]]) -> ItemTable:
             del table.by_id[item]
             table.replaced.append(old)
             release(old)
-            holder = by_hash.get(e["sha256"])
+            holder = by_hash.get(key)
         if holder is not None:
             wait(e, holder)
             continue
         table.by_id[item] = e
-        by_hash[e["sha256"]] = item
+        by_hash[key] = item
     table.duplicates.extend(sorted(waiting.values(), key=lambda d: d["slot"]))
     table.duplicates.sort(key=lambda d: d["slot"])
     return table
@@ -422,8 +578,8 @@ class ItemCounts:
     def of(cls, ws: Workspace, table: ItemTable) -> ItemCounts:
         s = ws.shard_size
         slots: dict[int, list[int]] = {}
-        for e in table.by_id.values():
-            slots.setdefault(e["slot"] // s, []).append(e["slot"])
+        for slot in table.by_id.slots():
+            slots.setdefault(slot // s, []).append(slot)
         live = {k: len(v) for k, v in slots.items()}
         gone: dict[int, set[str]] = {}
         for e in table.missing:
@@ -606,8 +762,9 @@ def write_item_index(ws: Workspace, table: ItemTable) -> None:
             arr = ws.group().create_array(
                 key, shape=(len(values),), chunks=(65536,), dtype=str, fill_value="", dimension_names=("item",)
             )
-        if len(values):
-            arr[:] = values.astype(str)
+        step = arr.chunks[0]
+        for a in range(0, len(values), step):  # a chunk at a time: 302,652 ids are not all encoded at once
+            arr[a : a + step] = values[a : a + step].astype(str)
     # xarray opens a family as one Dataset only when every array agrees on the item axis.
     for name in ws.list_arrays():
         if name.startswith(f"{table.family}/") and name.rsplit("/", 1)[1] not in columns:

@@ -7,7 +7,7 @@ A workspace is a local directory or an ``s3://bucket/prefix``. Its layout::
     annotated/...  augmented/...   generated/...
     _meta/workspace.json           shard size, class list, format version
     _meta/markers/<array>/<shard>.json     completion markers
-    _meta/marker-index/<array>.json        a cache of them (see Workspace.markers)
+    _meta/marker-index/<array>/<piece>.json  a cache of them (see Workspace.each_marker)
     _meta/batches/<family>/<n>.json        ingestion journal (see storage.items)
     _meta/quarantine/<stage>/<key>.json    append-only quarantine log
     _meta/runs/<run>.json  _meta/leases/<flow>/<generation>.json   run records, leases (storage.lease)
@@ -30,6 +30,7 @@ This module must never import Prefect, Dask or torch.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -37,12 +38,13 @@ import logging
 import math
 import re
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from storage.bulk import bulk_build
+from storage.bulk import bulk, bulk_build
 from storage.codecs import ImageCodecs
 from storage.location import Location, json_text, safe_key
 
@@ -69,8 +71,12 @@ def shared_words(obj: dict[str, Any]) -> dict[str, Any]:
 
 FORMAT_VERSION = 1
 DEFAULT_SHARD_SIZE = 256
-# The marker index of an array is rewritten once this many markers were read anew (see Workspace.markers).
+# A piece of an array's marker index is rewritten once this many of its markers were read
+# anew; a piece covers INDEX_PIECE shards, and INDEX_AT_ONCE pieces are read together (see
+# Workspace.each_marker).
 REINDEX_AFTER = 8
+INDEX_PIECE = 64
+INDEX_AT_ONCE = 2
 DEFAULT_CLASSES = ("background", "skin", "face", "eye", "mouth", "hair", "clothes")
 IGNORE_INDEX = 255
 
@@ -521,37 +527,65 @@ class Workspace(ImageCodecs):
 
     @bulk_build
     def markers(self, array: str, stamps: dict[str, str] | None = None) -> dict[int, dict[str, Any]]:
-        """All markers of ``array`` by shard index.
+        """All markers of ``array`` by shard index (see :meth:`each_marker`)."""
+        return dict(self.each_marker(array, stamps))
 
-        The marker files are the truth; ``_meta/marker-index/<array>.json`` is a cache of
-        them: each marker's body with the stamp its file had when it was read (ETag on S3;
-        size, mtime and inode locally, see ``Location.list_stamps``). One listing of the
-        markers says which files changed since; only those are read, so a run with nothing
-        to do reads one index, not a file per shard (1,183 GETs on S3 for 302,652 items).
-        The index is rewritten when at least ``REINDEX_AFTER`` markers were read anew. It
-        is never trusted past the listing: a marker written, replaced or removed after the
-        index was written is read (or dropped) as if there were no index. A caller that has
-        just listed them (:meth:`marker_stamps`) passes the listing in.
+    def each_marker(self, array: str, stamps: dict[str, str] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+        """The markers of ``array`` as (shard, body), in shard order, a piece of the marker
+        index at a time: a caller that keeps what it needs of each (the item table of
+        302,652 items) never holds all 1,183 bodies at once.
+
+        The marker files are the truth; ``_meta/marker-index/<array>/<piece>.json`` is a
+        cache of them, one file per ``INDEX_PIECE`` shards: each marker's body with the stamp
+        its file had when it was read (ETag on S3; size, mtime and inode locally, see
+        ``Location.list_stamps``). One listing of the markers says which files changed
+        since; only those are read, so a run with nothing to do reads a few index files, not
+        a file per shard (1,183 GETs on S3 for 302,652 items). A piece is rewritten when at
+        least ``REINDEX_AFTER`` of its markers were read anew or are gone. It is never
+        trusted past the listing: a marker written, replaced or removed after the index was
+        written is read (or dropped) as if there were no index. A caller that has just
+        listed them (:meth:`marker_stamps`) passes the listing in.
         """
         if stamps is None:
             stamps = self.marker_stamps(array)
-        index_key = f"_meta/marker-index/{_key_of(array)}.json"
-        index = self.loc.read_json_or_none(index_key, shared_words) if stamps else None
-        known: dict[str, str] = {}
-        cached: dict[str, Any] = {}
-        if isinstance(index, dict) and isinstance(index.get("stamps"), dict) and isinstance(index.get("markers"), dict):
-            known, cached = index["stamps"], index["markers"]
-        fresh = sorted(k for k, st in stamps.items() if known.get(k) != st or k not in cached)
-        got = self.loc.read_json_many(fresh, shared_words)
-        bodies = {k: cached[k] for k in stamps if k not in got and k not in fresh}
-        bodies.update(got)
-        if len(fresh) >= REINDEX_AFTER or (index is not None and len(known) - len(bodies) >= REINDEX_AFTER):
-            body = {"stamps": {k: stamps[k] for k in bodies}, "markers": bodies}
-            try:
-                self.loc.write_json(index_key, body)
-            except Exception as exc:  # a cache: a run that cannot write it reads the markers next time
-                log.debug("marker index of %s not written: %s", array, exc)
-        return {int(k.rsplit("/", 1)[1][:-5]): v for k, v in sorted(bodies.items())}
+        pieces: dict[int, list[tuple[int, str]]] = {}
+        for k in stamps:
+            name = k.rsplit("/", 1)[1][:-5]
+            if name.isdigit():
+                pieces.setdefault(int(name) // INDEX_PIECE, []).append((int(name), k))
+        folder = f"_meta/marker-index/{_key_of(array)}"
+        order = sorted(pieces)
+        rewrote = False
+        for w in range(0, len(order), INDEX_AT_ONCE):
+            window = order[w : w + INDEX_AT_ONCE]
+            with bulk():
+                indexes = self.loc.read_json_many([f"{folder}/{p:06d}.json" for p in window], shared_words)
+            for p in window:
+                key = f"{folder}/{p:06d}.json"
+                members = sorted(pieces[p])
+                index = indexes.pop(key, None)
+                known: dict[str, str] = {}
+                cached: dict[str, Any] = {}
+                if isinstance(index, dict) and all(isinstance(index.get(f), dict) for f in ("stamps", "markers")):
+                    known, cached = index["stamps"], index["markers"]
+                fresh = [k for _, k in members if known.get(k) != stamps[k] or k not in cached]
+                with bulk():
+                    got = self.loc.read_json_many(fresh, shared_words)
+                bodies = {k: got[k] if k in got else cached[k] for _, k in members if k in got or k not in fresh}
+                if len(fresh) >= REINDEX_AFTER or (index is not None and len(known) - len(bodies) >= REINDEX_AFTER):
+                    try:
+                        self.loc.write_json(key, {"stamps": {k: stamps[k] for k in bodies}, "markers": bodies})
+                        rewrote = True
+                    except Exception as exc:  # a cache: a run that cannot write it reads the markers next time
+                        log.debug("marker index of %s not written: %s", array, exc)
+                del index, known, cached, got
+                for shard, k in members:
+                    if k in bodies:
+                        yield shard, bodies[k]
+                del bodies
+        if rewrote:  # the index of older versions, one file for the whole array
+            with contextlib.suppress(Exception):
+                self.loc.delete(f"{folder}.json")
 
     def clear_markers(self, array: str, shards: list[int]) -> None:
         for shard in shards:

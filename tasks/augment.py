@@ -19,6 +19,7 @@ import hashlib
 import logging
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -150,7 +151,7 @@ class AugmentShardSpec(ShardTask):
 
 
 def shards_of_parents(
-    parents: dict[str, dict[str, Any]], multiplier: int, shard_size: int
+    parents: Mapping[str, dict[str, Any]], multiplier: int, shard_size: int
 ) -> dict[int, list[tuple[int, str, str]]]:
     """Every augmented shard that holds a variant of a live parent, with those parents.
 

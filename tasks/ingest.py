@@ -29,6 +29,7 @@ from storage.items import (
     ItemCounts,
     ItemTable,
     Journal,
+    Live,
     cached_counts,
     item_table,
     items_basis,
@@ -144,7 +145,7 @@ def plan_ingest(
     def derive() -> ItemTable:
         nonlocal table
         if table is None:
-            table = item_table(ws, family, array, ws.markers(array, stamps))
+            table = item_table(ws, family, array, stamps=stamps)
             table.basis = basis
         return table
 
@@ -170,15 +171,13 @@ def plan_ingest(
             known.add([s for s in sources if s.get("fingerprint") not in gone] if gone else sources)
         if is_open:
             open_batches.append(b)
-    id_source: dict[str, str] | None = None
+    id_source: _Ids | None = None
 
-    def ids() -> dict[str, str]:
+    def ids() -> _Ids:
         """Each id planned or stored, with its source (built when a file is new)."""
         nonlocal id_source
         if id_source is None:
-            id_source = {}
-            if family not in REPLACE_BY_ID:
-                id_source = {i: e["source"] for i, e in derive().by_id.items()}
+            id_source = _Ids(derive().by_id if family not in REPLACE_BY_ID else None)
             for b in open_batches:
                 for planned in b.shards:
                     # a record that names no file (by hand, or an older tool) plans no id
@@ -208,6 +207,26 @@ def plan_ingest(
     if family in REPLACE_BY_ID:
         table = None  # not what the run ends with: a new file may replace an item
     return IngestPlan(open_batches, new, n_known, resuming, refused, listing.skipped_names, table, counts)
+
+
+class _Ids:
+    """Item ids with their sources: the stored ones (the item table's, not copied) and those
+    planned since (by an unfinished batch or by this run)."""
+
+    def __init__(self, stored: Live | None) -> None:
+        self.stored = stored
+        self.planned: dict[str, str] = {}
+
+    def get(self, item: str) -> str | None:
+        if item in self.planned:
+            return self.planned[item]
+        return self.stored.source_of(item) if self.stored is not None else None
+
+    def update(self, more: dict[str, str]) -> None:
+        self.planned.update(more)
+
+    def __setitem__(self, item: str, source: str) -> None:
+        self.planned[item] = source
 
 
 class _Planned:

@@ -55,5 +55,5 @@ def test_a_render_leaves_the_marker_index_current(cluster: str, tmp_path: Path) 
     write_synth_shard(str(tmp_path / "c"), seed=22, size=32, start=0, stop=20, annotated=0)
     ingest_images(workspace=ws.url, src=str(tmp_path / "c" / "images"), options=IngestOptions(size=32))
     assert render_lineart(workspace=ws.url, method="canny")["shards"] == 10
-    index = ws.loc.read_bytes("_meta/marker-index/corpus/lineart/canny.json")
+    index = ws.loc.read_bytes("_meta/marker-index/corpus/lineart/canny/000000.json")
     assert json.loads(json_text(index))["stamps"] == ws.marker_stamps("corpus/lineart/canny")

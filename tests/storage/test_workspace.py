@@ -122,14 +122,14 @@ def test_the_marker_index_never_hides_a_change_to_a_marker(store: str, tmp_path:
     for shard in range(20):
         ws.write_marker(array, shard, "v1", entries=[{"slot": shard}])
     assert ws.markers(array) == _truth(ws, array)  # read file by file, then indexed
-    assert ws.loc.exists(f"_meta/marker-index/{array}.json")
+    assert ws.loc.exists(f"_meta/marker-index/{array}/000000.json")
     ws.write_marker(array, 3, "v2")  # replaced
     ws.clear_markers(array, [7])  # removed
     ws.write_marker(array, 25, "v1")  # added
     got = Workspace(url).markers(array)
     assert got == _truth(ws, array)
     assert got[3]["version"] == "v2" and 7 not in got and 25 in got
-    ws.loc.write_bytes(f"_meta/marker-index/{array}.json", b"\x1f\x8b not really gzip")  # damaged: ignored
+    ws.loc.write_bytes(f"_meta/marker-index/{array}/000000.json", b"\x1f\x8b not really gzip")  # damaged: ignored
     assert Workspace(url).markers(array) == _truth(ws, array)
     for shard in range(8, 20):  # many changes at once: the index is rewritten, still the truth
         ws.write_marker(array, shard, "v3")
