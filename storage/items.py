@@ -161,7 +161,7 @@ class Journal:
         """The readable batches, by number; an unreadable one is skipped with a warning."""
         return sorted(self.each(), key=lambda b: b.number)
 
-    def each(self, at_once: int = 4) -> Iterator[Batch]:
+    def each(self, at_once: int = 2) -> Iterator[Batch]:
         """The readable batches, by number, read ``at_once`` files at a time: a caller that
         lets each go holds a few pieces of the journal, not all of it (a corpus of 302,652
         files has 37 pieces). An unreadable one is skipped with a warning."""

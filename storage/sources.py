@@ -266,6 +266,56 @@ def listing_digest(source: str, size: int, mtime: float) -> bytes:
     return hashlib.sha1(source.encode() + _SIZE_TIME.pack(size, mtime)).digest()
 
 
+class Texts:
+    """Strings held as one UTF-8 buffer and their end offsets (about 19 bytes a file path of
+    11 characters, against about 68 as a list of str); each is decoded when asked for.
+    Lone surrogates (undecodable file names, as ``os`` gives them) pass through."""
+
+    __slots__ = ("_buf", "_end")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._end = array("q")
+
+    def append(self, text: str) -> None:
+        self._buf += text.encode("utf-8", "surrogatepass")
+        self._end.append(len(self._buf))
+
+    def raw(self, i: int) -> bytes:
+        return bytes(self._buf[self._end[i - 1] if i else 0 : self._end[i]])
+
+    def __getitem__(self, i: int) -> str:
+        return self.raw(i).decode("utf-8", "surrogatepass")
+
+    def __len__(self) -> int:
+        return len(self._end)
+
+    def __iter__(self) -> Iterator[str]:
+        return (self[i] for i in range(len(self)))
+
+    def encoded(self) -> Iterator[bytes]:
+        """Each string's UTF-8 bytes, in order."""
+        return (self.raw(i) for i in range(len(self)))
+
+    def truncate(self, n: int) -> None:
+        if n < len(self._end):
+            del self._buf[self._end[n - 1] if n else 0 :]
+            del self._end[n:]
+
+    def order_from(self, start: int) -> list[int]:
+        """The positions from ``start`` on, sorted by their strings (UTF-8 bytes sort as
+        their code points do)."""
+        return sorted(range(start, len(self)), key=self.raw)
+
+    def reorder_from(self, start: int, order: list[int]) -> None:
+        """Put the strings at ``order`` (every position from ``start`` on) there, in that order."""
+        tail = [self.raw(i) for i in order]
+        self.truncate(start)
+        for b in tail:
+            self._buf += b
+            self._end.append(len(self._buf))
+
+
 class RefList(Sequence[SourceRef]):
     """The refs of a listing, held as columns: each file's path inside the corpus root, its
     size and its time, and a small table of what the files share (kind and the prefixes of
@@ -277,7 +327,7 @@ class RefList(Sequence[SourceRef]):
     __slots__ = ("_rel", "_size", "_mtime", "_offset", "_group", "_groups", "_group_of", "_whole")
 
     def __init__(self, refs: Iterable[SourceRef] = ()) -> None:
-        self._rel: list[str] = []
+        self._rel = Texts()
         self._size = array("q")
         self._mtime = array("d")
         self._offset = array("q")
@@ -320,7 +370,8 @@ class RefList(Sequence[SourceRef]):
 
     def truncate(self, n: int) -> None:
         """Drop the refs from ``n`` on."""
-        for col in (self._rel, self._size, self._mtime, self._offset, self._group):
+        self._rel.truncate(n)
+        for col in (self._size, self._mtime, self._offset, self._group):
             del col[n:]
         self._whole = {k: v for k, v in self._whole.items() if k < n}
 
@@ -329,11 +380,10 @@ class RefList(Sequence[SourceRef]):
         n = len(self._rel)
         if n - start < 2:
             return
-        rel = self._rel
-        order = sorted(range(start, n), key=rel.__getitem__)
+        order = self._rel.order_from(start)
         if all(i == start + j for j, i in enumerate(order)):
             return
-        rel[start:] = [rel[i] for i in order]
+        self._rel.reorder_from(start, order)
         cols: tuple[array[Any], ...] = (self._size, self._mtime, self._offset, self._group)
         for col in cols:
             col[start:] = array(col.typecode, [col[i] for i in order])
@@ -383,11 +433,12 @@ class RefList(Sequence[SourceRef]):
         out = bytearray()  # grown a digest at a time: no object per file is kept
         if len(heads) == 1 and not whole:
             head = heads[0]
-            for r, n, t in zip(self._rel, self._size, self._mtime, strict=True):
-                out += sha1(head + r.encode() + pack(n, t)).digest()
+            for r, n, t in zip(self._rel.encoded(), self._size, self._mtime, strict=True):
+                out += sha1(head + r + pack(n, t)).digest()
         else:
-            for i, (r, n, t, g) in enumerate(zip(self._rel, self._size, self._mtime, self._group, strict=True)):
-                out += whole[i].listing_digest if i in whole else sha1(heads[g] + r.encode() + pack(n, t)).digest()
+            rels = self._rel.encoded()
+            for i, (r, n, t, g) in enumerate(zip(rels, self._size, self._mtime, self._group, strict=True)):
+                out += whole[i].listing_digest if i in whole else sha1(heads[g] + r + pack(n, t)).digest()
         return np.frombuffer(out, dtype="S20")
 
 

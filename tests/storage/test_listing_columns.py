@@ -142,3 +142,21 @@ def test_planning_compares_digests_the_way_it_compared_records(tmp_path: Path) -
     plan = plan_ingest(ws, list_sources(str(src)))
     assert plan.resuming == 5 and [r.relpath for r in plan.new] == ["im002.jpg"]
     assert np.array_equal(listing_digests(refs), listing_digests(list_sources(str(src)).refs))
+
+
+def test_texts_keep_paths_as_one_buffer_and_sort_them_as_strings() -> None:
+    from storage.sources import Texts
+
+    names = ["b/ü.jpg", "a/ひ.png", "a/z.png", "a/é.png", "c.jpg", "a/e.png"]
+    t = Texts()
+    for n in names:
+        t.append(n)
+    assert list(t) == names and len(t) == 6 and t[1] == "a/ひ.png"
+    order = t.order_from(1)
+    assert [t[i] for i in order] == sorted(names[1:])  # UTF-8 bytes sort as code points
+    t.reorder_from(1, order)
+    assert list(t) == [names[0], *sorted(names[1:])]
+    t.truncate(2)
+    assert list(t) == [names[0], sorted(names[1:])[0]]
+    t.append("d.png")
+    assert t[2] == "d.png" and list(t.encoded())[2] == b"d.png"
