@@ -72,10 +72,12 @@ def shared_words(obj: dict[str, Any]) -> dict[str, Any]:
 FORMAT_VERSION = 1
 DEFAULT_SHARD_SIZE = 256
 # A piece of an array's marker index is rewritten once this many of its markers were read
-# anew; a piece covers INDEX_PIECE shards, and INDEX_AT_ONCE pieces are read together (see
-# Workspace.each_marker).
+# anew; a piece covers INDEX_PIECE shards of an array whose markers list their items
+# (``<family>/images``: 16,384 items at 256 a shard), INDEX_PIECE_SMALL of any other, and
+# INDEX_AT_ONCE pieces are read together (see Workspace.each_marker).
 REINDEX_AFTER = 8
 INDEX_PIECE = 64
+INDEX_PIECE_SMALL = 4096
 INDEX_AT_ONCE = 2
 DEFAULT_CLASSES = ("background", "skin", "face", "eye", "mouth", "hair", "clothes")
 IGNORE_INDEX = 255
@@ -183,6 +185,13 @@ def check_key(key: str, what: str = "array name") -> str:
                 "(no empty parts, '.' or '..')"
             ) from None
     return key
+
+
+def index_piece(array: str) -> int:
+    """Shards a piece of ``array``'s marker index covers: markers of ``<family>/images``
+    list every item of their shard (a few hundred bytes each, parsed), others hold a few
+    fields."""
+    return INDEX_PIECE if array.rsplit("/", 1)[-1] == "images" else INDEX_PIECE_SMALL
 
 
 def _key_of(array: str) -> str:
@@ -536,7 +545,8 @@ class Workspace(ImageCodecs):
         302,652 items) never holds all 1,183 bodies at once.
 
         The marker files are the truth; ``_meta/marker-index/<array>/<piece>.json`` is a
-        cache of them, one file per ``INDEX_PIECE`` shards: each marker's body with the stamp
+        cache of them, one file per ``INDEX_PIECE`` shards (``INDEX_PIECE_SMALL`` for arrays
+        whose markers do not list their items, see :func:`index_piece`): each marker's body with the stamp
         its file had when it was read (ETag on S3; size, mtime and inode locally, see
         ``Location.list_stamps``). One listing of the markers says which files changed
         since; only those are read, so a run with nothing to do reads a few index files, not
@@ -549,10 +559,11 @@ class Workspace(ImageCodecs):
         if stamps is None:
             stamps = self.marker_stamps(array)
         pieces: dict[int, list[tuple[int, str]]] = {}
+        piece = index_piece(array)
         for k in stamps:
             name = k.rsplit("/", 1)[1][:-5]
             if name.isdigit():
-                pieces.setdefault(int(name) // INDEX_PIECE, []).append((int(name), k))
+                pieces.setdefault(int(name) // piece, []).append((int(name), k))
         folder = f"_meta/marker-index/{_key_of(array)}"
         order = sorted(pieces)
         rewrote = False

@@ -72,8 +72,8 @@ def test_a_streamed_table_equals_the_table_of_all_entries_at_once(tmp_path: Path
 def test_the_markers_are_held_a_few_pieces_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ws = Workspace(str(tmp_path / "ws"))
     for shard in range(INDEX_PIECE * 5):
-        ws.write_marker("corpus/lineart/xdog", shard, "v1")
-    ws.markers("corpus/lineart/xdog")  # indexed
+        ws.write_marker("corpus/images", shard, "v1")
+    ws.markers("corpus/images")  # indexed
     reads: list[list[str]] = []
     real = ws.loc.read_json_many
 
@@ -82,14 +82,20 @@ def test_the_markers_are_held_a_few_pieces_at_a_time(tmp_path: Path, monkeypatch
         return real(keys, hook)  # type: ignore[arg-type]
 
     monkeypatch.setattr(ws.loc, "read_json_many", counted)
-    got = ws.each_marker("corpus/lineart/xdog")
+    got = ws.each_marker("corpus/images")
     first = [next(got) for _ in range(3)]
     assert [s for s, _ in first] == [0, 1, 2]
-    index = "_meta/marker-index/corpus/lineart/xdog"
+    index = "_meta/marker-index/corpus/images"
     assert reads[0] == [f"{index}/{p:06d}.json" for p in range(workspace_mod.INDEX_AT_ONCE)]
     rest = list(got)
     assert [s for s, _ in first + rest] == list(range(INDEX_PIECE * 5))
     assert all(keys == [] or "marker-index" in keys[0] for keys in reads)  # no marker file read again
+    for shard in range(INDEX_PIECE * 5):  # markers that do not list items: one piece for 4,096 shards
+        ws.write_marker("corpus/lineart/xdog", shard, "v1")
+    assert len(ws.markers("corpus/lineart/xdog")) == INDEX_PIECE * 5
+    assert [p.name for p in (tmp_path / "ws" / "_meta" / "marker-index" / "corpus" / "lineart" / "xdog").iterdir()] == [
+        "000000.json"
+    ]
 
 
 def test_the_single_file_index_of_older_versions_is_removed_when_pieces_are_written(tmp_path: Path) -> None:
