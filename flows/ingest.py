@@ -17,7 +17,7 @@ from flows.ops import mangaka_flow, shard_task
 from flows.runtime import cluster_soon
 from flows.shards import run_shards, summarise
 from storage.bulk import Joined
-from storage.items import REPLACE_BY_ID, ItemTable, item_table, write_item_index
+from storage.items import REPLACE_BY_ID, ItemTable, item_index_current, item_table, write_item_index
 from storage.sources import list_sources
 from storage.workspace import Workspace
 from tasks.ingest import (
@@ -160,7 +160,7 @@ def ingest_family(
         summary["items"] = len(table)
     else:  # nothing ran and nothing was set aside: the items are the ones planning knew
         table = plan.table
-        if ws.length(f"{family}/item") != counts.length:  # an earlier run stopped before its index
+        if not item_index_current(ws, family, counts.length):  # an earlier run stopped before its index was whole
             table = table or item_table(ws, family)
             write_item_index(ws, table)
         summary["items"] = len(table) if table is not None else counts.items

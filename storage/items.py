@@ -744,6 +744,11 @@ def write_item_index(ws: Workspace, table: ItemTable) -> None:
     and its counts into ``_meta/item-counts`` (for ``status``).
 
     Derived families also get ``<family>/parent`` (the parent's id by slot).
+
+    Each column says ``"complete": false`` in its attributes while it is written and
+    ``true`` once it and the family's other arrays agree with the table, so a run killed in
+    between leaves a column that the next run knows to write again
+    (:func:`item_index_current`), not one whose missing chunks read as empty ids.
     """
     store_counts(ws, table)
     columns = {"item": table.ids_array()}
@@ -752,20 +757,45 @@ def write_item_index(ws: Workspace, table: ItemTable) -> None:
         for e in table.by_id.values():
             parents[e["slot"]] = e["parent"]
         columns["parent"] = parents
+    written = []
     for name, values in columns.items():
         key = f"{table.family}/{name}"
         if ws.has_array(key):
             arr = ws.array(key, mode="r+")
+            if arr.attrs.get(COMPLETE) is not False:
+                arr.update_attributes({COMPLETE: False})
             if arr.shape[0] != len(values):
                 arr.resize((len(values),))
         else:
             arr = ws.group().create_array(
-                key, shape=(len(values),), chunks=(65536,), dtype=str, fill_value="", dimension_names=("item",)
+                key,
+                shape=(len(values),),
+                chunks=(65536,),
+                dtype=str,
+                fill_value="",
+                dimension_names=("item",),
+                attributes={COMPLETE: False},
             )
         step = arr.chunks[0]
         for a in range(0, len(values), step):  # a chunk at a time: 302,652 ids are not all encoded at once
             arr[a : a + step] = values[a : a + step].astype(str)
+        written.append(arr)
     # xarray opens a family as one Dataset only when every array agrees on the item axis.
     for name in ws.list_arrays():
         if name.startswith(f"{table.family}/") and name.rsplit("/", 1)[1] not in columns:
             ws.grow(name, table.length)
+    for arr in written:
+        arr.update_attributes({COMPLETE: True})
+
+
+COMPLETE = "complete"  # attribute of an index column: written whole (see write_item_index)
+
+
+def item_index_current(ws: Workspace, family: str, length: int) -> bool:
+    """Whether ``<family>/item`` was written whole (see :func:`write_item_index`) for a
+    table of ``length`` slots. A column of an older version, which does not say, is not."""
+    key = f"{family}/item"
+    if not ws.has_array(key):
+        return False
+    arr = ws.array(key)
+    return int(arr.shape[0]) == length and arr.attrs.get(COMPLETE) is True

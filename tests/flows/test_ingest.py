@@ -146,3 +146,22 @@ def test_symlinks_leaving_the_folder_and_undecodable_names_are_refused(cluster: 
     assert (r["stored"], r["quarantined"]) == (1, 2)
     reasons = sorted(e["reason"] for e in Workspace(str(tmp_path / "ws")).quarantine_entries())
     assert "UTF-8" in reasons[0] and "outside" in reasons[1]
+
+
+def test_an_item_index_left_half_written_is_written_again_by_a_no_op_run(
+    cluster: str, corpus: Path, tmp_path: Path
+) -> None:
+    """A run killed after the index's zarr.json but before its chunk: the next run, with
+    nothing to ingest, sees the column is not whole and writes it again."""
+    ws_path = tmp_path / "ws"
+    ingest(ws_path, corpus)
+    ws = Workspace(str(ws_path))
+    ids = ws.array("corpus/item")[:].tolist()
+    assert ws.array("corpus/item").attrs["complete"] is True and any(ids)
+    ws.array("corpus/item", mode="r+").update_attributes({"complete": False})  # as write_item_index leaves it
+    (ws_path / "corpus" / "item" / "c" / "0").unlink()
+    assert not any(Workspace(str(ws_path)).array("corpus/item")[:].tolist())  # the ids read as empty
+    r = ingest(ws_path, corpus)
+    assert r["stored"] == 0
+    again = Workspace(str(ws_path)).array("corpus/item")
+    assert again[:].tolist() == ids and again.attrs["complete"] is True
