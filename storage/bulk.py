@@ -62,7 +62,35 @@ def bulk_build(fn: Callable[P, R]) -> Callable[P, R]:
 T = TypeVar("T")
 
 
-class Lazy(Sequence[T]):
+class Indexed(Sequence[T]):
+    """A sequence that makes its ``i``-th item with :meth:`_item` (``0 <= i < len``): the
+    lazy and columnar sequences here share its indexing (negative indices, bounds, slices
+    as lists)."""
+
+    __slots__ = ()
+
+    def _item(self, i: int) -> T:
+        raise NotImplementedError
+
+    @overload
+    def __getitem__(self, i: int) -> T: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[T]: ...
+    def __getitem__(self, i: int | slice) -> T | list[T]:
+        n = len(self)
+        if isinstance(i, slice):
+            return [self._item(j) for j in range(*i.indices(n))]
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(i)
+        return self._item(i)
+
+    def __iter__(self) -> Iterator[T]:
+        return (self._item(i) for i in range(len(self)))
+
+
+class Lazy(Indexed[T]):
     """``n`` items, each made by ``make(i)`` when it is asked for and not kept: what a run
     hands out one at a time (the shard specs of 302,652 files) is never all held at once."""
 
@@ -74,21 +102,11 @@ class Lazy(Sequence[T]):
     def __len__(self) -> int:
         return self._n
 
-    @overload
-    def __getitem__(self, i: int) -> T: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[T]: ...
-    def __getitem__(self, i: int | slice) -> T | list[T]:
-        if isinstance(i, slice):
-            return [self._make(j) for j in range(*i.indices(self._n))]
-        if i < 0:
-            i += self._n
-        if not 0 <= i < self._n:
-            raise IndexError(i)
+    def _item(self, i: int) -> T:
         return self._make(i)
 
 
-class Joined(Sequence[T]):
+class Joined(Indexed[T]):
     """Several sequences one after the other, without copying them."""
 
     __slots__ = ("_parts", "_starts")
@@ -100,16 +118,6 @@ class Joined(Sequence[T]):
     def __len__(self) -> int:
         return self._starts[-1]
 
-    @overload
-    def __getitem__(self, i: int) -> T: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[T]: ...
-    def __getitem__(self, i: int | slice) -> T | list[T]:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(i)
+    def _item(self, i: int) -> T:
         k = bisect.bisect_right(self._starts, i) - 1
         return self._parts[k][i - self._starts[k]]

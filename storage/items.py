@@ -30,11 +30,11 @@ import posixpath
 from array import array
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import Any
 
 import numpy as np
 
-from storage.bulk import bulk, bulk_build
+from storage.bulk import Indexed, bulk, bulk_build
 from storage.workspace import Workspace, live_digest, now_iso, shared_words
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class Batch:
         }
 
 
-class Pieces(Sequence[list[dict[str, Any]]]):
+class Pieces(Indexed[list[dict[str, Any]]]):
     """The shards of a batch, cut from ``sources[start:stop]`` when asked: a run that
     journalled 302,652 records a piece at a time holds its sources, not the records."""
 
@@ -104,18 +104,7 @@ class Pieces(Sequence[list[dict[str, Any]]]):
     def __len__(self) -> int:
         return -(-(self._stop - self._start) // self._size)
 
-    @overload
-    def __getitem__(self, j: int) -> list[dict[str, Any]]: ...
-    @overload
-    def __getitem__(self, j: slice) -> list[list[dict[str, Any]]]: ...
-    def __getitem__(self, j: int | slice) -> list[dict[str, Any]] | list[list[dict[str, Any]]]:
-        if isinstance(j, slice):
-            return [self[k] for k in range(*j.indices(len(self)))]
-        n = len(self)
-        if j < 0:
-            j += n
-        if not 0 <= j < n:
-            raise IndexError(j)
+    def _item(self, j: int) -> list[dict[str, Any]]:
         a = self._start + j * self._size
         return list(self._sources[a : min(self._stop, a + self._size)])
 
@@ -237,14 +226,13 @@ class Live(MutableMapping[str, dict[str, Any]]):
     """
 
     __slots__ = (
-        *("_row", "_ids", "_slot", "_sha"),
+        *("_row", "_slot", "_sha"),
         *("_heads", "_head_of", "_src_head", "_src", "_src_end"),
-        *("_parent", "_odd", "_dead"),
+        *("_parent", "_odd"),
     )
 
     def __init__(self) -> None:
         self._row: dict[str, int] = {}
-        self._ids: list[str | None] = []
         self._slot = array("q")
         self._sha = bytearray()
         self._heads: list[str] = []  # source folders (up to the last "/")
@@ -254,7 +242,6 @@ class Live(MutableMapping[str, dict[str, Any]]):
         self._src_end = array("q")
         self._parent: dict[int, str] = {}
         self._odd: dict[int, str] = {}  # rows whose sha256 is not 64 hex digits: as given
-        self._dead = 0
 
     def __len__(self) -> int:
         return len(self._row)
@@ -283,7 +270,7 @@ class Live(MutableMapping[str, dict[str, Any]]):
     def __setitem__(self, item: str, e: dict[str, Any]) -> None:
         if item in self._row:
             del self[item]
-        r = len(self._ids)
+        r = len(self._slot)
         sha = e["sha256"]
         try:
             raw = bytes.fromhex(sha) if isinstance(sha, str) and len(sha) == 64 else b""
@@ -306,15 +293,12 @@ class Live(MutableMapping[str, dict[str, Any]]):
         self._src_end.append(len(self._src))
         if e.get("parent") is not None:
             self._parent[r] = e["parent"]
-        self._ids.append(item)
         self._row[item] = r
 
     def __delitem__(self, item: str) -> None:
         r = self._row.pop(item)
-        self._ids[r] = None
         self._parent.pop(r, None)
         self._odd.pop(r, None)
-        self._dead += 1
 
     def _source_at(self, r: int) -> str:
         start = self._src_end[r - 1] if r else 0
@@ -397,35 +381,22 @@ class ItemTable:
 
 
 @bulk_build
-def item_table(
-    ws: Workspace,
-    family: str,
-    array: str | None = None,
-    markers: dict[int, dict[str, Any]] | None = None,
-    batches: list[Batch] | None = None,
-    stamps: dict[str, str] | None = None,
-) -> ItemTable:
+def item_table(ws: Workspace, family: str, array: str | None = None, stamps: dict[str, str] | None = None) -> ItemTable:
     """Build the item table of ``family`` from the markers of its ingestion array (and its
-    journal); a caller that has just read them passes them in (a corpus of 302,652 items
-    has 1,183 marker files to read). Otherwise the markers (listed as ``stamps``, when the
-    caller has listed them) are read a piece of the marker index at a time
+    journal). The markers (listed as ``stamps``, when the caller has listed them; it then
+    sets the table's basis) are read a piece of the marker index at a time
     (:meth:`Workspace.each_marker`) and only what the table keeps of each entry is held."""
     if family in DERIVED:
         return derived_table(ws, family)
     array = array or f"{family}/images"
     basis = None
+    if stamps is None:
+        stamps = ws.marker_stamps(array)
+        basis = items_basis(ws, family, stamps)  # listed with the markers
     versions: dict[int, Any] = {}
-    if markers is None:
-        if stamps is None:  # listed here: the basis is listed with them (a caller that listed them sets it)
-            stamps = ws.marker_stamps(array)
-            if batches is None:
-                basis = items_basis(ws, family, stamps)
-        each: Iterable[tuple[int, dict[str, Any]]] = ws.each_marker(array, stamps)
-    else:
-        each = sorted(markers.items())
 
     def entries() -> Iterator[dict[str, Any]]:
-        for shard, m in each:
+        for shard, m in ws.each_marker(array, stamps):
             versions[shard] = m.get("version")
             yield from sorted(m.get("entries", []), key=_slot_of)  # shards come in slot order
 
@@ -433,7 +404,7 @@ def item_table(
     table.basis = basis
     table.done = frozenset(versions)
     table.length = table.pending = 0
-    for b in Journal(ws, family).each() if batches is None else batches:  # a few pieces at a time
+    for b in Journal(ws, family).each():  # a few pieces at a time
         table.length = max(table.length, b.end)
         table.pending += sum(
             len(sources)

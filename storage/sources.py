@@ -23,11 +23,11 @@ import tarfile
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import IO, Any, overload
+from typing import IO, Any
 
 import numpy as np
 
-from storage.bulk import bulk_build
+from storage.bulk import Indexed, bulk_build
 from storage.location import child_url, exists_dir, filesystem, is_remote
 from storage.workspace import WorkspaceError
 
@@ -316,7 +316,7 @@ class Texts:
             self._end.append(len(self._buf))
 
 
-class RefList(Sequence[SourceRef]):
+class RefList(Indexed[SourceRef]):
     """The refs of a listing, held as columns: each file's path inside the corpus root, its
     size and its time, and a small table of what the files share (kind and the prefixes of
     source and path). A listing of 302,652 files holds about 45 bytes a file this way
@@ -397,7 +397,7 @@ class RefList(Sequence[SourceRef]):
     def __len__(self) -> int:
         return len(self._rel)
 
-    def _ref(self, i: int) -> SourceRef:
+    def _item(self, i: int) -> SourceRef:
         whole = self._whole.get(i) if self._whole else None
         if whole is not None:
             return whole
@@ -408,23 +408,6 @@ class RefList(Sequence[SourceRef]):
             path = source if path_prefix == source_prefix else path_prefix + rel
         assert path is not None
         return SourceRef(source, kind, path, rel, self._size[i], self._mtime[i], self._offset[i])
-
-    @overload
-    def __getitem__(self, i: int) -> SourceRef: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[SourceRef]: ...
-    def __getitem__(self, i: int | slice) -> SourceRef | list[SourceRef]:
-        if isinstance(i, slice):
-            return [self._ref(j) for j in range(*i.indices(len(self)))]
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        return self._ref(i)
-
-    def __iter__(self) -> Iterator[SourceRef]:
-        for i in range(len(self)):
-            yield self._ref(i)
 
     def digests(self) -> np.ndarray:
         """Each ref's :func:`listing_digest` (``S20``), in order, without building refs."""
@@ -443,7 +426,7 @@ class RefList(Sequence[SourceRef]):
         return np.frombuffer(out, dtype="S20")
 
 
-class Picked(Sequence[SourceRef]):
+class Picked(Indexed[SourceRef]):
     """Some refs of a listing, by position (8 bytes each: the new files of 302,652)."""
 
     __slots__ = ("_refs", "_at")
@@ -455,20 +438,10 @@ class Picked(Sequence[SourceRef]):
     def append(self, position: int) -> None:
         self._at.append(position)
 
-    def clear(self) -> None:
-        """Let the listing go."""
-        self._refs, self._at = [], array("q")
-
     def __len__(self) -> int:
         return len(self._at)
 
-    @overload
-    def __getitem__(self, i: int) -> SourceRef: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[SourceRef]: ...
-    def __getitem__(self, i: int | slice) -> SourceRef | list[SourceRef]:
-        if isinstance(i, slice):
-            return [self._refs[j] for j in self._at[i]]
+    def _item(self, i: int) -> SourceRef:
         return self._refs[self._at[i]]
 
 
