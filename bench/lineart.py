@@ -27,7 +27,6 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import torch
 
 HERE = Path(__file__).resolve().parent
 
@@ -81,6 +80,8 @@ def _xdog_chunk(images: np.ndarray) -> int:
 
 
 def method_rates(images: np.ndarray) -> dict[str, float]:
+    import torch  # here only: bench.orchestration imports this module into a flow process
+
     from models.registry import create
     from tasks.artline import draw_lines
     from tasks.lineart import auto_canny, xdog

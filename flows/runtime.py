@@ -207,7 +207,11 @@ def local_cluster(n_workers: int | None = None, gpus: int | None = None) -> Any:
     n = max(n, gpus)
     # Dask's statistical profiler samples every worker thread's stack every 10 ms for the
     # dashboard's profile page; this cluster has no dashboard (deploy/dask.yaml: same).
-    settings = {"distributed.nanny.pre-spawn-environ": worker_environ(), "distributed.worker.profile.enabled": False}
+    settings = {
+        "distributed.nanny.pre-spawn-environ": worker_environ(),
+        "distributed.worker.profile.enabled": False,
+        "distributed.scheduler.worker-saturation": 1.0,
+    }
     with dask.config.set(settings):
         cluster = LocalCluster(
             n_workers=0,
@@ -439,10 +443,10 @@ class MangakaTaskRunner(DaskTaskRunner):
         if self._shared is not None:  # inside shared_task_context: once per set of tags
             key = frozenset(TagsContext.get().current_tags or ())
             if key not in self._shared:
-                self._shared[key] = serialize_context()
+                self._shared[key] = keyed_context(serialize_context())
             self._map_context = self._shared[key]
         else:
-            self._map_context = serialize_context()
+            self._map_context = keyed_context(serialize_context())
         try:
             return super().map(task, parameters, wait_for)
         finally:
@@ -475,7 +479,7 @@ class MangakaTaskRunner(DaskTaskRunner):
         deps = {k: collect_task_run_inputs_sync(v, future_cls=distributed.Future) for k, v in parameters.items()}
         if dependencies:
             deps = {k: v.union(dependencies.get(k, set())) for k, v in deps.items()}
-        base = self._map_context or serialize_context()
+        base = self._map_context or keyed_context(serialize_context())
         context = {
             **base,
             "asset_context": AssetContext.from_task_and_inputs(
@@ -488,7 +492,8 @@ class MangakaTaskRunner(DaskTaskRunner):
             require_worker_api()
             if task.isasync:
                 return asyncio.run(run_task_async(**kwargs))
-            return run_task_sync(**kwargs)
+            with worker_contexts(kwargs.pop("context")) as context:
+                return run_task_sync(**kwargs, context=context)
 
         future = distributed.Client.submit(
             self.client,
@@ -518,6 +523,66 @@ class MangakaTaskRunner(DaskTaskRunner):
                 os.environ[DASK_ADDRESS_ENV] = cluster.scheduler_address
                 self._exit_stack.callback(os.environ.pop, DASK_ADDRESS_ENV, None)
         return DaskTaskRunner.client.fget(self)  # type: ignore[attr-defined]
+
+
+SETTINGS_KEY = "mangaka_settings_key"
+
+
+def keyed_context(context: dict[str, Any]) -> dict[str, Any]:
+    """A serialised Prefect context with a digest of its settings (see :func:`worker_contexts`)."""
+    import hashlib
+    import json
+
+    settings = context.get("settings_context")
+    if settings is None:
+        return context
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+    return {**context, SETTINGS_KEY: digest}
+
+
+_worker_local = threading.local()
+HELD_SETTINGS = 4  # sets of settings (and clients) a worker thread keeps
+
+
+@contextlib.contextmanager
+def worker_contexts(context: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """In a worker thread, around one task run: the run's Prefect settings and API client,
+    made once per thread for each set of settings and entered anew for each task run.
+
+    Prefect's engine rebuilds both for every task run it hydrates: it validates all its
+    settings anew (a pydantic model of some hundreds of fields) and opens two API clients,
+    each with a new HTTP connection pool and TLS context. Profiled on a Dask worker running
+    xdog shards of 256 images, that was about 13% of the worker's time. The engine takes the
+    settings and the client from the context it runs in when they are there, so here they
+    are: the same settings (by digest, see :func:`keyed_context`) give the same objects.
+    A thread keeps those of the last few sets of settings; an older one's client is closed.
+    """
+    from prefect.context import SettingsContext, SyncClientContext
+
+    key = context.get(SETTINGS_KEY)
+    settings = context.get("settings_context")
+    if key is None or settings is None:
+        yield context
+        return
+    held: dict[str, tuple[Any, Any]] = _worker_local.__dict__.setdefault("held", {})
+    if key not in held:
+        while len(held) >= HELD_SETTINGS:  # the oldest set of settings goes, and its client
+            _, old = held.pop(next(iter(held)))
+            with contextlib.suppress(Exception):
+                old.client.__exit__(None, None, None)
+        settings_ctx = SettingsContext(**settings)
+        with settings_ctx:  # the client reads the API URL and its options from the settings
+            client_ctx = SyncClientContext()
+            client_ctx.client.__enter__()
+        held[key] = (settings_ctx, client_ctx)
+    settings_ctx, client_ctx = held[key]
+    rest = {k: v for k, v in context.items() if k not in (SETTINGS_KEY, "settings_context")}
+    with settings_ctx:
+        token = SyncClientContext.__var__.set(client_ctx)
+        try:
+            yield rest
+        finally:
+            SyncClientContext.__var__.reset(token)
 
 
 WORKER_API_HELP = (
