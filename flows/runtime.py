@@ -427,6 +427,7 @@ class MangakaTaskRunner(DaskTaskRunner):
         super().__init__(cluster_class=local_cluster)
         self._map_context: dict[str, Any] | None = None
         self._shared: dict[frozenset[str], dict[str, Any]] | None = None
+        self._digest: tuple[Any, str | None] | None = None
 
     def duplicate(self) -> MangakaTaskRunner:
         return type(self)()
@@ -436,17 +437,32 @@ class MangakaTaskRunner(DaskTaskRunner):
 
     __hash__ = object.__hash__
 
+    def _context(self) -> dict[str, Any]:
+        """The serialised Prefect context, keyed by its settings' digest (see :func:`keyed_context`).
+
+        The digest is computed once per settings context (Prefect keeps one object while the
+        settings stay the same), not once per task run a flow submits outside ``map``.
+        """
+        from prefect.context import SettingsContext, serialize_context
+
+        context = serialize_context()
+        settings = SettingsContext.get()
+        if self._digest is None or self._digest[0] is not settings:
+            self._digest = (settings, keyed_context(context).get(SETTINGS_KEY))
+        digest = self._digest[1]
+        return context if digest is None else {**context, SETTINGS_KEY: digest}
+
     def map(self, task: Any, parameters: dict[str, Any], wait_for: Any = None) -> Any:
         """Prefect's map, serialising the flow's context once for all its tasks (see submit)."""
-        from prefect.context import TagsContext, serialize_context
+        from prefect.context import TagsContext
 
         if self._shared is not None:  # inside shared_task_context: once per set of tags
             key = frozenset(TagsContext.get().current_tags or ())
             if key not in self._shared:
-                self._shared[key] = keyed_context(serialize_context())
+                self._shared[key] = self._context()
             self._map_context = self._shared[key]
         else:
-            self._map_context = keyed_context(serialize_context())
+            self._map_context = self._context()
         try:
             return super().map(task, parameters, wait_for)
         finally:
@@ -468,7 +484,7 @@ class MangakaTaskRunner(DaskTaskRunner):
         if not self._started:
             raise RuntimeError("The task runner must be started before submitting work.")
         import distributed
-        from prefect.context import AssetContext, serialize_context
+        from prefect.context import AssetContext
         from prefect.task_engine import run_task_async, run_task_sync
         from prefect.utilities.engine import collect_task_run_inputs_sync
         from prefect_dask.task_runners import PrefectDaskFuture
@@ -479,7 +495,7 @@ class MangakaTaskRunner(DaskTaskRunner):
         deps = {k: collect_task_run_inputs_sync(v, future_cls=distributed.Future) for k, v in parameters.items()}
         if dependencies:
             deps = {k: v.union(dependencies.get(k, set())) for k, v in deps.items()}
-        base = self._map_context or keyed_context(serialize_context())
+        base = self._map_context or self._context()
         context = {
             **base,
             "asset_context": AssetContext.from_task_and_inputs(

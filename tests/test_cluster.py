@@ -38,6 +38,8 @@ class Cluster:
         self._start("scheduler", ["scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--no-dashboard"], env)
 
     def _start(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        # the Dask config deploy/ gives every scheduler and worker (deploy/hpc is DASK_CONFIG's form)
+        env = {**env, "DASK_CONFIG": str(ROOT / "deploy" / "hpc")}
         with open(self.logs / f"{name}.log", "wb") as log:
             self.procs[name] = subprocess.Popen(
                 [str(BIN / "dask"), *args], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

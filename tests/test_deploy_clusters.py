@@ -167,6 +167,7 @@ def test_worker_images_unset_dasks_malloc_trim_threshold() -> None:
         cfg = yaml.safe_load(path.read_text())
         assert cfg["distributed"]["nanny"]["pre-spawn-environ"] == {"MALLOC_TRIM_THRESHOLD_": None}
         assert cfg["distributed"]["worker"]["profile"]["enabled"] is False
+        assert cfg["distributed"]["scheduler"]["worker-saturation"] == 1.0
         # a config file is deep-merged into Dask's defaults, as dask does with /etc/dask/*.yaml
         merged = dask.config.update(
             copy.deepcopy(dask.config.get("distributed.nanny.pre-spawn-environ")),
