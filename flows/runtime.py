@@ -187,6 +187,9 @@ def local_gpus() -> int:
     return len(visible_gpus())
 
 
+LOW_LEVEL_LOG_LENGTH = 16  # Dask's recent-message and transition logs (see local_cluster)
+
+
 def local_cluster(n_workers: int | None = None, gpus: int | None = None) -> Any:
     """A LocalCluster of single-threaded worker processes; the first ``gpus`` own a GPU each.
 
@@ -212,6 +215,13 @@ def local_cluster(n_workers: int | None = None, gpus: int | None = None) -> Any:
         "distributed.worker.profile.enabled": False,
         "distributed.scheduler.worker-saturation": 1.0,
     }
+    # The scheduler keeps the last messages it sent each worker, for debugging (Dask's
+    # default: 1,000 a worker). A compute-task message holds its task's arguments (a shard
+    # spec names each of its sources), and this scheduler lives in the flow process: at
+    # 302,652 images every spec of the run stayed alive to the end of it (~60 MB). Set for
+    # good in this process, since a worker's send log is made when the worker joins, after
+    # the cluster starts; deploy/dask.yaml sets the same for clusters started from deploy/.
+    dask.config.set({"distributed.admin.low-level-log-length": LOW_LEVEL_LOG_LENGTH})
     with dask.config.set(settings):
         cluster = LocalCluster(
             n_workers=0,

@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
+from flows.runtime import LOW_LEVEL_LOG_LENGTH
 from tests.test_deploy import AWS_VARS, DEPLOY, JOBQUEUE, K8S, PREFECT_YAML, WORK_POOL, _load
 
 
@@ -168,6 +169,7 @@ def test_worker_images_unset_dasks_malloc_trim_threshold() -> None:
         assert cfg["distributed"]["nanny"]["pre-spawn-environ"] == {"MALLOC_TRIM_THRESHOLD_": None}
         assert cfg["distributed"]["worker"]["profile"]["enabled"] is False
         assert cfg["distributed"]["scheduler"]["worker-saturation"] == 1.0
+        assert cfg["distributed"]["admin"]["low-level-log-length"] == LOW_LEVEL_LOG_LENGTH
         # a config file is deep-merged into Dask's defaults, as dask does with /etc/dask/*.yaml
         merged = dask.config.update(
             copy.deepcopy(dask.config.get("distributed.nanny.pre-spawn-environ")),
