@@ -13,6 +13,7 @@ from typing import Any
 
 from prefect import get_run_logger
 
+from flows import heap
 from flows.ops import mangaka_flow, shard_task
 from flows.runtime import cluster_soon
 from flows.shards import run_shards, summarise
@@ -98,6 +99,11 @@ def _cluster_if_work(plan: Any) -> None:
         cluster_soon()  # the LocalCluster starts while the journal and the arrays are written
 
 
+def _prepare_each(prepare: Callable[[Any], None], batches: Sequence[Any]) -> None:
+    for b in batches:
+        prepare(b)
+
+
 def ingest_family(
     ws: Workspace,
     *,
@@ -123,8 +129,8 @@ def ingest_family(
     plan, batches = start_batches(ws, listing, family, array, stage, version, record, planned=_cluster_if_work)
     if isinstance(listing, Future):
         listing = listing.result()
-    for b in batches:
-        prepare(b)
+    heap.trim()  # planning's temporaries (a sorted listing, the journal's pieces) are freed
+    _prepare_each(prepare, batches)  # not a loop here: its variable would keep the last batch alive
     specs = Joined([specs_of(b) for b in batches])  # each made when a task takes it
     get_run_logger().info(
         "%s: %d files listed, %d already ingested, %d left by an unfinished run, %d new, %d shard task(s)",
@@ -152,6 +158,7 @@ def ingest_family(
     plan.new = []
     plan.open_batches.clear()
     counts = plan.counts
+    heap.trim(force=True)
     table: ItemTable | None = None
     if ran or plan.refused or counts is None or family in REPLACE_BY_ID:
         plan.table = None
