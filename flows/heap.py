@@ -1,4 +1,4 @@
-"""Hand freed heap memory back to the operating system between shards.
+"""Hand the flow process's freed heap memory back to the operating system between phases and tasks.
 
 glibc keeps memory that Python frees in its arenas (one per thread that allocated, up to
 eight per core), so a process's resident size keeps the high-water mark of every phase it
@@ -6,7 +6,7 @@ went through: on a 302,652-image ingest (2 cores) the flow process rose from 184
 planning to 238 MB while its shards ran, although no Python object grew between the 100th
 and the 1,100th shard. ``malloc_trim(0)`` returns the free pages of every arena; the flow
 calls it after planning, after each finished task and before deriving the item table
-(measured: 222 MB while the shards ran, 302 MB rather than 307 MB at the end).
+(measured: 222 MB rather than 238 MB while the shards ran).
 
 Workers do not call it: a shard's buffers (200 MB for 256 images at 512 px) would fault in
 page by page again in the next shard, the cost that ``MALLOC_TRIM_THRESHOLD_`` had (see
@@ -19,7 +19,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-import threading
 import time
 from collections.abc import Callable
 
@@ -27,8 +26,7 @@ from collections.abc import Callable
 # millisecond per 100 MB of heap here), so shards of a few milliseconds do not pay it each.
 MIN_INTERVAL = 0.5
 
-_lock = threading.Lock()
-_last = 0.0
+_last = 0.0  # when the last trim ran (the flow calls trim from one thread)
 
 
 @functools.cache
@@ -43,18 +41,12 @@ def _malloc_trim() -> Callable[[int], int] | None:
     return fn  # type: ignore[no-any-return]
 
 
-def trim(force: bool = False) -> bool:
-    """Return free heap pages to the OS (at most once per :data:`MIN_INTERVAL` unless ``force``).
-
-    Returns whether a trim ran (False where the C library has no ``malloc_trim``)."""
+def trim(force: bool = False) -> None:
+    """Return free heap pages to the OS (at most once per :data:`MIN_INTERVAL` unless ``force``)."""
     global _last
     fn = _malloc_trim()
-    if fn is None:
-        return False
     now = time.monotonic()
-    with _lock:
-        if not force and now - _last < MIN_INTERVAL:
-            return False
-        _last = now
+    if fn is None or (not force and now - _last < MIN_INTERVAL):
+        return
+    _last = now
     fn(0)
-    return True
