@@ -497,13 +497,21 @@ class MangakaTaskRunner(DaskTaskRunner):
         import distributed
         from prefect.context import AssetContext
         from prefect.task_engine import run_task_async, run_task_sync
+        from prefect.utilities.annotations import opaque
         from prefect.utilities.engine import collect_task_run_inputs_sync
         from prefect_dask.task_runners import PrefectDaskFuture
 
-        parameters = self._optimize_futures(parameters)
+        # An opaque parameter (``prefect.utilities.annotations.opaque``: shard specs) holds no
+        # future: it is not walked here, nor by Dask (it travels sealed), nor on the worker,
+        # where Prefect unwraps it for the task without looking inside.
+        walked = {k: v for k, v in parameters.items() if not isinstance(v, opaque)}
+        parameters = {**parameters, **self._optimize_futures(walked)}
         wait_for = self._optimize_futures(wait_for) if wait_for else None
         task_run_id = uuid4()
-        deps = {k: collect_task_run_inputs_sync(v, future_cls=distributed.Future) for k, v in parameters.items()}
+        deps = {
+            k: collect_task_run_inputs_sync(v, future_cls=distributed.Future) if k in walked else set()
+            for k, v in parameters.items()
+        }
         if dependencies:
             deps = {k: v.union(dependencies.get(k, set())) for k, v in deps.items()}
         base = self._map_context or self._context()
@@ -514,9 +522,18 @@ class MangakaTaskRunner(DaskTaskRunner):
             ).serialize(),
         }
 
+        sent: dict[str, Any] | Sealed = parameters
+        if len(walked) < len(parameters):
+            if any(deps.values()):  # Dask must see the futures (and pickle spoils an annotation)
+                sent = {k: v if k in walked else v.unwrap() for k, v in parameters.items()}
+            else:
+                sent = Sealed(parameters)
+
         @functools.wraps(task.fn)
         def run(**kwargs: Any) -> Any:
             require_worker_api()
+            if isinstance(kwargs["parameters"], Sealed):
+                kwargs["parameters"] = kwargs["parameters"].open()
             if task.isasync:
                 return asyncio.run(run_task_async(**kwargs))
             with worker_contexts(kwargs.pop("context")) as context:
@@ -528,7 +545,7 @@ class MangakaTaskRunner(DaskTaskRunner):
             pure=False,
             task=task,
             task_run_id=task_run_id,
-            parameters=parameters,
+            parameters=sent,
             wait_for=wait_for,
             dependencies=deps,
             return_type="state",
@@ -550,6 +567,35 @@ class MangakaTaskRunner(DaskTaskRunner):
                 os.environ[DASK_ADDRESS_ENV] = cluster.scheduler_address
                 self._exit_stack.callback(os.environ.pop, DASK_ADDRESS_ENV, None)
         return DaskTaskRunner.client.fget(self)  # type: ignore[attr-defined]
+
+
+class Sealed:
+    """A task run's parameters as Dask passes them, not walked: Dask walks a task's
+    arguments (lists, tuples, dicts) for futures of its own. The values of the ``opaque``
+    parameters travel unwrapped (a Prefect annotation is a tuple, and pickle turns
+    ``opaque(x)`` into ``opaque((x,))``) and are wrapped again on the worker by :meth:`open`."""
+
+    __slots__ = ("opaque", "values")
+
+    def __init__(self, parameters: dict[str, Any]) -> None:
+        from prefect.utilities.annotations import opaque
+
+        self.opaque = [k for k, v in parameters.items() if isinstance(v, opaque)]
+        self.values = {k: v.unwrap() if k in self.opaque else v for k, v in parameters.items()}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_sealed, (self.opaque, self.values))
+
+    def open(self) -> dict[str, Any]:
+        from prefect.utilities.annotations import opaque
+
+        return {k: opaque(v) if k in self.opaque else v for k, v in self.values.items()}
+
+
+def _sealed(keys: list[str], values: dict[str, Any]) -> Sealed:
+    sealed = Sealed.__new__(Sealed)
+    sealed.opaque, sealed.values = keys, values
+    return sealed
 
 
 SETTINGS_KEY = "mangaka_settings_key"

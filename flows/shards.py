@@ -26,6 +26,7 @@ from typing import Any
 from prefect import get_run_logger, tags, unmapped
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.tasks import Task
+from prefect.utilities.annotations import opaque
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from flows import ShardFailures, UsageError, env_number, heap
@@ -45,6 +46,9 @@ DEFAULT_TASK_SECONDS = 8.0
 # images), in the same wall time. 16 shards of the cheapest 512 px stage (xdog, ~0.35 s
 # each) are ~6 s of work against ~0.2 s of task overhead.
 MAX_SHARDS_PER_TASK = 16
+# The progress artifact is updated at most this often (and when the last shard is in): an
+# update is an API call in the flow's loop between a finished task and the next submission.
+PROGRESS_EVERY = 2.0
 TAIL_SPLIT = 2  # a task takes at most 1/(TAIL_SPLIT x workers) of the shards not yet submitted
 
 
@@ -137,7 +141,10 @@ def run_shards(
         nonlocal tasks
         n = sizer.next_size(len(waiting))
         chunk = [waiting.pop() for _ in range(n)]
-        work = [[specs[i] for i in chunk]] if runner is not None else [specs[chunk[0]]]
+        # opaque: Prefect walks a task's parameters for futures (in the flow, twice, and on
+        # the worker); shard specs hold none, and walking 16 specs of 256 slots each costs
+        # more than the rest of a submission
+        work = [opaque([specs[i] for i in chunk] if runner is not None else specs[chunk[0]])]
         if resources:
             import dask
 
@@ -156,7 +163,7 @@ def run_shards(
         shared_task_context(),
     ):
         job = bar.add_task(label, total=len(specs))
-        shards_done = 0
+        shards_done, shown = 0, t0
         while waiting or in_flight:
             # One task per worker until the first shard times are in, then one more than the
             # workers, so that a worker never waits for the flow to size its next task.
@@ -189,8 +196,10 @@ def run_shards(
             shards_done += len(chunk)
             heap.trim()
             bar.advance(job, len(chunk))
-            if progress is not None:
+            now = time.perf_counter()
+            if progress is not None and (now - shown >= PROGRESS_EVERY or shards_done == len(specs)):
                 _update_progress(progress, 100.0 * shards_done / len(specs))
+                shown = now
     results = [done_results[i] for i in sorted(done_results)]
     seconds = time.perf_counter() - t0
     items = sum(int(getattr(r, "ok", 0)) for r in results)
