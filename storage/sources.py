@@ -302,18 +302,88 @@ class Texts:
             del self._buf[self._end[n - 1] if n else 0 :]
             del self._end[n:]
 
-    def order_from(self, start: int) -> list[int]:
-        """The positions from ``start`` on, sorted by their strings (UTF-8 bytes sort as
-        their code points do)."""
-        return sorted(range(start, len(self)), key=self.raw)
+    def _keys(self, start: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The strings from ``start`` on as rows of a zero-padded ``uint8`` matrix, with
+        their lengths; ``None`` when the matrix would cost more than sorting Python's way.
+        Filled a column at a time: no temporary of the matrix's size."""
+        n = len(self) - start
+        if n <= 0:
+            return np.zeros((0, 1), dtype=np.uint8), np.zeros(0, dtype=np.int64)
+        first = self._end[start - 1] if start else 0
+        ends = np.frombuffer(self._end, dtype=np.int64)[start:]
+        lengths = np.diff(ends, prepend=first)
+        del ends  # an array with a view on it cannot grow
+        width = max(1, int(lengths.max()))
+        if width > KEY_WIDTH and n * width > KEY_BYTES:
+            return None
+        keys = np.zeros((n, width), dtype=np.uint8)
+        _scatter(keys, lengths, np.frombuffer(self._buf, dtype=np.uint8)[first:], to_keys=True)
+        return keys, lengths
 
-    def reorder_from(self, start: int, order: list[int]) -> None:
-        """Put the strings at ``order`` (every position from ``start`` on) there, in that order."""
-        tail = [self.raw(i) for i in order]
-        self.truncate(start)
-        for b in tail:
-            self._buf += b
-            self._end.append(len(self._buf))
+    def sort_from(self, start: int) -> np.ndarray | None:
+        """Sort the strings from ``start`` on (UTF-8 bytes sort as their code points do; a
+        name holds no NUL, so the padding puts a prefix first). Returns where each string
+        now in place ``start + k`` was (``start`` + the k-th value), or ``None`` when they
+        were in order already."""
+        first = self._end[start - 1] if start else 0
+        got = self._keys(start)
+        if got is None:  # very long names: sort their bytes objects
+            order = np.array(sorted(range(start, len(self)), key=self.raw), dtype=np.int64) - start
+            if np.array_equal(order, np.arange(len(order))):
+                return None
+            tail = b"".join([self.raw(start + int(i)) for i in order])
+            lengths = np.array([len(self.raw(start + int(i))) for i in order], dtype=np.int64)
+            self.truncate(start)
+            self._buf += tail
+            self._end.frombytes((first + np.cumsum(lengths)).astype(np.int64).tobytes())
+            return order
+        keys, lengths = got
+        rows = keys.view(f"S{keys.shape[1]}").ravel()
+        order = rows.argsort(kind="stable")
+        if np.array_equal(order, np.arange(len(order))):
+            return None
+        rows.sort(kind="stable")  # the key matrix itself, in place
+        del rows
+        lengths = lengths[order]
+        # the same bytes in another order: written over the old ones, the buffer keeps its size
+        buf = np.frombuffer(self._buf, dtype=np.uint8)[first:]
+        _scatter(keys, lengths, buf, to_keys=False)
+        ends = np.frombuffer(self._end, dtype=np.int64)[start:]
+        np.cumsum(lengths, out=ends)
+        ends += first
+        del buf, ends
+        return order
+
+
+def _scatter(keys: np.ndarray, lengths: np.ndarray, flat: np.ndarray, to_keys: bool) -> None:
+    """Copy between the rows of ``keys`` (``lengths`` bytes of each) and ``flat``, where they
+    lie one after another: into ``keys`` when ``to_keys``, else into ``flat``."""
+    starts = np.cumsum(lengths) - lengths
+    for j in range(keys.shape[1]):
+        has = np.flatnonzero(lengths > j)
+        if len(has) == len(lengths):
+            at = starts + j
+            if to_keys:
+                keys[:, j] = flat[at]
+            else:
+                flat[at] = keys[:, j]
+        else:
+            at = starts[has] + j
+            if to_keys:
+                keys[has, j] = flat[at]
+            else:
+                flat[at] = keys[has, j]
+        del at, has
+
+
+# Sorting a folder's names as a padded byte matrix costs 2-3 bytes a byte of the longest
+# name, against about 120 bytes a name as Python objects; past this width (and size) the
+# names are sorted as objects.
+KEY_WIDTH = 40
+KEY_BYTES = 16 << 20
+
+
+_COLUMN_TYPES = {"q": np.int64, "d": np.float64, "H": np.uint16}
 
 
 class RefList(Indexed[SourceRef]):
@@ -331,7 +401,7 @@ class RefList(Indexed[SourceRef]):
         self._rel = Texts()
         self._size = array("q")
         self._mtime = array("d")
-        self._offset = array("q")
+        self._offset: array[int] | None = None  # members' offsets in a tar: made at the first
         self._group = array("H")
         # (kind, source prefix, path prefix or None, path when the path is the same for all)
         self._groups: list[tuple[str, str, str | None, str | None]] = []
@@ -354,7 +424,11 @@ class RefList(Indexed[SourceRef]):
         self._rel.append(relpath)
         self._size.append(size)
         self._mtime.append(mtime)
-        self._offset.append(offset)
+        if self._offset is not None:
+            self._offset.append(offset)
+        elif offset:
+            self._offset = array("q", bytes(8 * (len(self._size) - 1)))
+            self._offset.append(offset)
         self._group.append(group)
 
     def append(self, ref: SourceRef) -> None:
@@ -369,10 +443,14 @@ class RefList(Indexed[SourceRef]):
         self._whole[len(self._rel)] = ref
         self.add(0, rel, ref.size, ref.mtime, ref.offset)
 
+    def _columns(self) -> list[array[Any]]:
+        cols: list[array[Any]] = [self._size, self._mtime, self._group]
+        return cols if self._offset is None else [*cols, self._offset]
+
     def truncate(self, n: int) -> None:
         """Drop the refs from ``n`` on."""
         self._rel.truncate(n)
-        for col in (self._size, self._mtime, self._offset, self._group):
+        for col in self._columns():
             del col[n:]
         self._whole = {k: v for k, v in self._whole.items() if k < n}
 
@@ -381,15 +459,15 @@ class RefList(Indexed[SourceRef]):
         n = len(self._rel)
         if n - start < 2:
             return
-        order = self._rel.order_from(start)
-        if all(i == start + j for j, i in enumerate(order)):
+        at = self._rel.sort_from(start)
+        if at is None:
             return
-        self._rel.reorder_from(start, order)
-        cols: tuple[array[Any], ...] = (self._size, self._mtime, self._offset, self._group)
-        for col in cols:
-            col[start:] = array(col.typecode, [col[i] for i in order])
+        for col in self._columns():
+            view = np.frombuffer(col, dtype=_COLUMN_TYPES[col.typecode])
+            view[start:] = view[start:][at]  # the right side is a copy
+            del view  # an array with a view on it cannot grow
         if self._whole:
-            moved = {start + j: i for j, i in enumerate(order)}
+            moved = {start + j: start + int(i) for j, i in enumerate(at)}
             self._whole = {k: v for k, v in self._whole.items() if k < start} | {
                 k: self._whole[i] for k, i in moved.items() if i in self._whole
             }
@@ -407,21 +485,26 @@ class RefList(Indexed[SourceRef]):
         if path_prefix is not None:
             path = source if path_prefix == source_prefix else path_prefix + rel
         assert path is not None
-        return SourceRef(source, kind, path, rel, self._size[i], self._mtime[i], self._offset[i])
+        offset = self._offset[i] if self._offset is not None else 0
+        return SourceRef(source, kind, path, rel, self._size[i], self._mtime[i], offset)
 
-    def digests(self) -> np.ndarray:
-        """Each ref's :func:`listing_digest` (``S20``), in order, without building refs."""
+    def digests(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """The :func:`listing_digest` (``S20``) of each ref from ``start`` to ``stop``, in
+        order, without building refs."""
+        stop = len(self) if stop is None else min(stop, len(self))
         sha1, pack = hashlib.sha1, _SIZE_TIME.pack
         heads = [g[1].encode() for g in self._groups]
         whole = self._whole
         out = bytearray()  # grown a digest at a time: no object per file is kept
+        rels = (self._rel.raw(i) for i in range(start, stop))
+        sizes, times = self._size[start:stop], self._mtime[start:stop]
         if len(heads) == 1 and not whole:
             head = heads[0]
-            for r, n, t in zip(self._rel.encoded(), self._size, self._mtime, strict=True):
+            for r, n, t in zip(rels, sizes, times, strict=True):
                 out += sha1(head + r + pack(n, t)).digest()
         else:
-            rels = self._rel.encoded()
-            for i, (r, n, t, g) in enumerate(zip(rels, self._size, self._mtime, self._group, strict=True)):
+            groups = self._group[start:stop]
+            for i, (r, n, t, g) in enumerate(zip(rels, sizes, times, groups, strict=True), start):
                 out += whole[i].listing_digest if i in whole else sha1(heads[g] + r + pack(n, t)).digest()
         return np.frombuffer(out, dtype="S20")
 
@@ -445,11 +528,12 @@ class Picked(Indexed[SourceRef]):
         return self._refs[self._at[i]]
 
 
-def listing_digests(refs: Sequence[SourceRef]) -> np.ndarray:
-    """The :func:`listing_digest` of each of ``refs`` (``S20``), in order."""
+def listing_digests(refs: Sequence[SourceRef], start: int = 0, stop: int | None = None) -> np.ndarray:
+    """The :func:`listing_digest` of each of ``refs[start:stop]`` (``S20``), in order."""
     if isinstance(refs, RefList):
-        return refs.digests()
-    return np.frombuffer(b"".join(r.listing_digest for r in refs), dtype="S20")
+        return refs.digests(start, stop)
+    stop = len(refs) if stop is None else min(stop, len(refs))
+    return np.frombuffer(b"".join(refs[i].listing_digest for i in range(start, stop)), dtype="S20")
 
 
 @dataclass

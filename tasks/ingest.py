@@ -47,6 +47,9 @@ STAGE = "ingest-images"
 ARRAY = "corpus/images"
 FAMILY = "corpus"
 CODE_VERSION = "ingest-1"
+# Planning compares the listing with the journal this many files at a time (their digests
+# and the comparison's temporaries: about 60 bytes a file, not for all 302,652 at once).
+DIGEST_BLOCK = 32_768
 
 
 class IngestOptions(BaseModel):
@@ -152,25 +155,7 @@ def plan_ingest(
     if counts is None:
         counts = ItemCounts.of(ws, derive())
         store_counts(ws, derive(), counts)
-    done = counts.done
-    # What the journal planned, as digests (20 bytes a file, not its record): in a done
-    # shard, stored, duplicate or quarantined for its content (known); in a shard not done
-    # yet, done by this run (pending). Batches are read a few at a time and let go, but for
-    # the open ones, which this run finishes.
-    known, pending = _Planned(), _Planned()
-    open_batches: list[Batch] = []
-    for b in Journal(ws, family).each():
-        is_open = False
-        for shard, sources in zip(b.shard_indices(), b.shards, strict=True):
-            if shard not in done:
-                is_open = True
-                pending.add(sources)
-                continue
-            # a file that was gone when its shard ran is not known: if it is back, it is new
-            gone = counts.gone.get(shard)
-            known.add([s for s in sources if s.get("fingerprint") not in gone] if gone else sources)
-        if is_open:
-            open_batches.append(b)
+    known, pending, open_batches = _read_journal(ws, family, counts)
     id_source: _Ids | None = None
 
     def ids() -> _Ids:
@@ -189,10 +174,14 @@ def plan_ingest(
     refused = list(listing.refused)
     refs = listing.refs
     new = Picked(refs)
-    digests = listing_digests(refs)
-    is_known = known.holds(digests, refs)
-    is_pending = pending.holds(digests, refs) & ~is_known
-    del digests
+    is_known = np.zeros(len(refs), dtype=bool)
+    is_pending = np.zeros(len(refs), dtype=bool)
+    for start in range(0, len(refs), DIGEST_BLOCK):  # the digests of a block of files at a time
+        digests = listing_digests(refs, start, start + DIGEST_BLOCK)
+        stop = start + len(digests)
+        is_known[start:stop] = known.holds(digests, refs, start)
+        is_pending[start:stop] = pending.holds(digests, refs, start) & ~is_known[start:stop]
+        del digests
     n_known, resuming = int(is_known.sum()), int(is_pending.sum())
     for i in np.flatnonzero(~(is_known | is_pending)).tolist():
         ref = refs[i]
@@ -207,6 +196,29 @@ def plan_ingest(
     if family in REPLACE_BY_ID:
         table = None  # not what the run ends with: a new file may replace an item
     return IngestPlan(open_batches, new, n_known, resuming, refused, listing.skipped_names, table, counts)
+
+
+def _read_journal(ws: Workspace, family: str, counts: ItemCounts) -> tuple[_Planned, _Planned, list[Batch]]:
+    """What the journal planned, as digests (20 bytes a file, not its record): in a done
+    shard, stored, duplicate or quarantined for its content (known); in a shard not done
+    yet, done by this run (pending); and the batches with a shard not done (open), which
+    this run finishes. Batches are read a few at a time and let go, but for the open ones."""
+    done = counts.done
+    known, pending = _Planned(), _Planned()
+    open_batches: list[Batch] = []
+    for b in Journal(ws, family).each():
+        is_open = False
+        for shard, sources in zip(b.shard_indices(), b.shards, strict=True):
+            if shard not in done:
+                is_open = True
+                pending.add(sources)
+                continue
+            # a file that was gone when its shard ran is not known: if it is back, it is new
+            gone = counts.gone.get(shard)
+            known.add([s for s in sources if s.get("fingerprint") not in gone] if gone else sources)
+        if is_open:
+            open_batches.append(b)
+    return known, pending, open_batches  # the last batch read (8,192 records) goes with this frame
 
 
 class _Ids:
@@ -236,8 +248,10 @@ class _Planned:
     def __init__(self) -> None:
         self._digests = bytearray()
         self._fingerprints: set[str] = set()
+        self._sorted = False
 
     def add(self, records: list[dict[str, Any]]) -> None:
+        self._sorted = False
         buf = self._digests
         for r in records:
             d = record_digest(r)
@@ -246,17 +260,22 @@ class _Planned:
             else:
                 buf += d
 
-    def holds(self, digests: np.ndarray, refs: Sequence[SourceRef]) -> np.ndarray:
-        """Whether each of ``refs`` (with its listing ``digests``) is one of these records."""
-        out = np.zeros(len(refs), dtype=bool)
-        if self._digests and len(refs):
-            planned = np.frombuffer(self._digests, dtype="S20")  # a view: sorted in place
-            planned.sort()
+    def holds(self, digests: np.ndarray, refs: Sequence[SourceRef], start: int = 0) -> np.ndarray:
+        """Whether each of ``refs[start:]`` with its listing ``digests`` is one of these
+        records (as many as there are digests)."""
+        n = len(digests)
+        out = np.zeros(n, dtype=bool)
+        if self._digests and n:
+            planned = np.frombuffer(self._digests, dtype="S20")  # a view: sorted in place, once
+            if not self._sorted:
+                planned.sort()
+                self._sorted = True
             at = np.minimum(np.searchsorted(planned, digests), len(planned) - 1)
             out = planned[at] == digests
+            del planned  # a bytearray with a view on it cannot grow
         if self._fingerprints:
             fps = self._fingerprints
-            out |= np.fromiter((r.fingerprint in fps for r in refs), dtype=bool, count=len(refs))
+            out |= np.fromiter((refs[i].fingerprint in fps for i in range(start, start + n)), dtype=bool, count=n)
         return out
 
 

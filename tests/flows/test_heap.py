@@ -54,3 +54,21 @@ def test_trim_runs_at_most_once_per_interval_unless_forced(monkeypatch: pytest.M
     monkeypatch.setattr(heap, "_last", heap._last - heap.MIN_INTERVAL)
     heap.trim()
     assert calls == [0, 0, 0]
+
+
+def test_lean_blocks_nest_and_close_on_an_error() -> None:
+    from flows import heap
+
+    with heap.lean():
+        with heap.lean():
+            assert heap._lean == 2
+        assert heap._lean == 1
+        big = bytearray(8 << 20)  # mapped on its own inside the block, and unmapped
+        del big
+    assert heap._lean == 0
+    try:
+        with heap.lean():
+            raise KeyError("x")
+    except KeyError:
+        pass
+    assert heap._lean == 0

@@ -152,10 +152,10 @@ def test_texts_keep_paths_as_one_buffer_and_sort_them_as_strings() -> None:
     for n in names:
         t.append(n)
     assert list(t) == names and len(t) == 6 and t[1] == "a/ひ.png"
-    order = t.order_from(1)
-    assert [t[i] for i in order] == sorted(names[1:])  # UTF-8 bytes sort as code points
-    t.reorder_from(1, order)
-    assert list(t) == [names[0], *sorted(names[1:])]
+    order = t.sort_from(1)
+    assert list(t) == [names[0], *sorted(names[1:])]  # UTF-8 bytes sort as code points
+    assert order is not None and [names[1 + i] for i in order] == sorted(names[1:])
+    assert t.sort_from(1) is None  # in order already
     t.truncate(2)
     assert list(t) == [names[0], sorted(names[1:])[0]]
     t.append("d.png")
