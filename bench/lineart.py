@@ -14,6 +14,14 @@
    ``cv2.imwrite`` (what a script would do). Goal: the flow at least 0.8x the loop.
 
 Writes ``bench/results/lineart-<count>.json`` (``make bench`` runs 1,024 and 4,096).
+
+    .venv/bin/python -m bench.lineart --quality [--holdouts cel,soft,tone,paint] [--eval-count 64]
+
+3. Quality on drawings never trained on: ``train-lineart``'s default at 256 px with one
+   style family held out (``tasks.linepairs``), then boundary F1 (2 px) of the learned
+   model, XDoG and Canny on 64 fresh pairs of every family; the held-out family's row is
+   the figure. Also ``bench/results/lineart-photos.png``: the three methods on labelme's
+   example photographs. Writes ``bench/results/lineart-quality.json``.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -102,8 +111,87 @@ def method_rates(images: np.ndarray) -> dict[str, float]:
     return rates
 
 
+def quality(holdouts: list[str], eval_count: int, size: int) -> dict[str, Any]:
+    """Train ``train-lineart``'s default (one run per held-out family) and score every
+    family: the learned model against XDoG and Canny on the same images; the held-out
+    family's row is the one that counts. Also a contact sheet on real photographs."""
+    import torch
+
+    from storage.workspace import Workspace
+    from tasks import linepairs
+    from tasks.artline import LineartTrainOptions, classic_f1, draw_lines, load_artline, train_lineart
+    from tasks.artline_options import FAMILY_NAMES
+    from tasks.lineart import dataset_f1
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    evals = {f: linepairs.draw_pairs(5000, eval_count, size, [f]) for f in FAMILY_NAMES}
+    classic = {f: classic_f1(*evals[f]) for f in FAMILY_NAMES}
+    runs = []
+    for holdout in holdouts:
+        ws = Workspace(tempfile.mkdtemp(prefix="bench-lineart-quality-"))
+        opts = LineartTrainOptions(size=size, holdout=holdout, device="cpu")  # type: ignore[arg-type]
+        t0 = time.perf_counter()
+        r = train_lineart(ws, opts)
+        seconds = time.perf_counter() - t0
+        model, _, _ = load_artline(ws, "latest")
+        families = {}
+        for f, (images, lines) in evals.items():
+            pred = draw_lines(model, images, torch.device("cpu"))
+            families[f] = {"artline": dataset_f1(list(pred), list(lines))["f1"], **classic[f]}
+        runs.append(
+            {
+                "holdout": holdout,
+                "train_families": list(opts.train_families()),
+                "train_seconds": round(seconds, 1),
+                "val_f1": r["last"]["f1"],
+                "families": families,
+                "options": opts.model_dump(exclude={"device"}),
+            }
+        )
+        print(json.dumps(runs[-1]))
+        if holdout == holdouts[0]:
+            contact_sheet(model, HERE / "results" / "lineart-photos.png")
+    return {
+        "benchmark": "lineart-quality",
+        "size": size,
+        "eval_images_per_family": eval_count,
+        "tolerance_px": 2,
+        "runs": runs,
+    }
+
+
+PHOTOS = HERE.parent.parent / "shared" / "conformance" / "labelme"
+
+
+def contact_sheet(model: Any, out: Path, side: int = 256) -> None:
+    """Canny, XDoG and the learned model on labelme's example photographs (real ones), one row each."""
+    import cv2
+    import torch
+
+    from tasks.artline import draw_lines
+    from tasks.imageio import load_square
+    from tasks.lineart import auto_canny, xdog
+
+    photos = sorted(PHOTOS.glob("*/data_annotated/*.jpg"))[:6]
+    if not photos:
+        return
+    rows = []
+    for path in photos:
+        img = load_square(path.read_bytes(), side)
+        drawn = [auto_canny(img), xdog(img), draw_lines(model, img[None], torch.device("cpu"))[0]]
+        rows.append(np.concatenate([img, *(np.repeat(d[..., None], 3, axis=2) for d in drawn)], axis=1))
+    sheet = np.concatenate(rows, axis=0)
+    head = np.full((28, sheet.shape[1], 3), 255, np.uint8)
+    for k, name in enumerate(("photo", "canny", "xdog", "artline (learned)")):
+        cv2.putText(head, name, (k * side + 8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.imwrite(str(out), np.concatenate([head, sheet], axis=0)[..., ::-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quality", action="store_true", help="held-out style-family F1 of train-lineart's default")
+    ap.add_argument("--holdouts", default="cel", help="with --quality: one training per held-out family")
+    ap.add_argument("--eval-count", type=int, default=64, help="with --quality: pairs scored per family")
     ap.add_argument("--count", type=int, default=1024)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--codec", choices=("jpeg", "raw"), default="jpeg", help="how the corpus is stored")
@@ -111,6 +199,10 @@ def main() -> None:
         "--varied", action="store_true", help="use synth portraits with mirrored/recoloured copies (large counts)"
     )
     args = ap.parse_args()
+    if args.quality:
+        result = quality(args.holdouts.split(","), args.eval_count, 256 if args.size == 512 else args.size)
+        (HERE / "results" / "lineart-quality.json").write_text(json.dumps(result, indent=1) + "\n")
+        return
     from flows.lineart import render_lineart
     from flows.runtime import RunConfig, session
     from storage.workspace import Workspace

@@ -157,7 +157,11 @@ def rows() -> list[tuple[str, str, str, str, str]]:
     if not _load("pseudolabel-gpu"):
         h100 = ("Pseudo-labelling, 512 px, one H100", "not measured (no GPU machine yet)", "—", "—", "≥ 1000 img/s")
         out.append(h100)
-    counts = sorted(int(p.stem.split("-")[1]) for p in RESULTS.glob("lineart-*.json") if p.stem.count("-") == 1)
+    counts = sorted(
+        int(p.stem.split("-")[1])
+        for p in RESULTS.glob("lineart-*.json")
+        if p.stem.count("-") == 1 and p.stem.split("-")[1].isdigit()
+    )
     for name in (f"lineart-{c}" for c in counts):
         la = _load(name)
         if not la:
@@ -188,6 +192,25 @@ def rows() -> list[tuple[str, str, str, str, str]]:
                     "not slower",
                 )
             )
+    lq = _load("lineart-quality")
+    for run in (lq or {}).get("runs", []):
+        fam = run["families"][run["holdout"]]
+        margin = fam["artline"] - fam["xdog"]
+        out.append(
+            (
+                f"Learned line art on a style family never trained on ({run['holdout']}), {lq['size']} px, "
+                f"boundary F1 at 2 px, {lq['eval_images_per_family']} pairs (train-lineart's default: "
+                f"{run['train_seconds']:.0f} s on {', '.join(run['train_families'])})",
+                f"{fam['artline']:.3f}",
+                f"XDoG {fam['xdog']:.3f}, Canny {fam['canny']:.3f}",
+                f"{margin:+.3f}",
+                "≥ 0.93 and ≥ +0.03; training ≤ 15 min",
+            )
+        )
+        others = ", ".join(
+            f"{f} {r['artline']:.3f} (XDoG {r['xdog']:.3f})" for f, r in run["families"].items() if f != run["holdout"]
+        )
+        out.append((f"Learned line art, the families it trained on (holdout {run['holdout']})", others, "—", "—", "—"))
     st = _load("styles-cpu")
     if st:
         out.append(
@@ -364,6 +387,7 @@ GUIDES = (
     ("Augmentation", "../../docs/SEGMENTATION.md#augmentation"),
     ("Pseudo-labelling", "../../docs/SEGMENTATION.md#pseudo-labelling-performance"),
     ("render-lineart", "../../docs/LINEART.md#performance"),
+    ("Learned line art", "../../docs/LINEART.md#quality"),
     ("Line art", "../../docs/LINEART.md#performance"),
     ("Posterisation", "../../docs/STYLE.md#performance"),
     ("NPR", "../../docs/STYLE.md#performance"),

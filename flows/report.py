@@ -147,15 +147,19 @@ def quality_rows(
     labels = {
         "miou": "validation mIoU",
         "f1": "held-out line F1",
+        "xdog_f1": "held-out line F1 of XDoG, same images",
+        "canny_f1": "held-out line F1 of Canny, same images",
         "semantic_miou": "semantic mIoU",
         "palette_accuracy": "held-out palette accuracy",
         "commonest_colour_accuracy": "held-out palette accuracy of the commonest colour alone",
         "hint_accuracy": "held-out palette accuracy of the colour hint alone",
     }
     for model, st in sorted(status["stages"].items()):
+        family = f" (style family {st['holdout']}, never trained on)" if "holdout" in st else ""
         for k, label in labels.items():
             if k in st:
-                rows.append({"metric": f"{model}: {label}", "value": st[k], "images": None})
+                text = label + family if k.endswith("f1") else label
+                rows.append({"metric": f"{model}: {text}", "value": st[k], "images": None})
     if gaugan and "semantic_miou" in gaugan:
         rows.append(
             {"metric": "GauGAN semantic mIoU (held-out)", "value": gaugan["semantic_miou"], "images": gaugan["images"]}

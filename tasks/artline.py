@@ -144,9 +144,24 @@ def load_training_pairs(ws: Workspace, opts: LineartTrainOptions) -> dict[str, A
             "source": f"folder:{Location(opts.pairs).url}",
             "digest": digest,
         }
-    train = draw_pairs(1000 + opts.seed, opts.count, opts.size)
-    val = draw_pairs(2000 + opts.seed, opts.val_count, opts.size)
-    return {"train": train, "val": val, "source": f"synth:seed {1000 + opts.seed} x{opts.count}", "digest": ""}
+    from tasks import linepairs
+
+    families = list(opts.train_families())
+    train = linepairs.draw_pairs(1000 + opts.seed, opts.count, opts.size, families)
+    val = linepairs.draw_pairs(2000 + opts.seed, opts.val_count, opts.size, [opts.holdout])
+    source = f"drawn:{'+'.join(families)} seed {1000 + opts.seed} x{opts.count}; held out: {opts.holdout}"
+    return {"train": train, "val": val, "source": source, "digest": "", "holdout": opts.holdout}
+
+
+def classic_f1(images: np.ndarray, lines: np.ndarray) -> dict[str, float]:
+    """Boundary F1 of the training-free methods on the held-out pairs (the figures to beat)."""
+    from tasks.lineart import METHODS, render
+
+    return {
+        name: dataset_f1([render(name, img) for img in images], list(lines))["f1"]
+        for name in ("xdog", "canny")
+        if name in METHODS
+    }
 
 
 # -- loss ------------------------------------------------------------------------------------
@@ -159,11 +174,17 @@ def gram(x: torch.Tensor) -> torch.Tensor:
 class FeatureLoss(torch.nn.Module):
     """Pixel L1 + VGG16 feature L1 (relu3_3/4_3/5_3 at 5, 15, 2) + Gram L1 (``5e3 w**2``)."""
 
-    def __init__(self, vgg_weights: str | None = None, feature_weight: float = 1.0, ink_weight: float = 1.0) -> None:
+    def __init__(
+        self,
+        vgg_weights: str | None = None,
+        feature_weight: float = 1.0,
+        ink_weight: float = 1.0,
+        dice_weight: float = 0.0,
+    ) -> None:
         super().__init__()
         from models.vgg import VGGFeatures
 
-        self.feature_weight, self.ink_weight = feature_weight, ink_weight
+        self.feature_weight, self.ink_weight, self.dice_weight = feature_weight, ink_weight, dice_weight
         self.vgg = VGGFeatures("vgg16", FEATURE_LAYERS, vgg_weights) if feature_weight > 0 else None
         self.source = self.vgg.source if self.vgg is not None else "off: no ImageNet VGG16 weights (pixel L1 only)"
 
@@ -174,6 +195,11 @@ class FeatureLoss(torch.nn.Module):
         else:  # ink is ~3% of a drawing: weigh it up, or "all paper" is a strong minimum
             w = 1 + (self.ink_weight - 1) * (1 - target.clamp(0, 1))
             pixel = (w * (pred - target).abs()).sum() / w.sum()
+        if self.dice_weight > 0:  # soft Dice on ink (1 - drawing): overlap, as F1 counts it, per image
+            p, t = 1 - pred.clamp(0, 1), 1 - target.clamp(0, 1)
+            inter = (p * t).sum(dim=(1, 2, 3))
+            dice = 1 - ((2 * inter + 1) / (p.sum(dim=(1, 2, 3)) + t.sum(dim=(1, 2, 3)) + 1)).mean()
+            pixel = pixel + self.dice_weight * dice
         if self.vgg is None:
             return pixel, {"pixel": float(pixel.detach())}
         fp = self.vgg(pred.expand(-1, 3, -1, -1))
@@ -227,10 +253,11 @@ def train_lineart(
     data = load_training_pairs(ws, opts)
     train_img, train_lines = data["train"]
     val_img, val_lines = data["val"]
+    classic = classic_f1(val_img, val_lines)  # the same held-out images, scored by XDoG and Canny
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(opts.seed)
         model = create("lineart", opts.model).to(device)
-    loss_fn = FeatureLoss(opts.vgg_weights, opts.feature_scale(), opts.ink_weight).to(device)
+    loss_fn = FeatureLoss(opts.vgg_weights, opts.feature_scale(), opts.ink_weight, opts.dice_weight).to(device)
     if loss_fn.vgg is None and not opts.vgg_weights:
         log.warning(
             "train-lineart: no ImageNet VGG16 weights given, so the VGG feature and Gram terms are off (pixel L1 "
@@ -290,6 +317,9 @@ def train_lineart(
         f1 = dataset_f1(list(val_pred), list(val_lines))
         metrics = {"epoch": k + 1, "size": size, **{f"loss_{p}": round(v / steps, 5) for p, v in sums.items()}}
         metrics.update(f1=f1["f1"], precision=f1["precision"], recall=f1["recall"], val_images=f1["images"])
+        metrics.update({f"{name}_f1": v for name, v in classic.items()})
+        if data.get("holdout"):
+            metrics["holdout"] = data["holdout"]
         metrics["seconds"] = round(time.perf_counter() - t0, 1)
         name = f"{key[:8]}-epoch-{k + 1:04d}"
         config = {"model": opts.model, "run": key, "options": opts.model_dump(), "pairs": data["source"]}

@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# The style families of the randomised pairs (tasks.linepairs.FAMILIES), and synth's own
+# portraits: named here so that the command line knows them without drawing anything.
+FAMILY_NAMES = ("synth", "cel", "soft", "tone", "paint")
+Family = Literal["synth", "cel", "soft", "tone", "paint"]
 
 
 class LineartTrainOptions(BaseModel):
@@ -22,6 +28,12 @@ class LineartTrainOptions(BaseModel):
     epochs: tuple[int, ...] = Field((4, 3, 4), description="epochs at each of sizes (progressive resizing), e.g. 4,3,4")
     pairs: str | None = Field(None, description="folder of pairs in synth's layout; default: drawn")
     count: int = Field(320, ge=2, description="pairs to draw when no folder is given")
+    families: tuple[Family, ...] = Field(
+        (), description="style families to train on when pairs are drawn; default every family but the held-out one"
+    )
+    holdout: Family = Field(
+        "cel", description="style family never trained on: the held-out F1 is measured on it (against XDoG and Canny)"
+    )
     val_count: int = Field(32, ge=1, description="held-out pairs scored at every epoch")
     batch_size: int = Field(8, ge=1, description="pairs per step")
     lr: float = Field(2e-3, gt=0, description="peak learning rate (one-cycle, AdamW)")
@@ -30,6 +42,7 @@ class LineartTrainOptions(BaseModel):
         None, ge=0, description="scale of the VGG16 feature + Gram terms; default 1 with ImageNet weights, else 0"
     )
     ink_weight: float = Field(10.0, ge=1, description="weight of ink pixels in the pixel L1 (1: plain L1)")
+    dice_weight: float = Field(0.0, ge=0, description="weight of a soft Dice term on ink (overlap, as F1 counts it)")
     vgg_weights: str | None = Field(None, description="local file with ImageNet VGG16 weights")
     seed: int = Field(0, description="seed of the initial weights, the drawn pairs and the shuffle")
     device: str = "auto"
@@ -41,7 +54,13 @@ class LineartTrainOptions(BaseModel):
             raise ValueError(f"every training side must be a multiple of 16, not {list(sizes)}")
         if len(self.epochs) != len(sizes):
             raise ValueError(f"epochs {list(self.epochs)} must give one count per size {list(sizes)}")
+        if self.holdout in self.families:
+            raise ValueError(f"the held-out family {self.holdout!r} cannot also be a training family")
         return self
+
+    def train_families(self) -> tuple[str, ...]:
+        """The families drawn for training: ``families``, or every family but ``holdout``."""
+        return self.families or tuple(f for f in FAMILY_NAMES if f != self.holdout)
 
     def feature_scale(self) -> float:
         """The feature-loss weight in effect (see the module docstring for the fallback)."""

@@ -56,6 +56,9 @@ def workspace_status(ws: Workspace) -> dict[str, Any]:
                         "commonest_colour_accuracy",
                         "hint_accuracy",
                         "f1",
+                        "xdog_f1",
+                        "canny_f1",
+                        "holdout",
                         "epoch",
                         "step",
                     )
@@ -100,6 +103,11 @@ def status_lines(status: dict[str, Any]) -> list[str]:
             extra = f"  held-out palette accuracy {st['palette_accuracy']:.3f}"
         if "f1" in st:
             extra = f"  held-out line F1 {st['f1']:.3f}"
+            if "holdout" in st:
+                extra += f" on style family {st['holdout']} (never trained on)"
+            classic = [f"{m} {st[f'{m}_f1']:.3f}" for m in ("xdog", "canny") if f"{m}_f1" in st]
+            if classic:
+                extra += f"; same images: {', '.join(classic)}"
         if st.get("pending"):
             extra = f"  {st['pending']} planned, not stored yet: run the ingestion again to finish"
         if "semantic_miou" in st:
