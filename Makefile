@@ -41,6 +41,7 @@ bench: setup
 	$(BIN)/python -m bench.lineart --count 4096
 	$(BIN)/python -m bench.lineart --count 4096 --codec raw
 	$(BIN)/python -m bench.lineart --count 8192 --varied
+	$(BIN)/python -m bench.lineart --quality
 	$(BIN)/python -m bench.styles
 	$(BIN)/python -m bench.colorizer
 	$(BIN)/python -m bench.orchestration

@@ -20,7 +20,7 @@ Writes ``bench/results/lineart-<count>.json`` (``make bench`` runs 1,024 and 4,0
 3. Quality on drawings never trained on: ``train-lineart``'s default at 256 px with one
    style family held out (``tasks.linepairs``), then boundary F1 (2 px) of the learned
    model, XDoG and Canny on 64 fresh pairs of every family; the held-out family's row is
-   the figure. Also ``bench/results/lineart-photos.png``: the three methods on labelme's
+   the figure. Also ``bench/results/lineart-photos.jpg``: the three methods on labelme's
    example photographs. Writes ``bench/results/lineart-quality.json``.
 """
 
@@ -150,7 +150,7 @@ def quality(holdouts: list[str], eval_count: int, size: int) -> dict[str, Any]:
         )
         print(json.dumps(runs[-1]))
         if holdout == holdouts[0]:
-            contact_sheet(model, HERE / "results" / "lineart-photos.png")
+            contact_sheet(model, HERE / "results" / "lineart-photos.jpg")
     return {
         "benchmark": "lineart-quality",
         "size": size,
@@ -172,19 +172,21 @@ def contact_sheet(model: Any, out: Path, side: int = 256) -> None:
     from tasks.imageio import load_square
     from tasks.lineart import auto_canny, xdog
 
-    photos = sorted(PHOTOS.glob("*/data_annotated/*.jpg"))[:6]
+    # labelme's example photographs: the street scenes and the first frames of its video
+    photos = sorted(PHOTOS.glob("semantic_segmentation/data_annotated/*.jpg"))[:4]
+    photos += sorted(PHOTOS.glob("video_annotation/data_annotated/*.jpg"))[:2]
     if not photos:
         return
     rows = []
     for path in photos:
-        img = load_square(path.read_bytes(), side)
+        img = np.array(load_square(path.read_bytes(), side))  # writable: torch warns on a read-only one
         drawn = [auto_canny(img), xdog(img), draw_lines(model, img[None], torch.device("cpu"))[0]]
         rows.append(np.concatenate([img, *(np.repeat(d[..., None], 3, axis=2) for d in drawn)], axis=1))
     sheet = np.concatenate(rows, axis=0)
     head = np.full((28, sheet.shape[1], 3), 255, np.uint8)
     for k, name in enumerate(("photo", "canny", "xdog", "artline (learned)")):
         cv2.putText(head, name, (k * side + 8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.imwrite(str(out), np.concatenate([head, sheet], axis=0)[..., ::-1])
+    cv2.imwrite(str(out), np.concatenate([head, sheet], axis=0)[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 88])
 
 
 def main() -> None:

@@ -257,7 +257,7 @@ class DemoOptions(BaseModel):
     gaugan_lambda_vgg: float = Field(0.0, ge=0)
     gaugan_checkpoint_every: int = Field(50, ge=1)
     lineart_size: int = Field(128, ge=32)
-    lineart_epochs: tuple[int, ...] = (4, 3, 4)
+    lineart_epochs: tuple[int, ...] = (4, 4, 8)
     colorizer_size: int = Field(128, ge=32)
     colorizer_epochs: int = Field(6, ge=1)
     fast_style_size: int = Field(128, ge=16)

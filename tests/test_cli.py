@@ -201,10 +201,12 @@ def test_lineart_commands_end_to_end(cluster: str, tmp_path: Path) -> None:
         r = run([*base, "render-lineart", "--method", method], tmp_path)
         assert r.returncode == 0, r.stderr
         assert f"rendered 10 corpus images with {method}" in r.stdout
-    r = run([*base, "train-lineart", "--size", "32", "--epochs", "2", "--count", "8", "--batch-size", "4"], tmp_path)
+    train = [*base, "train-lineart", "--size", "32", "--epochs", "2", "--count", "8", "--batch-size", "4"]
+    r = run([*train, "--holdout", "tone"], tmp_path)
     assert r.returncode == 0, r.stderr
     assert "trained the line-art model 2 epochs" in r.stdout and "held-out boundary F1" in r.stdout
-    r = run([*base, "train-lineart", "--size", "32", "--epochs", "2", "--count", "8", "--batch-size", "4"], tmp_path)
+    assert "on style family tone" in r.stdout and "same images: xdog" in r.stdout
+    r = run([*train, "--holdout", "tone"], tmp_path)
     assert r.returncode == 0 and "nothing to do" in r.stdout
     r = run([*base, "render-lineart", "--method", "artline"], tmp_path)
     assert r.returncode == 0, r.stderr
@@ -212,6 +214,9 @@ def test_lineart_commands_end_to_end(cluster: str, tmp_path: Path) -> None:
     for method in ("canny", "xdog", "artline"):
         assert status["stages"][f"corpus/lineart/{method}"] == {"done": 10, "total": 10}
     assert status["stages"]["artline"]["done"] == 1
+    assert status["stages"]["artline"]["holdout"] == "tone" and 0 <= status["stages"]["artline"]["xdog_f1"] <= 1
+    text = run([*base, "status"], tmp_path).stdout
+    assert "on style family tone (never trained on); same images: xdog" in text
 
 
 def test_style_commands_end_to_end(cluster: str, tmp_path: Path) -> None:

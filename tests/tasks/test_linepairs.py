@@ -61,3 +61,12 @@ def test_holdout_is_never_a_training_family() -> None:
         LineartTrainOptions(holdout="tone", families=("tone", "cel"))
     with pytest.raises(ValidationError):
         LineartTrainOptions(holdout="watercolour")
+
+
+def test_drawing_in_threads_gives_the_same_pairs(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tasks.linepairs as lp
+
+    one = draw_pairs(4, 6, 64, ["cel", "paint", "synth"], workers=1)
+    monkeypatch.setattr(lp, "PARALLEL_PIXELS", 0)  # so that six small pairs go to two threads
+    two = draw_pairs(4, 6, 64, ["cel", "paint", "synth"], workers=2)
+    assert np.array_equal(one[0], two[0]) and np.array_equal(one[1], two[1])
