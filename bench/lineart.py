@@ -15,7 +15,7 @@
 
 Writes ``bench/results/lineart-<count>.json`` (``make bench`` runs 1,024 and 4,096).
 
-    .venv/bin/python -m bench.lineart --quality [--holdouts cel,soft,tone,paint] [--eval-count 64]
+    .venv/bin/python -m bench.lineart --quality [--holdouts cel,soft,tone,paint] [--eval-count 64] [--quality-size 256]
 
 3. Quality on drawings never trained on: ``train-lineart``'s default at 256 px with one
    style family held out (``tasks.linepairs``), then boundary F1 (2 px) of the learned
@@ -194,6 +194,7 @@ def main() -> None:
     ap.add_argument("--quality", action="store_true", help="held-out style-family F1 of train-lineart's default")
     ap.add_argument("--holdouts", default="cel", help="with --quality: one training per held-out family")
     ap.add_argument("--eval-count", type=int, default=64, help="with --quality: pairs scored per family")
+    ap.add_argument("--quality-size", type=int, default=256, help="with --quality: training and scoring side")
     ap.add_argument("--count", type=int, default=1024)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--codec", choices=("jpeg", "raw"), default="jpeg", help="how the corpus is stored")
@@ -202,7 +203,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     if args.quality:
-        result = quality(args.holdouts.split(","), args.eval_count, 256 if args.size == 512 else args.size)
+        result = quality(args.holdouts.split(","), args.eval_count, args.quality_size)
         (HERE / "results" / "lineart-quality.json").write_text(json.dumps(result, indent=1) + "\n")
         return
     from flows.lineart import render_lineart

@@ -195,13 +195,14 @@ class FeatureLoss(torch.nn.Module):
         else:  # ink is ~3% of a drawing: weigh it up, or "all paper" is a strong minimum
             w = 1 + (self.ink_weight - 1) * (1 - target.clamp(0, 1))
             pixel = (w * (pred - target).abs()).sum() / w.sum()
+        parts = {"pixel": pixel}
         if self.dice_weight > 0:  # soft Dice on ink (1 - drawing): overlap, as F1 counts it, per image
             p, t = 1 - pred.clamp(0, 1), 1 - target.clamp(0, 1)
             inter = (p * t).sum(dim=(1, 2, 3))
-            dice = 1 - ((2 * inter + 1) / (p.sum(dim=(1, 2, 3)) + t.sum(dim=(1, 2, 3)) + 1)).mean()
-            pixel = pixel + self.dice_weight * dice
+            parts["dice"] = 1 - ((2 * inter + 1) / (p.sum(dim=(1, 2, 3)) + t.sum(dim=(1, 2, 3)) + 1)).mean()
+        total = pixel + self.dice_weight * parts["dice"] if "dice" in parts else pixel
         if self.vgg is None:
-            return pixel, {"pixel": float(pixel.detach())}
+            return total, {k: float(v.detach()) for k, v in parts.items()}
         fp = self.vgg(pred.expand(-1, 3, -1, -1))
         with torch.no_grad():
             ft = self.vgg(target.expand(-1, 3, -1, -1))
@@ -209,8 +210,8 @@ class FeatureLoss(torch.nn.Module):
         grams = sum(
             GRAM_SCALE * w**2 * F.l1_loss(gram(a), gram(b)) for w, a, b in zip(FEATURE_WEIGHTS, fp, ft, strict=True)
         )
-        total = pixel + self.feature_weight * (torch.as_tensor(feat) + torch.as_tensor(grams))
-        parts = {"pixel": pixel, "feature": torch.as_tensor(feat), "gram": torch.as_tensor(grams)}
+        total = total + self.feature_weight * (torch.as_tensor(feat) + torch.as_tensor(grams))
+        parts.update(feature=torch.as_tensor(feat), gram=torch.as_tensor(grams))
         return total, {k: float(v.detach()) for k, v in parts.items()}
 
 

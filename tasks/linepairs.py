@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -95,32 +96,36 @@ class _Style:
     scale: tuple[float, float]  # drawn at this fraction of the size, then enlarged
 
 
+# Each family's draws: (grey, width, taper, inks to pick from, ink value, gaps, lineless,
+# fills, shadow, highlight, backgrounds, blur, noise, JPEG quality, scale).
+_STYLES: dict[str, tuple[Any, ...]] = {
+    "cel": (
+        False, (0.8, 2.2), (0.0, 0.35), ("black", "black", "trace"), (0.0, 0.25), 0.03, 0.05,
+        (("flat", 0.45), ("cel", 0.45), ("linear", 0.1)), 0.7, 0.5, ("flat", "linear", "stripes", "bokeh"),
+        (0.0, 0.5), (0.0, 3.0), (75, 97), (0.8, 1.0),
+    ),
+    "soft": (
+        False, (0.6, 1.5), (0.3, 0.7), ("trace", "trace", "colour"), (0.1, 0.4), 0.08, 0.2,
+        (("linear", 0.35), ("radial", 0.35), ("airbrush", 0.3)), 0.8, 0.8, ("linear", "radial", "bokeh"),
+        (0.2, 0.8), (0.0, 3.0), (65, 95), (0.6, 1.0),
+    ),
+    "tone": (
+        True, (0.8, 3.2), (0.3, 0.9), ("black",), (0.0, 0.12), 0.03, 0.0,
+        (("flat", 0.35), ("tone", 0.4), ("hatch", 0.25)), 0.6, 0.3, ("flat", "tone", "speed"),
+        (0.0, 0.6), (0.0, 5.0), (55, 95), (0.7, 1.0),
+    ),
+    "paint": (
+        False, (1.0, 2.6), (0.1, 0.6), ("trace", "colour", "black"), (0.2, 0.5), 0.2, 0.1,
+        (("noise", 0.6), ("linear", 0.2), ("cel", 0.2)), 0.6, 0.4, ("noise", "linear", "flat"),
+        (0.2, 0.9), (1.0, 5.0), (45, 85), (0.55, 0.9),
+    ),
+}  # fmt: skip
+
+
 def _style(family: str, rng: np.random.Generator) -> _Style:
-    if family == "cel":
-        return _Style(
-            False, (0.8, 2.2), (0.0, 0.35), str(rng.choice(["black", "black", "trace"])), (0.0, 0.25), 0.03, 0.05,
-            (("flat", 0.45), ("cel", 0.45), ("linear", 0.1)), 0.7, 0.5, ("flat", "linear", "stripes", "bokeh"),
-            (0.0, 0.5), (0.0, 3.0), (75, 97), (0.8, 1.0),
-        )  # fmt: skip
-    if family == "soft":
-        return _Style(
-            False, (0.6, 1.5), (0.3, 0.7), str(rng.choice(["trace", "trace", "colour"])), (0.1, 0.4), 0.08, 0.2,
-            (("linear", 0.35), ("radial", 0.35), ("airbrush", 0.3)), 0.8, 0.8, ("linear", "radial", "bokeh"),
-            (0.2, 0.8), (0.0, 3.0), (65, 95), (0.6, 1.0),
-        )  # fmt: skip
-    if family == "tone":
-        return _Style(
-            True, (0.8, 3.2), (0.3, 0.9), "black", (0.0, 0.12), 0.03, 0.0,
-            (("flat", 0.35), ("tone", 0.4), ("hatch", 0.25)), 0.6, 0.3, ("flat", "tone", "speed"),
-            (0.0, 0.6), (0.0, 5.0), (55, 95), (0.7, 1.0),
-        )  # fmt: skip
-    if family == "paint":
-        return _Style(
-            False, (1.0, 2.6), (0.1, 0.6), str(rng.choice(["trace", "colour", "black"])), (0.2, 0.5), 0.2, 0.1,
-            (("noise", 0.6), ("linear", 0.2), ("cel", 0.2)), 0.6, 0.4, ("noise", "linear", "flat"),
-            (0.2, 0.9), (1.0, 5.0), (45, 85), (0.55, 0.9),
-        )  # fmt: skip
-    raise ValueError(f"style family must be one of {', '.join(FAMILIES)}, not {family!r}")
+    grey, width, taper, inks, *rest = _STYLES[family]
+    ink = str(rng.choice(inks)) if len(inks) > 1 else inks[0]
+    return _Style(grey, width, taper, ink, *rest)
 
 
 def _colour(rng: np.random.Generator, grey: bool) -> np.ndarray:
@@ -280,8 +285,8 @@ class _Canvas:
 
     def texture(self, kind: str, base: np.ndarray, pts: Points) -> np.ndarray:
         rng, n = self.rng, self.n
-        if kind == "flat" or kind == "cel":
-            return np.broadcast_to(base, (n, n, 3)).astype(np.float32)
+        if kind in ("flat", "cel", "airbrush"):  # one colour (a cel or airbrushed shadow comes after)
+            return base
         if kind == "linear":
             g = 1 + rng.uniform(0.15, 0.5) * (self.light - 0.5)
             return base * g[..., None]
@@ -290,8 +295,6 @@ class _Canvas:
             d = np.sqrt((self.xx - cx) ** 2 + (self.yy - cy) ** 2)
             g = 1.15 - rng.uniform(0.3, 0.9) * d
             return base * g[..., None]
-        if kind == "airbrush":
-            return np.broadcast_to(base, (n, n, 3)).astype(np.float32)
         if kind == "noise":
             return base * (1 + rng.uniform(0.1, 0.35) * _value_noise(rng, n))[..., None]
         if kind == "tone":

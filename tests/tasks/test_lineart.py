@@ -130,3 +130,18 @@ def test_progressive_sizes_and_pairs_from_a_folder(tmp_path: Path) -> None:
         LineartTrainOptions(size=64, epochs=(1, 1, 1))  # 64 px has two stages: 32 and 64
     assert LineartTrainOptions(size=256, epochs=(6, 3)).stage_sizes() == (128, 256)  # the last stages
     assert np.asarray(Image.open(tmp_path / "pairs" / "lines" / "s4-000000.png")).min() == 0
+
+
+def test_dice_term_is_its_own_part_of_the_loss() -> None:
+    from tasks.artline import FeatureLoss
+
+    target = torch.ones(2, 1, 16, 16)
+    target[:, :, 8, :] = 0  # one ink row
+    plain = FeatureLoss(feature_weight=0, ink_weight=3)
+    dice = FeatureLoss(feature_weight=0, ink_weight=3, dice_weight=0.5)
+    assert set(plain(target, target)[1]) == {"pixel"}
+    loss, parts = dice(target, target)
+    assert set(parts) == {"pixel", "dice"} and parts["dice"] < 0.05 and float(loss) < 0.03
+    blank = torch.ones_like(target)  # no ink drawn: no overlap at all
+    loss, parts = dice(blank, target)
+    assert parts["dice"] > 0.9 and float(loss) == pytest.approx(parts["pixel"] + 0.5 * parts["dice"], rel=1e-5)
