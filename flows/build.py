@@ -138,7 +138,9 @@ STAGES: tuple[Stage, ...] = (
         "train-lineart",
         lambda b: None,
         lambda b: train_lineart_flow(
-            workspace=b.workspace, options=b.options.get("lineart_options") or LineartTrainOptions()
+            workspace=b.workspace,
+            # a workspace with annotations fine-tunes on them after the drawn pre-training
+            options=b.options.get("lineart_options") or LineartTrainOptions(finetune=b.count("annotated") >= 2),
         ),
     ),
     Stage(
@@ -193,7 +195,8 @@ def build(
         augment_options: augment's options (default: its defaults)
         train_options: train-unet's options
         gaugan_options: train-gaugan's options
-        lineart_options: train-lineart's options
+        lineart_options: train-lineart's options (default: its defaults, and fine-tuned on the
+            annotations when there are at least 2)
         colorizer_options: train-colorizer's options
         style_image: a style image: render-style also renders a fast style of it
         fast_options: the fast style's training options
@@ -258,13 +261,14 @@ class DemoOptions(BaseModel):
     gaugan_checkpoint_every: int = Field(50, ge=1)
     lineart_size: int = Field(128, ge=32)
     lineart_epochs: tuple[int, ...] = (4, 4, 8)
+    lineart_finetune: bool = True  # on the demo's annotated portraits, after the drawn pre-training
     colorizer_size: int = Field(128, ge=32)
     colorizer_epochs: int = Field(6, ge=1)
     fast_style_size: int = Field(128, ge=16)
     fast_style_steps: int = Field(40, ge=1)
 
     def lineart(self) -> LineartTrainOptions:
-        return LineartTrainOptions(size=self.lineart_size, epochs=self.lineart_epochs)
+        return LineartTrainOptions(size=self.lineart_size, epochs=self.lineart_epochs, finetune=self.lineart_finetune)
 
     def gaugan(self) -> GauganOptions:
         return GauganOptions(

@@ -34,7 +34,8 @@ def train_lineart_flow(workspace: str, options: LineartTrainOptions = LineartTra
     ws = Workspace(workspace)
 
     def line(m: dict[str, Any]) -> str:
-        return f"epoch {m['epoch']} at {m['size']} px: F1 {m['f1']} ({m['seconds']} s)"
+        tuning = "fine-tuning " if m.get("holdout") == "annotated" else ""
+        return f"{tuning}epoch {m['epoch']} at {m['size']} px: F1 {m['f1']} ({m['seconds']} s)"
 
     with monitored("train-lineart-metrics", f"train-lineart on {ws.url}", line) as mon:
         from tasks.artline import train_lineart  # torch: only where a model trains
@@ -100,13 +101,22 @@ def describe_train_lineart_flow(r: dict[str, Any], params: dict[str, Any]) -> st
     elif r["resumed_at"]:
         head = f"resumed run {r['run']} after epoch {r['resumed_at']} of {r['epochs']}\n"
     last = r["last"]
-    family = f" on style family {last['holdout']}" if last.get("holdout") else ""
+    from tasks.status import holdout_text
+
     classic = ", ".join(f"{m} {last[f'{m}_f1']}" for m in ("xdog", "canny") if f"{m}_f1" in last)
-    return head + (
-        f"trained the line-art model {r['epochs']} epochs on {r['pairs']}; held-out boundary F1 {last.get('f1')}"
-        f"{family} at {last.get('size')} px" + (f" (same images: {classic})" if classic else "") + "; "
-        f"checkpoint {r['checkpoint']} in models/artline"
+    if "pretrained_f1" in last:
+        classic += f", before fine-tuning {last['pretrained_f1']}"
+    what = f"fine-tuned the line-art model {r['epochs']} epochs on the annotated images, from {r['pretrained']}"
+    if not r.get("finetune"):
+        what = f"trained the line-art model {r['epochs']} epochs on {r['pairs']}"
+    text = (
+        f"{what}; held-out boundary F1 {last.get('f1')}{holdout_text(last.get('holdout'))} at {last.get('size')} px"
+        + (f" (same images: {classic})" if classic else "")
     )
+    if "family_f1" in last:
+        classic = ", ".join(f"{m} {last[f'family_{m}_f1']}" for m in ("xdog", "canny") if f"family_{m}_f1" in last)
+        text += f"; F1 {last['family_f1']}{holdout_text(last.get('family'))}" + (f" ({classic})" if classic else "")
+    return head + text + f"; checkpoint {r['checkpoint']} in models/artline"
 
 
 def describe_render_lineart(r: dict[str, Any], params: dict[str, Any]) -> str:

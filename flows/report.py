@@ -18,7 +18,7 @@ from storage.location import exists_file
 from storage.sources import read_file
 from storage.workspace import Workspace
 from tasks.report import contact_sheet, sheet_columns
-from tasks.status import status_lines, workspace_status
+from tasks.status import holdout_text, status_lines, workspace_status
 
 COUNT_KEYS = ("stored", "labelled", "rendered", "made", "augmented", "ingested", "quarantined", "shards")
 
@@ -149,16 +149,20 @@ def quality_rows(
         "f1": "held-out line F1",
         "xdog_f1": "held-out line F1 of XDoG, same images",
         "canny_f1": "held-out line F1 of Canny, same images",
+        "pretrained_f1": "held-out line F1 of the pre-trained model, same images",
+        "family_f1": "held-out line F1",
+        "family_xdog_f1": "held-out line F1 of XDoG, same images",
+        "family_canny_f1": "held-out line F1 of Canny, same images",
         "semantic_miou": "semantic mIoU",
         "palette_accuracy": "held-out palette accuracy",
         "commonest_colour_accuracy": "held-out palette accuracy of the commonest colour alone",
         "hint_accuracy": "held-out palette accuracy of the colour hint alone",
     }
     for model, st in sorted(status["stages"].items()):
-        family = f" (style family {st['holdout']}, never trained on)" if "holdout" in st else ""
         for k, label in labels.items():
             if k in st:
-                text = label + family if k.endswith("f1") else label
+                text = label + holdout_text(st.get("family" if k.startswith("family_") else "holdout"))
+                text = text if k.endswith("f1") else label
                 rows.append({"metric": f"{model}: {text}", "value": st[k], "images": None})
     if gaugan and "semantic_miou" in gaugan:
         rows.append(

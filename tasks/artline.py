@@ -29,6 +29,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,7 @@ from storage.checkpoints import (
     checkpoint_metrics,
     commit_train_state,
     has_tag,
+    list_checkpoints,
     load_checkpoint,
     read_optimizer,
     resume_train_state,
@@ -188,20 +190,30 @@ class FeatureLoss(torch.nn.Module):
         self.vgg = VGGFeatures("vgg16", FEATURE_LAYERS, vgg_weights) if feature_weight > 0 else None
         self.source = self.vgg.source if self.vgg is not None else "off: no ImageNet VGG16 weights (pixel L1 only)"
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """``pred``, ``target``: ``(N, 1, H, W)`` float32 drawings in [0, 1] (0 ink, 1 paper) -> (loss, parts)."""
-        if self.ink_weight == 1:
+    def forward(
+        self, pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """``pred``, ``target``: ``(N, 1, H, W)`` float32 drawings in [0, 1] (0 ink, 1 paper) -> (loss, parts).
+
+        ``weight``: ``(N, 1, H, W)`` how much each pixel's truth counts (0: no truth there), or None (1
+        everywhere). The VGG terms compare whole images, so they take no ``weight``.
+        """
+        if self.ink_weight == 1 and weight is None:
             pixel = F.l1_loss(pred, target)
         else:  # ink is ~3% of a drawing: weigh it up, or "all paper" is a strong minimum
             w = 1 + (self.ink_weight - 1) * (1 - target.clamp(0, 1))
-            pixel = (w * (pred - target).abs()).sum() / w.sum()
+            if weight is not None:
+                w = w * weight
+            pixel = (w * (pred - target).abs()).sum() / w.sum().clamp(min=1e-6)
         parts = {"pixel": pixel}
         if self.dice_weight > 0:  # soft Dice on ink (1 - drawing): overlap, as F1 counts it, per image
             p, t = 1 - pred.clamp(0, 1), 1 - target.clamp(0, 1)
+            if weight is not None:
+                p, t = p * weight, t * weight
             inter = (p * t).sum(dim=(1, 2, 3))
             parts["dice"] = 1 - ((2 * inter + 1) / (p.sum(dim=(1, 2, 3)) + t.sum(dim=(1, 2, 3)) + 1)).mean()
         total = pixel + self.dice_weight * parts["dice"] if "dice" in parts else pixel
-        if self.vgg is None:
+        if self.vgg is None or weight is not None:
             return total, {k: float(v.detach()) for k, v in parts.items()}
         fp = self.vgg(pred.expand(-1, 3, -1, -1))
         with torch.no_grad():
@@ -242,22 +254,40 @@ def draw_lines(model: torch.nn.Module, images: np.ndarray, device: torch.device,
     return np.concatenate(out) if out else np.zeros((0, *images.shape[1:3]), np.uint8)
 
 
+@dataclass
+class _Run:
+    """One resumable training run: its key, checkpoint names, epochs and the data of each."""
+
+    key: str
+    prefix: str  # checkpoint names: f"{prefix}-{k:04d}"
+    plan: list[tuple[int, int]]  # (stage, epoch within the stage)
+    stage_epochs: tuple[int, ...]
+    sizes: tuple[int, ...]
+    samples: int  # training samples per epoch
+    lr: float
+    # (stage, epoch, size) -> x, y, pixel weights or None: one epoch's samples, in training order
+    epoch_data: Callable[[int, int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
+    validate: Callable[[torch.nn.Module], dict[str, Any]]  # the epoch's held-out metrics
+    config: dict[str, Any]
+    base: str = ""  # the checkpoint whose weights the run starts from ("": the seeded initialisation)
+
+
 def train_lineart(
     ws: Workspace,
     opts: LineartTrainOptions,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     on_step: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Train (or resume) the line-art model; returns the last epoch's metrics and checkpoint."""
+    """Train (or resume) the line-art model; returns the last epoch's metrics and checkpoint.
+
+    With ``finetune``, the pre-training run is finished (or found finished) first, and a
+    second run fine-tunes its last checkpoint on the workspace's annotated images.
+    """
     device = pick_device(opts.device)
-    key = opts.run_key()
     data = load_training_pairs(ws, opts)
     train_img, train_lines = data["train"]
     val_img, val_lines = data["val"]
     classic = classic_f1(val_img, val_lines)  # the same held-out images, scored by XDoG and Canny
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(opts.seed)
-        model = create("lineart", opts.model).to(device)
     loss_fn = FeatureLoss(opts.vgg_weights, opts.feature_scale(), opts.ink_weight, opts.dice_weight).to(device)
     if loss_fn.vgg is None and not opts.vgg_weights:
         log.warning(
@@ -265,19 +295,144 @@ def train_lineart(
             "only); pass --vgg-weights FILE for ArtLine's full loss, or --feature-weight 1 for random VGG features"
         )
     sizes = opts.stage_sizes()
-    plan = [(stage, epoch) for stage, n in enumerate(opts.epochs) for epoch in range(n)]
-    steps = -(-len(train_img) // opts.batch_size)
+    key = opts.run_key()
+
+    def pair_epoch(stage: int, epoch: int, size: int) -> tuple[torch.Tensor, torch.Tensor, None]:
+        x_all, y_all = _to_tensors(train_img, train_lines, size)
+        order = torch.randperm(len(x_all), generator=seeded_generator(opts.seed, stage, epoch))
+        return x_all[order], y_all[order], None
+
+    def validate_pairs(model: torch.nn.Module) -> dict[str, Any]:
+        f1 = dataset_f1(list(draw_lines(model, val_img, device)), list(val_lines))
+        metrics = {"f1": f1["f1"], "precision": f1["precision"], "recall": f1["recall"], "val_images": f1["images"]}
+        metrics.update({f"{name}_f1": v for name, v in classic.items()})
+        if data.get("holdout"):
+            metrics["holdout"] = data["holdout"]
+        return metrics
+
+    config = {"model": opts.model, "run": key, "options": opts.model_dump(), "pairs": data["source"]}
+    config.update(vgg=loss_fn.source, sizes=list(sizes))
+    pre = _Run(
+        key,
+        f"{key[:8]}-epoch",
+        [(stage, epoch) for stage, n in enumerate(opts.epochs) for epoch in range(n)],
+        opts.epochs,
+        sizes,
+        len(train_img),
+        opts.lr,
+        pair_epoch,
+        validate_pairs,
+        config,
+    )
+    result = _train_run(ws, opts, pre, loss_fn, device, on_epoch, on_step)
+    result.update(pairs=data["source"], vgg=loss_fn.source)
+    if not opts.finetune:
+        return result
+    tuned = _finetune(ws, opts, data, result["checkpoint"], device, validate_pairs, on_epoch, on_step)
+    return {**tuned, "pretrained": result["checkpoint"], "pairs": data["source"], "vgg": loss_fn.source}
+
+
+def _finetune(
+    ws: Workspace,
+    opts: LineartTrainOptions,
+    data: dict[str, Any],
+    base: str,
+    device: torch.device,
+    validate_pairs: Callable[[torch.nn.Module], dict[str, Any]],
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+    on_step: Callable[[int, int], None] | None,
+) -> dict[str, Any]:
+    """Fine-tune checkpoint ``base`` on the annotated images (see :func:`finetune_targets`)."""
+    from tasks import lineart_finetune as ft
+
+    tune = ft.load_annotated(ws, opts)
+    train_img, train_lines = data["train"]
+    n_replay = min(len(train_img), round(opts.replay * len(tune.train_images)))
+    samples = len(tune.train_images) + n_replay
+    key = opts.finetune_key(tune.digest)
+    pretrained, _, _ = load_artline(ws, base, str(device))
+    before = dataset_f1(list(draw_lines(pretrained, tune.val_images, device)), list(tune.val_lines))["f1"]
+    del pretrained
+
+    def epoch_data(stage: int, epoch: int, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        g = seeded_generator(opts.seed, 100 + stage, epoch)
+        picked = torch.randperm(len(train_img), generator=g)[:n_replay].sort().values.numpy()
+        flips = torch.rand(len(tune.train_images), generator=g).numpy() < 0.5  # the annotated images mirrored
+        img = np.where(flips[:, None, None, None], tune.train_images[:, :, ::-1], tune.train_images)
+        lines = np.where(flips[:, None, None], tune.train_lines[:, :, ::-1], tune.train_lines)
+        weight = np.where(flips[:, None, None], tune.train_weights[:, :, ::-1], tune.train_weights)
+        x, y = _to_tensors(np.concatenate([img, train_img[picked]]), np.concatenate([lines, train_lines[picked]]), size)
+        w = torch.from_numpy(np.concatenate([weight, np.ones((n_replay, *weight.shape[1:]), np.float32)]))[:, None]
+        order = torch.randperm(samples, generator=g)
+        return x[order], y[order], w[order]
+
+    def validate(model: torch.nn.Module) -> dict[str, Any]:
+        f1 = dataset_f1(list(draw_lines(model, tune.val_images, device)), list(tune.val_lines))
+        metrics = {"f1": f1["f1"], "precision": f1["precision"], "recall": f1["recall"], "val_images": f1["images"]}
+        metrics.update({f"{name}_f1": v for name, v in tune.classic.items()})
+        metrics["pretrained_f1"] = before  # the pre-trained model's, same images
+        metrics["holdout"] = "annotated"  # status: "on held-out annotated images"
+        family = validate_pairs(model)  # what the drawn pre-training taught, on its held-out family
+        metrics.update(family_f1=family["f1"], family=family.get("holdout", "drawn"))
+        metrics.update({f"family_{name}_f1": family[f"{name}_f1"] for name in tune.classic if f"{name}_f1" in family})
+        return metrics
+
+    config: dict[str, Any] = {"model": opts.model, "run": key, "options": opts.model_dump(), "base": base}
+    config.update(annotated=len(tune.train_images), annotated_val=len(tune.val_images), replay=n_replay)
+    run = _Run(
+        key,
+        f"{key[:8]}-tune",
+        [(0, epoch) for epoch in range(opts.finetune_epochs)],
+        (opts.finetune_epochs,),
+        (opts.size,),
+        samples,
+        opts.finetune_lr,
+        epoch_data,
+        validate,
+        config,
+        base,
+    )
+    loss_fn = FeatureLoss(None, 0.0, opts.ink_weight, opts.dice_weight).to(device)  # masked truth: no VGG terms
+    return {**_train_run(ws, opts, run, loss_fn, device, on_epoch, on_step), "finetune": True}
+
+
+def _final_checkpoint(ws: Workspace, run: _Run) -> str:
+    """The run's last checkpoint when it is stored (the run finished), else ""."""
+    name = f"{run.prefix}-{len(run.plan):04d}"
+    names = list_checkpoints(ws, MODEL_DIR)
+    if name in names and load_checkpoint(ws, MODEL_DIR, name).config.get("run") == run.key:
+        return name
+    return ""
+
+
+def _train_run(
+    ws: Workspace,
+    opts: LineartTrainOptions,
+    run: _Run,
+    loss_fn: FeatureLoss,
+    device: torch.device,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+    on_step: Callable[[int, int], None] | None,
+) -> dict[str, Any]:
+    key, plan = run.key, run.plan
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(opts.seed)
+        model = create("lineart", opts.model).to(device)
+    if run.base:
+        load_weights(model, load_checkpoint(ws, MODEL_DIR, run.base).weights)
+    steps = -(-run.samples // opts.batch_size)
     state = resume_train_state(ws, MODEL_DIR, key)
     meta = state.meta if state else None
     start = 0
+    finished = "" if state and meta else _final_checkpoint(ws, run)  # another run's state came after this one
+    if finished or (state and meta and int(meta["done"]) >= len(plan)):
+        ckpt = load_checkpoint(ws, MODEL_DIR, finished or (state.checkpoint if state else ""))
+        log.info("train-lineart run %s already finished its %d epochs", key, len(plan))
+        done = {"last": ckpt.metrics, "history": [], "checkpoint": ckpt.name, "already_done": True}
+        return {"run": key, "epochs": len(plan), "resumed_at": len(plan), **done}
     if state and meta:
         start = int(meta["done"])
-        ckpt = load_checkpoint(ws, MODEL_DIR, state.checkpoint)
-        load_weights(model, ckpt.weights)
-        if start >= len(plan):
-            log.info("train-lineart run %s already finished its %d epochs", key, len(plan))
-            done = {"last": ckpt.metrics, "history": [], "checkpoint": ckpt.name, "already_done": True}
-            return {"run": key, "epochs": len(plan), "resumed_at": start, "pairs": data["source"], **done}
+        load_weights(model, load_checkpoint(ws, MODEL_DIR, state.checkpoint).weights)
         log.info("resuming train-lineart run %s after epoch %d of %d", key, start, len(plan))
     history: list[dict[str, Any]] = []
     metrics: dict[str, Any] = {}
@@ -285,27 +440,27 @@ def train_lineart(
     optimizer = scheduler = None
     for k in range(start, len(plan)):
         stage, epoch = plan[k]
-        size = sizes[stage]
+        size = run.sizes[stage]
         if optimizer is None or epoch == 0:
-            optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+            optimizer = torch.optim.AdamW(model.parameters(), lr=run.lr, weight_decay=opts.weight_decay)
             scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=opts.lr, total_steps=opts.epochs[stage] * steps
+                optimizer, max_lr=run.lr, total_steps=run.stage_epochs[stage] * steps
             )
             if k == start and epoch > 0 and state and meta:
                 load_optimizer_state({"opt": optimizer}, read_optimizer(ws, state), meta["param_groups"])
                 scheduler.load_state_dict(meta["scheduler"])
         assert scheduler is not None
         t0 = time.perf_counter()
-        x_all, y_all = _to_tensors(train_img, train_lines, size)
-        order = torch.randperm(len(x_all), generator=seeded_generator(opts.seed, stage, epoch))
+        x_all, y_all, w_all = run.epoch_data(stage, epoch, size)
         model.train()
         sums: dict[str, float] = {}
         for b in range(steps):
-            idx = order[b * opts.batch_size : (b + 1) * opts.batch_size]
-            x, y = x_all[idx].to(device), y_all[idx].to(device)
+            sl = slice(b * opts.batch_size, (b + 1) * opts.batch_size)
+            x, y = x_all[sl].to(device), y_all[sl].to(device)
+            w = w_all[sl].to(device) if w_all is not None else None
             with autocast(device):
                 pred = model(x)
-            loss, parts = loss_fn(pred.float(), y)
+            loss, parts = loss_fn(pred.float(), y, w)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -314,21 +469,14 @@ def train_lineart(
                 sums[part] = sums.get(part, 0.0) + v
             if on_step:
                 on_step(k * steps + b + 1, len(plan) * steps)
-        val_pred = draw_lines(model, val_img, device)
-        f1 = dataset_f1(list(val_pred), list(val_lines))
         metrics = {"epoch": k + 1, "size": size, **{f"loss_{p}": round(v / steps, 5) for p, v in sums.items()}}
-        metrics.update(f1=f1["f1"], precision=f1["precision"], recall=f1["recall"], val_images=f1["images"])
-        metrics.update({f"{name}_f1": v for name, v in classic.items()})
-        if data.get("holdout"):
-            metrics["holdout"] = data["holdout"]
+        metrics.update(run.validate(model))
         metrics["seconds"] = round(time.perf_counter() - t0, 1)
-        name = f"{key[:8]}-epoch-{k + 1:04d}"
-        config = {"model": opts.model, "run": key, "options": opts.model_dump(), "pairs": data["source"]}
-        config.update(vgg=loss_fn.source, sizes=list(sizes))
+        name = f"{run.prefix}-{k + 1:04d}"
         best = has_tag(ws, MODEL_DIR, "best") and k > 0
         best_f1 = float(checkpoint_metrics(ws, MODEL_DIR, "best").get("f1", -1.0)) if best else -1.0
-        tags = ("latest", "best") if f1["f1"] > best_f1 else ("latest",)
-        digest = save_checkpoint(ws, MODEL_DIR, name, weights_bytes(model), config, metrics, tags=())
+        tags = ("latest", "best") if metrics["f1"] > best_f1 else ("latest",)
+        digest = save_checkpoint(ws, MODEL_DIR, name, weights_bytes(model), run.config, metrics, tags=())
         blob, groups = optimizer_state({"opt": optimizer})
         extra = {"param_groups": groups, "scheduler": scheduler.state_dict()}
         commit_train_state(ws, MODEL_DIR, name, blob, {"run": key, "done": k + 1, **extra}, tags, digest)
@@ -344,8 +492,6 @@ def train_lineart(
         "history": history,
         "checkpoint": name,
         "already_done": False,
-        "pairs": data["source"],
-        "vgg": loss_fn.source,
     }
 
 

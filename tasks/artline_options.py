@@ -44,6 +44,19 @@ class LineartTrainOptions(BaseModel):
     ink_weight: float = Field(3.0, ge=1, description="weight of ink pixels in the pixel L1 (1: plain L1)")
     dice_weight: float = Field(0.0, ge=0, description="weight of a soft Dice term on ink (overlap, as F1 counts it)")
     vgg_weights: str | None = Field(None, description="local file with ImageNet VGG16 weights")
+    finetune: bool = Field(
+        False,
+        description="after the drawn pre-training, fine-tune on the workspace's annotated images: their region "
+        "boundaries are line truth where XDoG or Canny sees an edge, the two methods' agreement a weak signal "
+        "elsewhere; drawn pairs are replayed beside them",
+    )
+    finetune_epochs: int = Field(6, ge=1, description="fine-tuning epochs at the final size")
+    finetune_lr: float = Field(5e-4, gt=0, description="peak learning rate of the fine-tuning (one-cycle, AdamW)")
+    replay: float = Field(1.0, ge=0, description="drawn pairs replayed per annotated image in a fine-tuning epoch")
+    weak_weight: float = Field(
+        0.3, ge=0, description="weight of XDoG's and Canny's agreement away from the annotated boundaries"
+    )
+    band: float = Field(3.0, gt=0, description="pixels either side of a boundary where only the boundary is truth")
     seed: int = Field(0, description="seed of the initial weights, the drawn pairs and the shuffle")
     device: str = "auto"
 
@@ -75,6 +88,18 @@ class LineartTrainOptions(BaseModel):
         return ladder[-len(self.epochs) :] if self.epochs else ladder
 
     def run_key(self) -> str:
-        fields = self.model_dump(exclude={"device"})
+        """The pre-training run's key: every option that shapes it (not the fine-tuning's)."""
+        fields = self.model_dump(exclude={"device", *FINETUNE_FIELDS})
         fields["sizes"] = list(self.stage_sizes())
         return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+
+    def finetune_key(self, data_digest: str) -> str:
+        """The fine-tuning run's key: the pre-training's, its own options and the annotations it reads."""
+        fields = {k: v for k, v in self.model_dump().items() if k in FINETUNE_FIELDS}
+        blob = json.dumps({"base": self.run_key(), "data": data_digest, **fields}, sort_keys=True)
+        return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+# Options of the fine-tuning stage only: the pre-training's run key leaves them out, so that
+# fine-tuning (again, or with other settings) starts from the same pre-trained weights.
+FINETUNE_FIELDS = frozenset({"finetune", "finetune_epochs", "finetune_lr", "replay", "weak_weight", "band"})

@@ -59,6 +59,11 @@ def workspace_status(ws: Workspace) -> dict[str, Any]:
                         "xdog_f1",
                         "canny_f1",
                         "holdout",
+                        "pretrained_f1",
+                        "family",
+                        "family_f1",
+                        "family_xdog_f1",
+                        "family_canny_f1",
                         "epoch",
                         "step",
                     )
@@ -93,6 +98,15 @@ def last_runs(ws: Workspace, limit: int = 10) -> list[dict[str, Any]]:
     ]
 
 
+def holdout_text(holdout: str | None) -> str:
+    """What a line-art checkpoint's held-out F1 was measured on, for a sentence."""
+    if not holdout:
+        return ""
+    if holdout == "annotated":  # train-lineart --finetune
+        return " on held-out annotated images (region boundaries as truth)"
+    return f" on style family {holdout} (never trained on)"
+
+
 def status_lines(status: dict[str, Any]) -> list[str]:
     """A plain-text table of a status object, for terminals and reports."""
     lines = [f"workspace: {status['workspace']}", "", f"{'stage':<28} {'done':>9} {'total':>9}  coverage"]
@@ -102,12 +116,16 @@ def status_lines(status: dict[str, Any]) -> list[str]:
         if "palette_accuracy" in st:
             extra = f"  held-out palette accuracy {st['palette_accuracy']:.3f}"
         if "f1" in st:
-            extra = f"  held-out line F1 {st['f1']:.3f}"
-            if "holdout" in st:
-                extra += f" on style family {st['holdout']} (never trained on)"
+            extra = f"  held-out line F1 {st['f1']:.3f}{holdout_text(st.get('holdout'))}"
             classic = [f"{m} {st[f'{m}_f1']:.3f}" for m in ("xdog", "canny") if f"{m}_f1" in st]
+            if "pretrained_f1" in st:
+                classic.append(f"before fine-tuning {st['pretrained_f1']:.3f}")
             if classic:
                 extra += f"; same images: {', '.join(classic)}"
+            if "family_f1" in st:
+                classic = [f"{m} {st[f'family_{m}_f1']:.3f}" for m in ("xdog", "canny") if f"family_{m}_f1" in st]
+                extra += f"; F1 {st['family_f1']:.3f}{holdout_text(st.get('family'))}"
+                extra += f"; same images: {', '.join(classic)}" if classic else ""
         if st.get("pending"):
             extra = f"  {st['pending']} planned, not stored yet: run the ingestion again to finish"
         if "semantic_miou" in st:

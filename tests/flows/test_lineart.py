@@ -57,3 +57,50 @@ def test_a_render_leaves_the_marker_index_current(cluster: str, tmp_path: Path) 
     assert render_lineart(workspace=ws.url, method="canny")["shards"] == 10
     index = ws.loc.read_bytes("_meta/marker-index/corpus/lineart/canny/000000.json")
     assert json.loads(json_text(index))["stamps"] == ws.marker_stamps("corpus/lineart/canny")
+
+
+class Killed(Exception):
+    pass
+
+
+def test_finetune_on_annotations_resumes_exactly_and_reuses_the_pretraining(cluster: str, tmp_path: Path) -> None:
+    from safetensors.torch import load
+
+    from flows.labelme import ingest_labelme
+    from storage.checkpoints import list_checkpoints, load_checkpoint
+    from tasks.annotations import LabelmeOptions
+
+    write_synth_shard(str(tmp_path / "s"), seed=23, size=64, start=0, stop=10, annotated=10)
+    opts = LineartTrainOptions(
+        size=32, sizes=(32,), epochs=(1,), count=8, val_count=4, batch_size=4, finetune=True, finetune_epochs=2
+    )
+    runs = {}
+    for name in ("whole", "cut"):
+        ws = Workspace(str(tmp_path / name))
+        ingest_labelme(workspace=ws.url, src=str(tmp_path / "s" / "labelme"), options=LabelmeOptions(size=64))
+        runs[name] = ws
+    whole = train_lineart(runs["whole"], opts)
+    assert whole["finetune"] and whole["pretrained"] == f"{opts.run_key()[:8]}-epoch-0001"
+    last = whole["last"]
+    assert last["holdout"] == "annotated" and last["family"] == "cel" and last["val_images"] >= 1
+    assert {"f1", "xdog_f1", "canny_f1", "family_f1", "family_xdog_f1"} <= set(last)
+    assert load_checkpoint(runs["whole"], "artline").config["base"] == whole["pretrained"]
+
+    def kill(done: int, total: int) -> None:  # in the fine-tuning's second epoch (the pre-training has 2 steps)
+        if total > 2 and done == total // 2 + 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_lineart(runs["cut"], opts, on_step=kill)
+    again = train_lineart(runs["cut"], opts)
+    assert again["resumed_at"] == 1 and len(again["history"]) == 1
+    a = load(load_checkpoint(runs["whole"], "artline").weights)
+    b = load(load_checkpoint(runs["cut"], "artline").weights)
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a), "a resumed fine-tuning differs"
+
+    # other fine-tuning options start from the same pre-trained weights, not from scratch
+    before = set(list_checkpoints(runs["whole"], "artline"))
+    other = train_lineart(runs["whole"], opts.model_copy(update={"finetune_epochs": 1}))
+    new = set(list_checkpoints(runs["whole"], "artline")) - before
+    assert len(new) == 1 and all("-tune-" in n for n in new) and other["pretrained"] == whole["pretrained"]
+    assert train_lineart(runs["whole"], opts.model_copy(update={"finetune_epochs": 1}))["already_done"]

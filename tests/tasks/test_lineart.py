@@ -145,3 +145,25 @@ def test_dice_term_is_its_own_part_of_the_loss() -> None:
     blank = torch.ones_like(target)  # no ink drawn: no overlap at all
     loss, parts = dice(blank, target)
     assert parts["dice"] > 0.9 and float(loss) == pytest.approx(parts["pixel"] + 0.5 * parts["dice"], rel=1e-5)
+
+
+def test_boundaries_are_truth_only_where_the_picture_has_an_edge() -> None:
+    from tasks.lineart_finetune import IGNORE, boundary_lines, finetune_targets
+
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 16:48] = 1  # a square region, drawn with an outline
+    mask[16:48, 48:56] = 2  # a strip beside it, not outlined (the same colour as the paper)
+    lines = boundary_lines(mask)
+    assert (lines[15:17, 30] == 0).all() and (lines[14, 30], lines[18, 30]) == (255, 255), "2 px, either side"
+    ignored = mask.copy()
+    ignored[:, 32:] = IGNORE
+    assert (boundary_lines(ignored)[:, 33:] == 255).all(), "no boundary into ignored pixels"
+
+    image = np.full((64, 64, 3), 235, np.uint8)
+    image[16:48, 16:48] = (200, 120, 90)
+    image[16:48, 16:18] = image[16:48, 46:48] = image[16:18, 16:48] = image[46:48, 16:48] = 20
+    target, weight = finetune_targets(image, mask, band=3.0, weak_weight=0.3)
+    assert target[16, 30] == 0 and weight[16, 30] == 1.0, "an outlined boundary is ink"
+    assert weight[16:48, 54:56].max() == 0.0, "a boundary without an edge is no truth"
+    assert weight[19, 30] == 0.0, "beside a boundary: no truth"
+    assert target[30, 30] == 255 and weight[30, 30] == 0.3, "a flat area far from boundaries: paper, weakly"
