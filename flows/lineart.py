@@ -106,9 +106,9 @@ def describe_train_lineart_flow(r: dict[str, Any], params: dict[str, Any]) -> st
     classic = ", ".join(f"{m} {last[f'{m}_f1']}" for m in ("xdog", "canny") if f"{m}_f1" in last)
     if "pretrained_f1" in last:
         classic += f", before fine-tuning {last['pretrained_f1']}"
-    what = f"fine-tuned the line-art model {r['epochs']} epochs on the annotated images, from {r['pretrained']}"
-    if not r.get("finetune"):
-        what = f"trained the line-art model {r['epochs']} epochs on {r['pairs']}"
+    what = f"trained the line-art model {r['epochs']} epochs on {r['pairs']}"
+    if r.get("finetune"):
+        what = f"fine-tuned the line-art model {r['epochs']} epochs on the annotated images, from {r['pretrained']}"
     text = (
         f"{what}; held-out boundary F1 {last.get('f1')}{holdout_text(last.get('holdout'))} at {last.get('size')} px"
         + (f" (same images: {classic})" if classic else "")

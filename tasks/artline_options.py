@@ -52,9 +52,9 @@ class LineartTrainOptions(BaseModel):
     )
     finetune_epochs: int = Field(6, ge=1, description="fine-tuning epochs at the final size")
     finetune_lr: float = Field(5e-4, gt=0, description="peak learning rate of the fine-tuning (one-cycle, AdamW)")
-    replay: float = Field(1.0, ge=0, description="drawn pairs replayed per annotated image in a fine-tuning epoch")
+    replay: float = Field(2.0, ge=0, description="drawn pairs replayed per annotated image in a fine-tuning epoch")
     weak_weight: float = Field(
-        0.3, ge=0, description="weight of XDoG's and Canny's agreement away from the annotated boundaries"
+        1.0, ge=0, description="weight of XDoG's and Canny's agreement away from the annotated boundaries"
     )
     band: float = Field(3.0, gt=0, description="pixels either side of a boundary where only the boundary is truth")
     seed: int = Field(0, description="seed of the initial weights, the drawn pairs and the shuffle")

@@ -73,7 +73,7 @@ def _distance_to(ink: np.ndarray) -> np.ndarray:
 
 
 def finetune_targets(
-    image: np.ndarray, mask: np.ndarray, band: float = 3.0, weak_weight: float = 0.3
+    image: np.ndarray, mask: np.ndarray, band: float = 3.0, weak_weight: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """(target ``(H, W)`` uint8 drawing, weight ``(H, W)`` float32) of one annotated image (module docstring)."""
     boundary = boundary_lines(mask) < INK

@@ -218,6 +218,20 @@ def test_lineart_commands_end_to_end(cluster: str, tmp_path: Path) -> None:
     text = run([*base, "status"], tmp_path).stdout
     assert "on style family tone (never trained on); same images: xdog" in text
 
+    tune = [*train, "--holdout", "tone", "--finetune", "--finetune-epochs", "1"]
+    r = run(tune, tmp_path)
+    assert r.returncode == 2 and "needs at least 2" in r.stderr and "ingest-labelme" in r.stderr
+    write_synth_shard(str(tmp_path / "a"), seed=9, size=64, start=0, stop=6, annotated=6)
+    assert run([*base, "ingest-labelme", "a/labelme"], tmp_path).returncode == 0
+    r = run(tune, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "fine-tuned the line-art model 1 epochs on the annotated images, from" in r.stdout
+    assert "on held-out annotated images" in r.stdout and "before fine-tuning" in r.stdout
+    r = run([*base, "render-lineart", "--method", "artline"], tmp_path)
+    assert r.returncode == 0 and "rendered 10 corpus images with artline" in r.stdout, r.stdout
+    text = run([*base, "status"], tmp_path).stdout
+    assert "on held-out annotated images (region boundaries as truth); same images: xdog" in text
+
 
 def test_style_commands_end_to_end(cluster: str, tmp_path: Path) -> None:
     """stylize one image; train-colorizer --json; render-style npr, fast and colorize; status."""

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from storage.workspace import Workspace
-from tasks.lineart import Method, register
+from tasks.lineart import METHODS, Method, register
 
 
 def _load(ws: Workspace, checkpoint: str, device: str) -> tuple[Any, Any]:
@@ -26,9 +26,16 @@ def _draw(loaded: tuple[Any, Any], images: np.ndarray, batch_size: int) -> np.nd
     from tasks.artline import draw_lines
 
     model, device = loaded
-    return draw_lines(model, images, device, batch_size)
+    return draw_lines(model, images, device, batch_size, flip=METHODS["artline"].params["flip"])
 
 
 register(
-    Method("artline", "the learned ArtLine-style U-Net (train-lineart)", model="artline", load=_load, draw_batch=_draw)
+    Method(
+        "artline",
+        "the learned ArtLine-style U-Net (train-lineart)",
+        params={"flip": True},  # draw_lines' mirrored mean: part of the producer version
+        model="artline",
+        load=_load,
+        draw_batch=_draw,
+    )
 )
