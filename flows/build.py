@@ -27,6 +27,7 @@ from flows.report import stage_rows, synth_truth_lineart, synth_truth_miou, writ
 from flows.segment import train_unet_flow
 from flows.style import render_style, train_colorizer_flow
 from flows.synth import synth
+from flows.training import progress
 from storage.checkpoints import has_tag
 from storage.items import item_table
 from storage.workspace import Workspace
@@ -219,16 +220,18 @@ def build(
     b = Build(workspace, ws, size or ws.config().get("image_size", 512), src, labelme, shard_size, options, style_image)
     results: dict[str, Any] = {}
     timings: dict[str, float] = {}
-    for stage in STAGES:
-        if stage.name not in stages:
-            continue
+    chosen = [stage for stage in STAGES if stage.name in stages]
+    for n, stage in enumerate(chosen, 1):
         reason = stage.ready(b)
         if reason is not None:
             logger.info("%s: %s", stage.name, reason)
+            progress(f"stage {n}/{len(chosen)} {stage.name}: skipped ({reason})")
             continue
+        progress(f"stage {n}/{len(chosen)} {stage.name} ...")
         t0 = time.perf_counter()
         results[stage.name] = stage.run(b)
         timings[stage.name] = round(time.perf_counter() - t0, 2)
+        progress(f"stage {n}/{len(chosen)} {stage.name}: done in {timings[stage.name]:.1f} s")
     rows = stage_rows(results, timings, MULTI)
     results["seconds"] = timings
     if report:
@@ -314,6 +317,7 @@ def demo(workspace: str, options: DemoOptions = DemoOptions(), full: bool = Fals
     options = DemoOptions.full() if full else options
     ws = Workspace(workspace)
     out = ws.sub_url("sources/synth")
+    progress(f"demo: drawing {options.count} portraits ({options.annotated} annotated) at {options.size} px")
     drawn = synth(out=out, count=options.count, annotated=options.annotated, size=options.size, seed=options.seed)
     built = build(
         workspace=workspace,
@@ -330,6 +334,7 @@ def demo(workspace: str, options: DemoOptions = DemoOptions(), full: bool = Fals
         report=False,
     )
     evaluation: dict[str, Any] = {}
+    progress("demo: scoring the stages against the synth truth and writing the report")
     if ws.has_array("corpus/masks"):
         evaluation["pseudo-labels vs synth truth"] = synth_truth_miou(ws, ws.sub_url("sources/synth/truth"))
     lineart = synth_truth_lineart(ws, ws.sub_url("sources/synth/lines"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,16 @@ from prefect.artifacts import create_table_artifact
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from flows.shards import artifact_key
+
+
+def progress(text: str, terminal: bool = True) -> None:
+    """One line for a person watching the command: on stderr, flushed at once, with the time.
+
+    ``terminal=False``: only when stderr is not a terminal (a log file, ``make demo > log``),
+    where no progress bar shows; on a terminal the bar does.
+    """
+    if terminal or not sys.stderr.isatty():
+        print(f"{time.strftime('%H:%M:%S')} {text}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -36,6 +47,7 @@ class Monitor:
         self.rows.append(self.row(metrics))
         create_table_artifact(key=artifact_key(self.stage), table=self.rows, description=self.description)
         get_run_logger().info("%s", self.line(metrics))
+        progress(f"{self.stage.removesuffix('-metrics')}: {self.line(metrics)}", terminal=False)
 
     def on_step(self, done: int, total: int, phase: str = "") -> None:
         self.bar.update(self.job, description=phase, completed=done, total=total)

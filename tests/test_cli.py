@@ -266,3 +266,18 @@ def test_style_commands_end_to_end(cluster: str, tmp_path: Path) -> None:
     status = json.loads(run([*base, "status", "--json"], tmp_path).stdout)
     for name in ("pencil", "colour", "fast"):
         assert status["stages"][f"corpus/styled/{name}"] == {"done": 10, "total": 10}
+
+
+def test_build_says_each_stage_in_a_log(cluster: str, tmp_path: Path) -> None:
+    """Output to a file or pipe (no terminal, no bars) still shows a line per stage as it runs."""
+    from tasks.synth import write_synth_shard
+
+    write_synth_shard(str(tmp_path / "c"), seed=12, size=32, start=0, stop=6, annotated=0)
+    base = ["--dask-address", cluster, "--workspace", "ws", "--device", "cpu"]
+    stages = "ingest-labelme,ingest-images,render-lineart"
+    r = run([*base, "build", "--src", "c/images", "--size", "32", "--stages", stages, "--no-report"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = [line.split(" ", 1)[1] for line in r.stderr.splitlines() if " stage " in f" {line}"]
+    assert lines[0] == "stage 1/3 ingest-labelme: skipped (no labelme folder given, nothing new to ingest)", lines
+    assert lines[1] == "stage 2/3 ingest-images ..." and lines[2].startswith("stage 2/3 ingest-images: done in ")
+    assert lines[3] == "stage 3/3 render-lineart ..." and lines[4].startswith("stage 3/3 render-lineart: done in ")
