@@ -38,6 +38,7 @@ bench: setup
 	$(BIN)/python -m bench.pseudolabel
 	$(BIN)/python -m bench.gaugan
 	$(BIN)/python -m bench.lineart --count 1024
+	$(BIN)/python -m bench.lineart --finetune
 	$(BIN)/python -m bench.lineart --count 4096
 	$(BIN)/python -m bench.lineart --count 4096 --codec raw
 	$(BIN)/python -m bench.lineart --count 8192 --varied

@@ -211,6 +211,20 @@ def rows() -> list[tuple[str, str, str, str, str]]:
             f"{f} {r['artline']:.3f} (XDoG {r['xdog']:.3f})" for f, r in run["families"].items() if f != run["holdout"]
         )
         out.append((f"Learned line art, the families it trained on (holdout {run['holdout']})", others, "—", "—", "—"))
+    lf = _load("lineart-finetune")
+    if lf:
+        u = lf["unseen_f1"]
+        out.append(
+            (
+                f"Learned line art fine-tuned on {lf['annotated']} annotated portraits of a style never pre-trained on "
+                f"(synth), boundary F1 at 2 px on {lf['unseen_images']} unannotated ones, {lf['size']} px "
+                f"(train-lineart --finetune, {lf['train_seconds']:.0f} s)",
+                f"{u['finetuned']:.3f}",
+                f"XDoG {u['xdog']:.3f}, Canny {u['canny']:.3f}, pre-trained only {u['pretrained']:.3f}",
+                f"{u['finetuned'] - u['xdog']:+.3f}",
+                "above XDoG where it was not trained",
+            )
+        )
     st = _load("styles-cpu")
     if st:
         out.append(
