@@ -28,9 +28,9 @@ Writes ``bench/results/lineart-<count>.json`` (``make bench`` runs 1,024 and 4,0
 4. Fine-tuning on a workspace's annotations (``train-lineart --finetune``) on a style the
    pre-training never saw: ``synth`` held out of the drawn pairs (128 px, the default
    schedule), 160 annotated synth portraits (256 px, ingested by ``ingest-labelme``) to
-   fine-tune on, then boundary F1 (2 px) of XDoG, Canny, the pre-trained and the
-   fine-tuned model on the 80 unannotated portraits of the same corpus, against their
-   exact line truth (drawn at 128 px). Writes ``bench/results/lineart-finetune.json``.
+   fine-tune on (at their own side, the default), then boundary F1 (2 px) of XDoG, Canny,
+   the pre-trained and the fine-tuned model on the 80 unannotated portraits of the same
+   corpus at 256 px, against their exact line truth. Writes ``bench/results/lineart-finetune.json``.
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ def quality(holdouts: list[str], eval_count: int, size: int) -> dict[str, Any]:
     }
 
 
-def finetune_quality(count: int = 240, annotated: int = 160, size: int = 128) -> dict[str, Any]:
+def finetune_quality(count: int = 240, annotated: int = 160, size: int = 128, side: int = 256) -> dict[str, Any]:
     """Pre-train without ``synth``, fine-tune on annotated synth portraits, score on unannotated ones."""
     import torch
 
@@ -184,15 +184,15 @@ def finetune_quality(count: int = 240, annotated: int = 160, size: int = 128) ->
     torch.set_num_threads(os.cpu_count() or 1)
     root = Path(tempfile.mkdtemp(prefix="bench-lineart-finetune-"))
     seed = 0
-    write_synth_shard(str(root / "src"), seed=seed, size=256, start=0, stop=count, annotated=annotated)
+    write_synth_shard(str(root / "src"), seed=seed, size=side, start=0, stop=count, annotated=annotated)
     ws = Workspace(str(root / "ws"))
     with session(RunConfig(ws.url, None, "cpu", os.cpu_count() or 1)):
-        ingest_labelme(workspace=ws.url, src=str(root / "src" / "labelme"), options=LabelmeOptions(size=256))
+        ingest_labelme(workspace=ws.url, src=str(root / "src" / "labelme"), options=LabelmeOptions(size=side))
     opts = LineartTrainOptions(size=size, holdout="synth", finetune=True, device="cpu")
     t0 = time.perf_counter()
     r = train_lineart(ws, opts)
     seconds = time.perf_counter() - t0
-    unseen = [draw_portrait(seed, i, size) for i in range(annotated, count)]  # never annotated, never trained on
+    unseen = [draw_portrait(seed, i, side) for i in range(annotated, count)]  # never annotated, never trained on
     images, truth = np.stack([p.image for p in unseen]), [p.lines for p in unseen]
     f1 = {m: dataset_f1([render(m, im) for im in images], truth)["f1"] for m in ("xdog", "canny")}
     for label, ref in (("pretrained", r["pretrained"]), ("finetuned", r["checkpoint"])):
@@ -202,6 +202,7 @@ def finetune_quality(count: int = 240, annotated: int = 160, size: int = 128) ->
     result = {
         "benchmark": "lineart-finetune",
         "size": size,
+        "side": side,
         "annotated": annotated,
         "unseen_images": len(unseen),
         "tolerance_px": 2,

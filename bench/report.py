@@ -217,8 +217,8 @@ def rows() -> list[tuple[str, str, str, str, str]]:
         out.append(
             (
                 f"Learned line art fine-tuned on {lf['annotated']} annotated portraits of a style never pre-trained on "
-                f"(synth), boundary F1 at 2 px on {lf['unseen_images']} unannotated ones, {lf['size']} px "
-                f"(train-lineart --finetune, {lf['train_seconds']:.0f} s)",
+                f"(synth), boundary F1 at 2 px on {lf['unseen_images']} unannotated ones at {lf['side']} px "
+                f"(train-lineart --finetune, pre-trained at {lf['size']} px; {lf['train_seconds']:.0f} s)",
                 f"{u['finetuned']:.3f}",
                 f"XDoG {u['xdog']:.3f}, Canny {u['canny']:.3f}, pre-trained only {u['pretrained']:.3f}",
                 f"{u['finetuned'] - u['xdog']:+.3f}",

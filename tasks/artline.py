@@ -354,9 +354,14 @@ def _finetune(
     """Fine-tune checkpoint ``base`` on the annotated images (see :func:`finetune_targets`)."""
     from tasks import lineart_finetune as ft
 
-    tune = ft.load_annotated(ws, opts)
+    size = opts.finetune_size or int(ws.array("annotated/images").shape[1])  # default: the annotations' own side
+    tune = ft.load_annotated(ws, opts, size)
     train_img, train_lines = data["train"]
     n_replay = min(len(train_img), round(opts.replay * len(tune.train_images)))
+    if size != opts.size and n_replay:  # replayed pairs drawn at the fine-tuning's side, not enlarged
+        from tasks import linepairs
+
+        train_img, train_lines = linepairs.draw_pairs(3000 + opts.seed, 2 * n_replay, size, list(opts.train_families()))
     samples = len(tune.train_images) + n_replay
     key = opts.finetune_key(tune.digest)
     pretrained, _, _ = load_artline(ws, base, str(device))
@@ -393,7 +398,7 @@ def _finetune(
         f"{key[:8]}-tune",
         [(0, epoch) for epoch in range(opts.finetune_epochs)],
         (opts.finetune_epochs,),
-        (opts.size,),
+        (size,),
         samples,
         opts.finetune_lr,
         epoch_data,

@@ -50,8 +50,11 @@ class LineartTrainOptions(BaseModel):
         "boundaries are line truth where XDoG or Canny sees an edge, the two methods' agreement a weak signal "
         "elsewhere; drawn pairs are replayed beside them",
     )
-    finetune_epochs: int = Field(6, ge=1, description="fine-tuning epochs at the final size")
-    finetune_lr: float = Field(5e-4, gt=0, description="peak learning rate of the fine-tuning (one-cycle, AdamW)")
+    finetune_epochs: int = Field(6, ge=1, description="fine-tuning epochs")
+    finetune_size: int | None = Field(
+        None, ge=32, description="side of the fine-tuning (multiple of 16); default the annotated images' own"
+    )
+    finetune_lr: float = Field(2e-3, gt=0, description="peak learning rate of the fine-tuning (one-cycle, AdamW)")
     replay: float = Field(2.0, ge=0, description="drawn pairs replayed per annotated image in a fine-tuning epoch")
     weak_weight: float = Field(
         1.0, ge=0, description="weight of XDoG's and Canny's agreement away from the annotated boundaries"
@@ -67,6 +70,8 @@ class LineartTrainOptions(BaseModel):
             raise ValueError(f"every training side must be a multiple of 16, not {list(sizes)}")
         if len(self.epochs) != len(sizes):
             raise ValueError(f"epochs {list(self.epochs)} must give one count per size {list(sizes)}")
+        if self.finetune_size is not None and self.finetune_size % 16:
+            raise ValueError(f"the fine-tuning side must be a multiple of 16, not {self.finetune_size}")
         if self.holdout in self.families:
             raise ValueError(f"the held-out family {self.holdout!r} cannot also be a training family")
         return self
@@ -102,4 +107,6 @@ class LineartTrainOptions(BaseModel):
 
 # Options of the fine-tuning stage only: the pre-training's run key leaves them out, so that
 # fine-tuning (again, or with other settings) starts from the same pre-trained weights.
-FINETUNE_FIELDS = frozenset({"finetune", "finetune_epochs", "finetune_lr", "replay", "weak_weight", "band"})
+FINETUNE_FIELDS = frozenset(
+    {"finetune", "finetune_epochs", "finetune_size", "finetune_lr", "replay", "weak_weight", "band"}
+)

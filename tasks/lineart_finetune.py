@@ -101,8 +101,8 @@ def _resize(images: np.ndarray, masks: np.ndarray, size: int) -> tuple[np.ndarra
     return img, msk
 
 
-def load_annotated(ws: Workspace, opts: LineartTrainOptions) -> Annotated:
-    """The workspace's annotated images at ``opts.size`` with their fine-tuning targets."""
+def load_annotated(ws: Workspace, opts: LineartTrainOptions, size: int) -> Annotated:
+    """The workspace's annotated images at ``size`` with their fine-tuning targets."""
     table = item_table(ws, "annotated")
     if len(table) < 2:
         raise WorkspaceError(
@@ -114,7 +114,7 @@ def load_annotated(ws: Workspace, opts: LineartTrainOptions) -> Annotated:
     images_arr, masks_arr = ws.array("annotated/images"), ws.array("annotated/masks")
     images = np.stack([np.asarray(images_arr[s]) for s in slots])
     masks = np.stack([np.asarray(masks_arr[s]) for s in slots])
-    images, masks = _resize(images, masks, opts.size)
+    images, masks = _resize(images, masks, size)
     digest = hashlib.sha1("\n".join(ids).encode() + images.tobytes() + masks.tobytes()).hexdigest()[:12]
     held = held_out_mask(ids, "lineart-annotated", 0.1)
     pairs = [
