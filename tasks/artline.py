@@ -355,6 +355,7 @@ def _finetune(
     from tasks import lineart_finetune as ft
 
     size = opts.finetune_size or int(ws.array("annotated/images").shape[1])  # default: the annotations' own side
+    size -= size % 16  # the network's sides are multiples of 16
     tune = ft.load_annotated(ws, opts, size)
     train_img, train_lines = data["train"]
     n_replay = min(len(train_img), round(opts.replay * len(tune.train_images)))
