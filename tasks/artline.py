@@ -354,9 +354,8 @@ def _finetune(
     """Fine-tune checkpoint ``base`` on the annotated images (see :func:`finetune_targets`)."""
     from tasks import lineart_finetune as ft
 
-    size = opts.finetune_size or int(ws.array("annotated/images").shape[1])  # default: the annotations' own side
-    size -= size % 16  # the network's sides are multiples of 16
-    tune = ft.load_annotated(ws, opts, size)
+    tune = ft.load_annotated(ws, opts, opts.finetune_size)  # default side: the annotations' own
+    size = tune.size
     train_img, train_lines = data["train"]
     n_replay = min(len(train_img), round(opts.replay * len(tune.train_images)))
     if size != opts.size and n_replay:  # replayed pairs drawn at the fine-tuning's side, not enlarged

@@ -49,6 +49,7 @@ class Annotated:
     val_lines: np.ndarray
     classic: dict[str, float]  # XDoG's and Canny's F1 on the held-out images
     digest: str  # of the annotations read: a new or corrected one starts a new fine-tuning run
+    size: int  # the side of every image here
 
 
 def boundary_lines(mask: np.ndarray) -> np.ndarray:
@@ -101,8 +102,9 @@ def _resize(images: np.ndarray, masks: np.ndarray, size: int) -> tuple[np.ndarra
     return img, msk
 
 
-def load_annotated(ws: Workspace, opts: LineartTrainOptions, size: int) -> Annotated:
-    """The workspace's annotated images at ``size`` with their fine-tuning targets."""
+def load_annotated(ws: Workspace, opts: LineartTrainOptions, size: int | None = None) -> Annotated:
+    """The workspace's annotated images at ``size`` (default: their own side, down to a
+    multiple of 16, as the network needs) with their fine-tuning targets."""
     table = item_table(ws, "annotated")
     if len(table) < 2:
         raise WorkspaceError(
@@ -112,6 +114,7 @@ def load_annotated(ws: Workspace, opts: LineartTrainOptions, size: int) -> Annot
     ids = sorted(table.by_id)
     slots = [table.by_id[i]["slot"] for i in ids]
     images_arr, masks_arr = ws.array("annotated/images"), ws.array("annotated/masks")
+    size = size or int(images_arr.shape[1]) // 16 * 16
     images = np.stack([np.asarray(images_arr[s]) for s in slots])
     masks = np.stack([np.asarray(masks_arr[s]) for s in slots])
     images, masks = _resize(images, masks, size)
@@ -133,4 +136,5 @@ def load_annotated(ws: Workspace, opts: LineartTrainOptions, size: int) -> Annot
         val_lines,
         classic,
         digest,
+        size,
     )
