@@ -38,6 +38,7 @@ from torch.nn import functional as F
 
 from models.registry import create
 from storage.checkpoints import (
+    Checkpoint,
     checkpoint_metrics,
     commit_train_state,
     has_tag,
@@ -410,13 +411,13 @@ def _finetune(
     return {**_train_run(ws, opts, run, loss_fn, device, on_epoch, on_step), "finetune": True}
 
 
-def _final_checkpoint(ws: Workspace, run: _Run) -> str:
-    """The run's last checkpoint when it is stored (the run finished), else ""."""
+def _finished(ws: Workspace, run: _Run) -> Checkpoint | None:
+    """The run's last checkpoint when it is stored (the run finished), else None."""
     name = f"{run.prefix}-{len(run.plan):04d}"
-    names = list_checkpoints(ws, MODEL_DIR)
-    if name in names and load_checkpoint(ws, MODEL_DIR, name).config.get("run") == run.key:
-        return name
-    return ""
+    if name not in list_checkpoints(ws, MODEL_DIR):
+        return None
+    ckpt = load_checkpoint(ws, MODEL_DIR, name)
+    return ckpt if ckpt.config.get("run") == run.key else None
 
 
 def _train_run(
@@ -438,9 +439,10 @@ def _train_run(
     state = resume_train_state(ws, MODEL_DIR, key)
     meta = state.meta if state else None
     start = 0
-    finished = "" if state and meta else _final_checkpoint(ws, run)  # another run's state came after this one
-    if finished or (state and meta and int(meta["done"]) >= len(plan)):
-        ckpt = load_checkpoint(ws, MODEL_DIR, finished or (state.checkpoint if state else ""))
+    ckpt = None if state and meta else _finished(ws, run)  # another run's state came after this one
+    if state and meta and int(meta["done"]) >= len(plan):
+        ckpt = load_checkpoint(ws, MODEL_DIR, state.checkpoint)
+    if ckpt is not None:
         log.info("train-lineart run %s already finished its %d epochs", key, len(plan))
         done = {"last": ckpt.metrics, "history": [], "checkpoint": ckpt.name, "already_done": True}
         return {"run": key, "epochs": len(plan), "resumed_at": len(plan), **done}
