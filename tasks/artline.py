@@ -24,6 +24,7 @@ run resumes at its last epoch and ends bit-identical to an uninterrupted one on 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -140,7 +141,8 @@ def load_training_pairs(ws: Workspace, opts: LineartTrainOptions) -> dict[str, A
         for source, reason in refused:
             ws.quarantine(source, "train-lineart", reason)
         held = held_out_mask(ids, "lineart", 0.1)
-        digest = hashlib.sha1(json.dumps(ids).encode() + images.tobytes()[: 1 << 20]).hexdigest()[:12]
+        # every byte the training reads: changed or added pairs make a new run, never a mixed one
+        digest = hashlib.sha1(json.dumps(ids).encode() + images.tobytes() + lines.tobytes()).hexdigest()[:12]
         return {
             "train": (images[~held], lines[~held]),
             "val": (images[held][: opts.val_count], lines[held][: opts.val_count]),
@@ -152,8 +154,13 @@ def load_training_pairs(ws: Workspace, opts: LineartTrainOptions) -> dict[str, A
     families = list(opts.train_families())
     train = linepairs.draw_pairs(1000 + opts.seed, opts.count, opts.size, families)
     val = linepairs.draw_pairs(2000 + opts.seed, opts.val_count, opts.size, [opts.holdout])
-    source = f"drawn:{'+'.join(families)} seed {1000 + opts.seed} x{opts.count}; held out: {opts.holdout}"
-    return {"train": train, "val": val, "source": source, "digest": "", "holdout": opts.holdout}
+    return {"train": train, "val": val, "source": drawn_source(opts), "digest": "", "holdout": opts.holdout}
+
+
+def drawn_source(opts: LineartTrainOptions) -> str:
+    """What drawn pairs are, known before they are drawn (the options fix every one of them)."""
+    families = "+".join(opts.train_families())
+    return f"drawn:{families} seed {1000 + opts.seed} x{opts.count}; held out: {opts.holdout}"
 
 
 def classic_f1(images: np.ndarray, lines: np.ndarray) -> dict[str, float]:
@@ -294,10 +301,20 @@ def train_lineart(
     second run fine-tunes its last checkpoint on the workspace's annotated images.
     """
     device = pick_device(opts.device)
-    data = load_training_pairs(ws, opts)
-    train_img, train_lines = data["train"]
-    val_img, val_lines = data["val"]
-    classic = classic_f1(val_img, val_lines)  # the same held-out images, scored by XDoG and Canny
+    # Drawn pairs are drawn only when an epoch or a score needs them (a finished run re-run
+    # needs none); a folder's pairs are read first, since what they hold is part of the run key.
+    folder = load_training_pairs(ws, opts) if opts.pairs else None
+    source = folder["source"] if folder else drawn_source(opts)
+    key = opts.run_key(folder["digest"] if folder else "")
+
+    @functools.cache
+    def data() -> dict[str, Any]:
+        return folder or load_training_pairs(ws, opts)
+
+    @functools.cache
+    def classic() -> dict[str, float]:  # the same held-out images, scored by XDoG and Canny
+        return classic_f1(*data()["val"])
+
     loss_fn = FeatureLoss(opts.vgg_weights, opts.feature_scale(), opts.ink_weight, opts.dice_weight).to(device)
     if loss_fn.vgg is None and not opts.vgg_weights:
         log.warning(
@@ -305,22 +322,22 @@ def train_lineart(
             "only); pass --vgg-weights FILE for ArtLine's full loss, or --feature-weight 1 for random VGG features"
         )
     sizes = opts.stage_sizes()
-    key = opts.run_key()
 
     def pair_epoch(stage: int, epoch: int, size: int) -> tuple[torch.Tensor, torch.Tensor, None]:
-        x_all, y_all = _to_tensors(train_img, train_lines, size)
+        x_all, y_all = _to_tensors(*data()["train"], size)
         order = torch.randperm(len(x_all), generator=seeded_generator(opts.seed, stage, epoch))
         return x_all[order], y_all[order], None
 
     def validate_pairs(model: torch.nn.Module) -> dict[str, Any]:
+        val_img, val_lines = data()["val"]
         f1 = dataset_f1(list(draw_lines(model, val_img, device)), list(val_lines))
         metrics = {"f1": f1["f1"], "precision": f1["precision"], "recall": f1["recall"], "val_images": f1["images"]}
-        metrics.update({f"{name}_f1": v for name, v in classic.items()})
-        if data.get("holdout"):
-            metrics["holdout"] = data["holdout"]
+        metrics.update({f"{name}_f1": v for name, v in classic().items()})
+        if data().get("holdout"):
+            metrics["holdout"] = data()["holdout"]
         return metrics
 
-    config = {"model": opts.model, "run": key, "options": opts.model_dump(), "pairs": data["source"]}
+    config = {"model": opts.model, "run": key, "options": opts.model_dump(), "pairs": source}
     config.update(vgg=loss_fn.source, sizes=list(sizes))
     pre = _Run(
         key,
@@ -328,48 +345,64 @@ def train_lineart(
         [(stage, epoch) for stage, n in enumerate(opts.epochs) for epoch in range(n)],
         opts.epochs,
         sizes,
-        len(train_img),
+        len(folder["train"][0]) if folder else opts.count,
         opts.lr,
         pair_epoch,
         validate_pairs,
         config,
     )
     result = _train_run(ws, opts, pre, loss_fn, device, on_epoch, on_step)
-    result.update(pairs=data["source"], vgg=loss_fn.source)
+    result.update(pairs=source, vgg=loss_fn.source)
     if not opts.finetune:
         return result
-    tuned = _finetune(ws, opts, data, result["checkpoint"], device, validate_pairs, on_epoch, on_step)
-    return {**tuned, "pretrained": result["checkpoint"], "pairs": data["source"], "vgg": loss_fn.source}
+    train_pairs = (lambda: folder["train"]) if folder else (lambda: data()["train"])
+    n_train = pre.samples
+    tuned = _finetune(
+        ws, opts, key, (train_pairs, n_train), result["checkpoint"], device, validate_pairs, on_epoch, on_step
+    )
+    return {**tuned, "pretrained": result["checkpoint"], "pairs": source, "vgg": loss_fn.source}
 
 
 def _finetune(
     ws: Workspace,
     opts: LineartTrainOptions,
-    data: dict[str, Any],
+    base_key: str,
+    pairs: tuple[Callable[[], tuple[np.ndarray, np.ndarray]], int],
     base: str,
     device: torch.device,
     validate_pairs: Callable[[torch.nn.Module], dict[str, Any]],
     on_epoch: Callable[[dict[str, Any]], None] | None,
     on_step: Callable[[int, int], None] | None,
 ) -> dict[str, Any]:
-    """Fine-tune checkpoint ``base`` on the annotated images (see :func:`finetune_targets`)."""
+    """Fine-tune checkpoint ``base`` on the annotated images (see :func:`finetune_targets`).
+
+    ``pairs``: the pre-training's pairs (read when first needed) and how many there are.
+    """
     from tasks import lineart_finetune as ft
 
     tune = ft.load_annotated(ws, opts, opts.finetune_size)  # default side: the annotations' own
     size = tune.size
-    train_img, train_lines = data["train"]
-    n_replay = min(len(train_img), round(opts.replay * len(tune.train_images)))
-    if size != opts.size and n_replay:  # replayed pairs drawn at the fine-tuning's side, not enlarged
+    pre_pairs, n_pairs = pairs
+    n_replay = min(n_pairs, round(opts.replay * len(tune.train_images)))
+    redraw = size != opts.size and n_replay > 0  # replayed pairs drawn at the fine-tuning's side, not enlarged
+    samples = len(tune.train_images) + n_replay
+    key = opts.finetune_key(tune.digest, base_key)
+
+    @functools.cache
+    def replay_pairs() -> tuple[np.ndarray, np.ndarray]:
+        if not redraw:
+            return pre_pairs()
         from tasks import linepairs
 
-        train_img, train_lines = linepairs.draw_pairs(3000 + opts.seed, 2 * n_replay, size, list(opts.train_families()))
-    samples = len(tune.train_images) + n_replay
-    key = opts.finetune_key(tune.digest)
-    pretrained, _, _ = load_artline(ws, base, str(device))
-    before = dataset_f1(list(draw_lines(pretrained, tune.val_images, device)), list(tune.val_lines))["f1"]
-    del pretrained
+        return linepairs.draw_pairs(3000 + opts.seed, 2 * n_replay, size, list(opts.train_families()))
+
+    @functools.cache
+    def before() -> float:  # the pre-trained model's F1 on the held-out annotated images
+        pretrained, _, _ = load_artline(ws, base, str(device))
+        return dataset_f1(list(draw_lines(pretrained, tune.val_images, device)), list(tune.val_lines))["f1"]
 
     def epoch_data(stage: int, epoch: int, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        train_img, train_lines = replay_pairs()
         g = seeded_generator(opts.seed, 100 + stage, epoch)
         picked = torch.randperm(len(train_img), generator=g)[:n_replay].sort().values.numpy()
         flips = torch.rand(len(tune.train_images), generator=g).numpy() < 0.5  # the annotated images mirrored
@@ -385,7 +418,7 @@ def _finetune(
         f1 = dataset_f1(list(draw_lines(model, tune.val_images, device)), list(tune.val_lines))
         metrics = {"f1": f1["f1"], "precision": f1["precision"], "recall": f1["recall"], "val_images": f1["images"]}
         metrics.update({f"{name}_f1": v for name, v in tune.classic.items()})
-        metrics["pretrained_f1"] = before  # the pre-trained model's, same images
+        metrics["pretrained_f1"] = before()  # the pre-trained model's, same images
         metrics["holdout"] = "annotated"  # status: "on held-out annotated images"
         family = validate_pairs(model)  # what the drawn pre-training taught, on its held-out family
         metrics.update(family_f1=family["f1"], family=family.get("holdout", "drawn"))

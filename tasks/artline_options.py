@@ -92,16 +92,20 @@ class LineartTrainOptions(BaseModel):
         ladder = tuple(s for s in (self.size // 4, self.size // 2, self.size) if s >= 32) or (self.size,)
         return ladder[-len(self.epochs) :] if self.epochs else ladder
 
-    def run_key(self) -> str:
-        """The pre-training run's key: every option that shapes it (not the fine-tuning's)."""
+    def run_key(self, pairs_digest: str = "") -> str:
+        """The pre-training run's key: every option that shapes it (not the fine-tuning's) and,
+        for pairs read from a folder, what the folder held (``pairs_digest``)."""
         fields = self.model_dump(exclude={"device", *FINETUNE_FIELDS})
         fields["sizes"] = list(self.stage_sizes())
+        if pairs_digest:
+            fields["pairs_digest"] = pairs_digest
         return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
-    def finetune_key(self, data_digest: str) -> str:
-        """The fine-tuning run's key: the pre-training's, its own options and the annotations it reads."""
+    def finetune_key(self, data_digest: str, base_key: str = "") -> str:
+        """The fine-tuning run's key: the pre-training's (``base_key``, default :meth:`run_key`),
+        its own options and the annotations it reads."""
         fields = {k: v for k, v in self.model_dump().items() if k in FINETUNE_FIELDS}
-        blob = json.dumps({"base": self.run_key(), "data": data_digest, **fields}, sort_keys=True)
+        blob = json.dumps({"base": base_key or self.run_key(), "data": data_digest, **fields}, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 

@@ -13,6 +13,7 @@ from safetensors.torch import load
 from models.artline import ArtLineUNet, PixelShuffleBlur, SelfAttention
 from storage.checkpoints import list_checkpoints, load_checkpoint
 from storage.workspace import Workspace
+from tasks import linepairs
 from tasks.artline import LineartTrainOptions, draw_lines, load_artline, read_pairs, train_lineart
 from tasks.lineart import auto_canny, boundary_f1, dataset_f1, producer_version, xdog
 from tasks.synth import draw_portrait, write_synth_shard
@@ -91,7 +92,13 @@ def test_training_checkpoints_resumes_exactly_and_draws(tmp_path: Path) -> None:
     assert len(r["history"]) == 3 and 0 <= r["last"]["f1"] <= 1 and r["last"]["size"] == 32
     assert r["vgg"].startswith("off") and load_checkpoint(whole, "artline").config["vgg"] == r["vgg"]
     assert len(list_checkpoints(whole, "artline")) == 3
-    assert train_lineart(whole, OPTS)["already_done"]
+
+    def no_drawing(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished run drew its training pairs again")
+
+    with pytest.MonkeyPatch.context() as mp:  # a finished run, run again, needs none of its pairs
+        mp.setattr(linepairs, "draw_pairs", no_drawing)
+        assert train_lineart(whole, OPTS)["already_done"]
 
     cut = Workspace(str(tmp_path / "cut"))
 
@@ -126,6 +133,13 @@ def test_progressive_sizes_and_pairs_from_a_folder(tmp_path: Path) -> None:
     assert [h["size"] for h in r["history"]] == [32, 64] and r["pairs"].startswith("folder:")
     assert r["vgg"].startswith("random-init") and {"loss_feature", "loss_gram"} <= set(r["last"])
     assert any(e["stage"] == "train-lineart" for e in ws.quarantine_entries())
+    assert train_lineart(ws, opts)["already_done"] is False  # feature_weight is part of the run
+    assert train_lineart(ws, opts)["already_done"]
+    # A corrected drawing in the folder is a new run (it neither resumes nor counts as the old one).
+    Image.new("L", (64, 64), 255).save(tmp_path / "pairs" / "lines" / "s4-000005.png")
+    changed = train_lineart(ws, opts)
+    assert not changed["already_done"] and changed["resumed_at"] == 0 and changed["run"] != r["run"]
+    assert len(list_checkpoints(ws, "artline")) == 6  # three runs of two epochs, none overwritten
     with pytest.raises(ValueError, match="one count per size"):
         LineartTrainOptions(size=64, epochs=(1, 1, 1))  # 64 px has two stages: 32 and 64
     assert LineartTrainOptions(size=256, epochs=(6, 3)).stage_sizes() == (128, 256)  # the last stages
