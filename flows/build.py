@@ -263,7 +263,7 @@ class DemoOptions(BaseModel):
     gaugan_lambda_vgg: float = Field(0.0, ge=0)
     gaugan_checkpoint_every: int = Field(50, ge=1)
     lineart_size: int = Field(128, ge=32)
-    lineart_epochs: tuple[int, ...] = (4, 4, 8)
+    lineart_epochs: tuple[int, ...] = (4, 4, 9)
     lineart_finetune: bool = True  # on the demo's annotated portraits, after the drawn pre-training
     colorizer_size: int = Field(128, ge=32)
     colorizer_epochs: int = Field(6, ge=1)

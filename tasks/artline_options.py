@@ -25,7 +25,7 @@ class LineartTrainOptions(BaseModel):
     )
     size: int = Field(256, ge=32, description="final training side (multiple of 16)")
     sizes: tuple[int, ...] = Field((), description="progressive sides; default size/4, size/2, size")
-    epochs: tuple[int, ...] = Field((4, 4, 8), description="epochs at each of sizes (progressive resizing), e.g. 4,4,8")
+    epochs: tuple[int, ...] = Field((4, 4, 9), description="epochs at each of sizes (progressive resizing), e.g. 4,4,9")
     pairs: str | None = Field(None, description="folder of pairs in synth's layout; default: drawn")
     count: int = Field(640, ge=2, description="pairs to draw when no folder is given")
     families: tuple[Family, ...] = Field(
