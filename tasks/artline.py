@@ -324,7 +324,8 @@ def train_lineart(
     sizes = opts.stage_sizes()
 
     def pair_epoch(stage: int, epoch: int, size: int) -> tuple[torch.Tensor, torch.Tensor, None]:
-        x_all, y_all = _to_tensors(*data()["train"], size)
+        train_img, train_lines = data()["train"]
+        x_all, y_all = _to_tensors(train_img, train_lines, size)
         order = torch.randperm(len(x_all), generator=seeded_generator(opts.seed, stage, epoch))
         return x_all[order], y_all[order], None
 
