@@ -356,11 +356,8 @@ def train_lineart(
     result.update(pairs=source, vgg=loss_fn.source)
     if not opts.finetune:
         return result
-    train_pairs = (lambda: folder["train"]) if folder else (lambda: data()["train"])
-    n_train = pre.samples
-    tuned = _finetune(
-        ws, opts, key, (train_pairs, n_train), result["checkpoint"], device, validate_pairs, on_epoch, on_step
-    )
+    pairs = (lambda: data()["train"], pre.samples)
+    tuned = _finetune(ws, opts, key, pairs, result["checkpoint"], device, validate_pairs, on_epoch, on_step)
     return {**tuned, "pretrained": result["checkpoint"], "pairs": source, "vgg": loss_fn.source}
 
 

@@ -101,11 +101,11 @@ class LineartTrainOptions(BaseModel):
             fields["pairs_digest"] = pairs_digest
         return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
-    def finetune_key(self, data_digest: str, base_key: str = "") -> str:
-        """The fine-tuning run's key: the pre-training's (``base_key``, default :meth:`run_key`),
-        its own options and the annotations it reads."""
+    def finetune_key(self, data_digest: str, base_key: str) -> str:
+        """The fine-tuning run's key: the pre-training's (``base_key``: :meth:`run_key` with its
+        pairs' digest), its own options and the annotations it reads."""
         fields = {k: v for k, v in self.model_dump().items() if k in FINETUNE_FIELDS}
-        blob = json.dumps({"base": base_key or self.run_key(), "data": data_digest, **fields}, sort_keys=True)
+        blob = json.dumps({"base": base_key, "data": data_digest, **fields}, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
