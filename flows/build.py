@@ -377,13 +377,10 @@ def demo_style_image(ws: Workspace) -> str:
 
 def _demo_attribute(ws: Workspace) -> str | None:
     """A hair colour with a direction in the latest GauGAN: blonde, else the most common one."""
-    from tasks.generate import attributes_for, load_gaugan
+    from tasks.generate import attributes_for, default_hair, load_gaugan
 
-    attrs = attributes_for(ws, load_gaugan(ws))
-    if "blonde" in attrs.directions:
-        return "hair=blonde"
-    ranked = sorted(attrs.directions, key=lambda k: -attrs.counts[k])
-    return f"hair={ranked[0]}" if ranked else None
+    value = default_hair(attributes_for(ws, load_gaugan(ws)))
+    return f"hair={value}" if value else None
 
 
 def describe_build(r: dict[str, Any], params: dict[str, Any]) -> str:

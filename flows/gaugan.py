@@ -19,8 +19,17 @@ from flows.training import monitored
 from storage.checkpoints import has_tag, side_key, write_side_file
 from storage.location import file_url
 from storage.workspace import Workspace, WorkspaceError
-from tasks.gaugan import MODEL_DIR, GauganOptions, collect_pairs, evaluate, train_gaugan
-from tasks.generate import load_gaugan
+from tasks.gaugan import (
+    MODEL_DIR,
+    GauganOptions,
+    collect_pairs,
+    evaluate,
+    options_of,
+    style_evaluation,
+    train_gaugan,
+)
+from tasks.gaugan_metrics import evaluation_lines
+from tasks.generate import attribute_evaluation, load_gaugan
 
 
 @mangaka_flow("train-gaugan", cluster=False)
@@ -115,9 +124,12 @@ def eval_gaugan_flow(
     if not has_tag(ws, "unet"):
         raise WorkspaceError(f"{ws.url} has no segmenter to evaluate with: run train-unet first")
     trained = load_gaugan(ws, model, device)
-    opts = GauganOptions(**{**trained.config["options"], "device": "cpu"})
+    opts = options_of(trained.config)
     pairs = collect_pairs(ws, opts)
     ev = evaluate(ws, trained.generator, pairs, count, trained.device, seed=seed, with_real=True)
+    style = style_evaluation(trained.generator, trained.encoder, pairs, count, trained.device, ws.classes, seed)
+    entries = (pairs.held_out[:count] if count else pairs.held_out)[:4]
+    attribute = attribute_evaluation(ws, trained, pairs.read(entries)[1], seed=seed) if entries else None
     result = {
         "checkpoint": trained.checkpoint,
         "step": trained.config.get("step"),
@@ -127,16 +139,11 @@ def eval_gaugan_flow(
         "iou": ev["iou"],
         "real": {k: ev["real"][k] for k in ("semantic_miou", "pixel_accuracy", "iou")},
         "segmenter": ev["segmenter"],
+        "style": style,
+        "attribute_effect": attribute,
     }
     write_side_file(ws, MODEL_DIR, trained.checkpoint, "eval.json", json.dumps(result, indent=1).encode())
-    create_markdown_artifact(
-        key="eval-gaugan",
-        markdown=(
-            f"GauGAN {trained.checkpoint}: semantic mIoU **{result['semantic_miou']:.4f}**, pixel accuracy "
-            f"{result['pixel_accuracy']:.4f} on {result['images']} held-out masks; real images "
-            f"{result['real']['semantic_miou']:.4f} / {result['real']['pixel_accuracy']:.4f}"
-        ),
-    )
+    create_markdown_artifact(key="eval-gaugan", markdown="\n\n".join(evaluation_lines(result)))
     return result
 
 
@@ -176,8 +183,4 @@ def describe_generate_flow(r: dict[str, Any], params: dict[str, Any]) -> str:
 
 
 def describe_eval_gaugan_flow(r: dict[str, Any], params: dict[str, Any]) -> str:
-    return (
-        f"{r['checkpoint']}: semantic mIoU {r['semantic_miou']:.4f}, pixel accuracy {r['pixel_accuracy']:.4f} "
-        f"on {r['images']} held-out masks (real images: {r['real']['semantic_miou']:.4f} / "
-        f"{r['real']['pixel_accuracy']:.4f})"
-    )
+    return "\n".join(evaluation_lines(r))

@@ -157,6 +157,10 @@ def quality_rows(
         "palette_accuracy": "held-out palette accuracy",
         "commonest_colour_accuracy": "held-out palette accuracy of the commonest colour alone",
         "hint_accuracy": "held-out palette accuracy of the colour hint alone",
+        "boundary_accuracy": "held-out accuracy within 3 px of a colour edge",
+        "hint_boundary_accuracy": "held-out accuracy within 3 px of a colour edge, the hint alone",
+        "edges_on_lines": "share of its colour edges on the line art (1 px)",
+        "hint_edges_on_lines": "share of the hint's colour edges on the line art (1 px)",
     }
     for model, st in sorted(status["stages"].items()):
         for k, label in labels.items():
@@ -169,6 +173,41 @@ def quality_rows(
             {"metric": "GauGAN semantic mIoU (held-out)", "value": gaugan["semantic_miou"], "images": gaugan["images"]}
         )
         rows.append({"metric": "real images, same segmenter", "value": gaugan["real"]["semantic_miou"], "images": None})
+    style = (gaugan or {}).get("style")
+    if style:
+        for k, v in style["style_fidelity"].items():
+            if v is not None:
+                rows.append(
+                    {
+                        "metric": f"GauGAN style fidelity, {k} (Lab distance to own reference / others; 1 = ignored)",
+                        "value": v,
+                        "images": style["style_images"],
+                    }
+                )
+        for key, label in (
+            ("latent_spread", "GauGAN latent sensitivity (Lab spread across latents, one mask)"),
+            ("latent_spread_baseline", "the same for one latent (mask mirrored)"),
+            ("real_spread", "the same across the real images"),
+        ):
+            vals = [v for v in style[key].values() if v is not None]
+            if vals:
+                rows.append({"metric": label, "value": round(sum(vals) / len(vals), 2), "images": None})
+    attribute = (gaugan or {}).get("attribute_effect")
+    if attribute and attribute.get("moved") is not None:
+        rows.append(
+            {
+                "metric": f"GauGAN {attribute['attribute']}: fall of the hair's Lab distance to that colour, strip",
+                "value": attribute["moved"],
+                "images": attribute["masks"],
+            }
+        )
+        rows.append(
+            {
+                "metric": "share of the strip's steps in which it falls",
+                "value": attribute["falling_share"],
+                "images": None,
+            }
+        )
     return rows
 
 
@@ -213,13 +252,10 @@ def gaugan_lines(gaugan: dict[str, Any]) -> list[str]:
     if gaugan.get("schedule"):
         series = ", ".join(f"step {h['step']}: {h['semantic_miou']:.3f}" for h in gaugan["schedule"])
         lines.append(f"GauGAN semantic mIoU over training: {series}")
-    real = gaugan["real"]
-    lines.append(
-        f"GauGAN {gaugan['checkpoint']}: semantic mIoU {gaugan['semantic_miou']:.4f}, pixel accuracy "
-        f"{gaugan['pixel_accuracy']:.4f} on {gaugan['images']} held-out masks "
-        f"(real images: {real['semantic_miou']:.4f} / {real['pixel_accuracy']:.4f})"
-    )
-    return lines
+    from tasks.gaugan_metrics import evaluation_lines
+
+    first, *rest = evaluation_lines(gaugan)
+    return [*lines, f"GauGAN {first}", *(f"GauGAN {line}" for line in rest)]
 
 
 def synth_truth_lineart(ws: Workspace, lines_url: str) -> dict[str, Any]:

@@ -62,46 +62,84 @@ def _param_free_norm(kind: str, channels: int) -> nn.Module:
 
 # -- blocks ----------------------------------------------------------------------------------
 class SPADE(nn.Module):
-    """Spatially-adaptive (de)normalisation of ``norm_nc`` channels by a ``label_nc`` mask."""
+    """Spatially-adaptive (de)normalisation of ``norm_nc`` channels by a ``label_nc`` mask.
+
+    With ``z_dim``, a style latent also shifts gamma and beta per channel (a linear map of
+    z, zero at initialisation), so the latent reaches every block rather than only the
+    generator's first feature map. With ``code_dim``, a style map (every pixel carries the
+    style code of its class region, as in SEAN) shifts them per pixel (a 1x1 convolution).
+    """
 
     def __init__(
-        self, norm_nc: int, label_nc: int, hidden: int = 128, kernel_size: int = 3, norm: str = "instance"
+        self,
+        norm_nc: int,
+        label_nc: int,
+        hidden: int = 128,
+        kernel_size: int = 3,
+        norm: str = "instance",
+        z_dim: int | None = None,
+        code_dim: int | None = None,
     ) -> None:
         super().__init__()
         pad = kernel_size // 2
         self.param_free_norm = _param_free_norm(norm, norm_nc)
+        self.mlp_region: nn.Conv2d | None = None
+        if code_dim:  # not zero at initialisation: the encoder would get no gradient through it
+            self.mlp_region = nn.Conv2d(code_dim, 2 * norm_nc, 1)
         self.mlp_shared = nn.Sequential(nn.Conv2d(label_nc, hidden, kernel_size, padding=pad), nn.ReLU())
         self.mlp_gamma = nn.Conv2d(hidden, norm_nc, kernel_size, padding=pad)
         self.mlp_beta = nn.Conv2d(hidden, norm_nc, kernel_size, padding=pad)
+        self.mlp_style: nn.Linear | None = None
+        if z_dim:
+            self.mlp_style = nn.Linear(z_dim, 2 * norm_nc)
+            nn.init.zeros_(self.mlp_style.weight)
+            nn.init.zeros_(self.mlp_style.bias)
 
-    def forward(self, x: torch.Tensor, segmap: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, segmap: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        """``z``: the latent ``(N, z_dim)``, or with ``code_dim`` the style map ``(N, code_dim, H', W')``."""
         normalized = self.param_free_norm(x)
         seg = F.interpolate(segmap, size=x.shape[2:], mode="nearest")
         actv = self.mlp_shared(seg)
-        return normalized * (1 + self.mlp_gamma(actv)) + self.mlp_beta(actv)
+        gamma, beta = self.mlp_gamma(actv), self.mlp_beta(actv)
+        if self.mlp_style is not None and z is not None:
+            dg, db = self.mlp_style(z).to(gamma.dtype)[:, :, None, None].chunk(2, dim=1)
+            gamma, beta = gamma + dg, beta + db
+        if self.mlp_region is not None and z is not None:
+            style = F.interpolate(z, size=x.shape[2:], mode="nearest")
+            dg, db = self.mlp_region(style).to(gamma.dtype).chunk(2, dim=1)
+            gamma, beta = gamma + dg, beta + db
+        return normalized * (1 + gamma) + beta
 
 
 class SPADEResBlock(nn.Module):
     """SPADE -> LeakyReLU -> conv, twice, plus a shortcut (learned when ``fin != fout``)."""
 
     def __init__(
-        self, fin: int, fout: int, label_nc: int, hidden: int = 128, spectral: bool = True, norm: str = "instance"
+        self,
+        fin: int,
+        fout: int,
+        label_nc: int,
+        hidden: int = 128,
+        spectral: bool = True,
+        norm: str = "instance",
+        z_dim: int | None = None,
+        code_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.learned_shortcut = fin != fout
         fmiddle = min(fin, fout)
         self.conv_0 = _sn(nn.Conv2d(fin, fmiddle, 3, padding=1), spectral)
         self.conv_1 = _sn(nn.Conv2d(fmiddle, fout, 3, padding=1), spectral)
-        self.norm_0 = SPADE(fin, label_nc, hidden, norm=norm)
-        self.norm_1 = SPADE(fmiddle, label_nc, hidden, norm=norm)
+        self.norm_0 = SPADE(fin, label_nc, hidden, norm=norm, z_dim=z_dim, code_dim=code_dim)
+        self.norm_1 = SPADE(fmiddle, label_nc, hidden, norm=norm, z_dim=z_dim, code_dim=code_dim)
         if self.learned_shortcut:
             self.conv_s = _sn(nn.Conv2d(fin, fout, 1, bias=False), spectral)
-            self.norm_s = SPADE(fin, label_nc, hidden, norm=norm)
+            self.norm_s = SPADE(fin, label_nc, hidden, norm=norm, z_dim=z_dim, code_dim=code_dim)
 
-    def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
-        x_s = self.conv_s(self.norm_s(x, seg)) if self.learned_shortcut else x
-        dx = self.conv_0(F.leaky_relu(self.norm_0(x, seg), 0.2))
-        dx = self.conv_1(F.leaky_relu(self.norm_1(dx, seg), 0.2))
+    def forward(self, x: torch.Tensor, seg: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        x_s = self.conv_s(self.norm_s(x, seg, z)) if self.learned_shortcut else x
+        dx = self.conv_0(F.leaky_relu(self.norm_0(x, seg, z), 0.2))
+        dx = self.conv_1(F.leaky_relu(self.norm_1(dx, seg, z), 0.2))
         return x_s + dx
 
 
@@ -119,6 +157,8 @@ class SPADEGenerator(nn.Module):
         spade_hidden: int = 128,
         norm: str = "instance",
         spectral: bool = True,
+        modulated: bool = False,
+        code_dim: int | None = None,
     ) -> None:
         super().__init__()
         if num_upsampling not in NUM_UPSAMPLING:
@@ -130,11 +170,20 @@ class SPADEGenerator(nn.Module):
                 f"for num_upsampling={num_upsampling!r}"
             )
         self.label_nc, self.size, self.z_dim, self.num_upsampling = label_nc, size, z_dim, num_upsampling
+        self.modulated = modulated
+        self.code_dim = code_dim
+        if code_dim and z_dim != label_nc * code_dim:
+            raise ValueError(f"region styles need z_dim = {label_nc} classes x {code_dim}, not {z_dim}")
+        if code_dim:  # where random latents come from: fitted to the encoded training images (fit_prior)
+            self.register_buffer("latent_mean", torch.zeros(z_dim))
+            self.register_buffer("latent_factor", torch.eye(z_dim))
         self.sw = size // 2**n_up
         nf = ngf
 
         def block(fin: int, fout: int) -> SPADEResBlock:
-            return SPADEResBlock(fin, fout, label_nc, spade_hidden, spectral, norm)
+            return SPADEResBlock(
+                fin, fout, label_nc, spade_hidden, spectral, norm, z_dim if modulated else None, code_dim
+            )
 
         self.fc = nn.Linear(z_dim, 16 * nf * self.sw * self.sw)
         self.head_0 = block(16 * nf, 16 * nf)
@@ -150,6 +199,31 @@ class SPADEGenerator(nn.Module):
             final_nc = nf // 2
         self.conv_img = nn.Conv2d(final_nc, 3, 3, padding=1)
 
+    def latent_from_noise(self, eps: torch.Tensor) -> torch.Tensor:
+        """A random latent from standard normal noise ``(N, z_dim)``.
+
+        SPADE samples z from the prior N(0, I) that its KL term pulls the encoder towards.
+        Region codes carry more than the KL lets through, and their encoded images lie away
+        from N(0, I) (random codes paint garish regions), so a region-style generator keeps
+        a Gaussian fitted to its training images' codes and draws from that.
+        """
+        if not self.code_dim:
+            return eps
+        mean, factor = self.latent_mean, self.latent_factor
+        return mean.to(eps) + eps @ factor.to(eps).T
+
+    @torch.no_grad()
+    def fit_prior(self, latents: torch.Tensor, shrink: float = 1e-3) -> None:
+        """Fit the Gaussian of :meth:`latent_from_noise` to encoded latents ``(M, z_dim)``."""
+        if not self.code_dim or len(latents) < 2:
+            return
+        z = latents.double()
+        mean = z.mean(0)
+        cov = torch.cov(z.T) + shrink * torch.eye(z.shape[1], dtype=z.dtype)
+        vals, vecs = torch.linalg.eigh(cov)
+        self.latent_mean.copy_(mean.to(self.latent_mean))
+        self.latent_factor.copy_((vecs * vals.clamp(min=0).sqrt()).to(self.latent_factor))
+
     def forward(self, seg: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         if seg.shape[1] != self.label_nc or seg.shape[2:] != (self.size, self.size):
             raise ValueError(
@@ -159,15 +233,18 @@ class SPADEGenerator(nn.Module):
             raise ValueError(f"z must be ({seg.shape[0]}, {self.z_dim}), not {tuple(z.shape)}")
         up = nn.functional.interpolate
         x = self.fc(z).view(z.shape[0], -1, self.sw, self.sw)
-        x = self.head_0(x, seg)
+        style: torch.Tensor | None = z if self.modulated else None
+        if self.code_dim:  # every pixel carries its class's code
+            style = torch.einsum("nchw,ncd->ndhw", seg, z.view(z.shape[0], self.label_nc, self.code_dim))
+        x = self.head_0(x, seg, style)
         x = up(x, scale_factor=2, mode="nearest")
-        x = self.G_middle_0(x, seg)
+        x = self.G_middle_0(x, seg, style)
         if self.num_upsampling in ("more", "most"):
             x = up(x, scale_factor=2, mode="nearest")
-        x = self.G_middle_1(x, seg)
+        x = self.G_middle_1(x, seg, style)
         for name in ("up_0", "up_1", "up_2", "up_3") + (("up_4",) if self.num_upsampling == "most" else ()):
             x = up(x, scale_factor=2, mode="nearest")
-            x = getattr(self, name)(x, seg)
+            x = getattr(self, name)(x, seg, style)
         return torch.tanh(self.conv_img(F.leaky_relu(x, 0.2)))
 
 
@@ -239,11 +316,79 @@ class ConvEncoder(nn.Module):
         self.fc_mu = nn.Linear(cin * 16, z_dim)
         self.fc_var = nn.Linear(cin * 16, z_dim)
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, image: torch.Tensor, seg: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``seg`` is not used: one latent for the whole image."""
         if image.shape[2:] != (self.size, self.size):
             image = F.interpolate(image, size=(self.size, self.size), mode="bilinear", align_corners=False)
         x = self.layers(image).flatten(1)
         return self.fc_mu(x), self.fc_var(x)
+
+
+class RegionEncoder(nn.Module):
+    """Image + mask -> (mu, logvar) of a style code per class region (SEAN's region-wise codes).
+
+    Convolutions (no normalisation, which would remove the colours) at half the side; their
+    features and the region's mean colour are averaged over each class region of the mask,
+    and a linear map per class gives that class's ``code_dim`` means and log-variances.
+    A class absent from the mask gets the prior (0, 0). Returns ``(N, C * code_dim)`` each,
+    class-major, which is the generator's z.
+    """
+
+    def __init__(self, label_nc: int, nef: int = 32, code_dim: int = 16, spectral: bool = True) -> None:
+        super().__init__()
+        self.label_nc, self.code_dim, self.z_dim = label_nc, code_dim, label_nc * code_dim
+        self.layers = nn.Sequential(
+            _sn(nn.Conv2d(3, nef, 3, stride=2, padding=1), spectral),
+            nn.LeakyReLU(0.2),
+            _sn(nn.Conv2d(nef, 2 * nef, 3, padding=1), spectral),
+            nn.LeakyReLU(0.2),
+            _sn(nn.Conv2d(2 * nef, 2 * nef, 3, padding=1), spectral),
+            nn.LeakyReLU(0.2),
+        )
+        feats = 2 * nef + 3
+        self.w_mu = nn.Parameter(torch.randn(label_nc, feats, code_dim) / math.sqrt(feats))
+        self.w_var = nn.Parameter(torch.zeros(label_nc, feats, code_dim))
+        self.b_mu = nn.Parameter(torch.zeros(label_nc, code_dim))
+        self.b_var = nn.Parameter(torch.zeros(label_nc, code_dim))
+
+    def forward(self, image: torch.Tensor, seg: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if seg is None:
+            raise ValueError("region style codes need the image's mask")
+        f = torch.cat([self.layers(image), F.avg_pool2d(image, 2, ceil_mode=True)], 1)
+        m = F.interpolate(seg.to(f.dtype), size=f.shape[2:], mode="area")
+        area = m.sum((2, 3))
+        pooled = torch.einsum("nchw,nfhw->ncf", m, f) / area.clamp(min=1e-6)[:, :, None]
+        present = (area > 0).to(f.dtype)[:, :, None]
+        mu = (torch.einsum("ncf,cfd->ncd", pooled, self.w_mu) + self.b_mu) * present
+        logvar = (torch.einsum("ncf,cfd->ncd", pooled, self.w_var) + self.b_var) * present
+        return mu.flatten(1), logvar.flatten(1)
+
+
+class RegionDecoder(nn.Module):
+    """Codes -> each region's mean and spread of colour, only to pretrain :class:`RegionEncoder` as a VAE."""
+
+    def __init__(self, label_nc: int, code_dim: int = 16, hidden: int = 64) -> None:
+        super().__init__()
+        self.label_nc, self.code_dim = label_nc, code_dim
+        self.w1 = nn.Parameter(torch.randn(label_nc, code_dim, hidden) / math.sqrt(code_dim))
+        self.b1 = nn.Parameter(torch.zeros(label_nc, hidden))
+        self.w2 = nn.Parameter(torch.randn(label_nc, hidden, 6) / math.sqrt(hidden))
+        self.b2 = nn.Parameter(torch.zeros(label_nc, 6))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """``(N, C * code_dim)`` -> ``(N, C, 6)``: mean RGB then its standard deviation, signed units."""
+        h = F.leaky_relu(torch.einsum("ncd,cdh->nch", z.view(len(z), self.label_nc, self.code_dim), self.w1) + self.b1)
+        return torch.einsum("nch,chk->nck", h, self.w2) + self.b2
+
+
+def region_statistics(image: torch.Tensor, seg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each class region's mean and standard deviation of colour, ``(N, C, 6)``, and which are present ``(N, C)``."""
+    area = seg.sum((2, 3))
+    denom = area.clamp(min=1)[:, :, None]
+    mean = torch.einsum("nchw,nkhw->nck", seg, image) / denom
+    sq = torch.einsum("nchw,nkhw->nck", seg, image * image) / denom
+    std = (sq - mean * mean).clamp(min=0).add(1e-6).sqrt()
+    return torch.cat([mean, std], -1), area > 0
 
 
 class VAEDecoder(nn.Module):

@@ -304,8 +304,10 @@ def train_colorizer(
     # (a model that paints everything in it scores this), and the share the hint gets right.
     commonest = int(torch.bincount(ty.flatten(), minlength=n_classes).argmax())
     baseline = float((vy == commonest).float().mean()) if len(vy) else 0.0
+    figures = held_out_figures(model, vx, vy, device, vh, vp) if len(vy) else {}
     metrics = {
         **history[-1],
+        **{k: v for k, v in figures.items() if k != "palette_accuracy"},
         "commonest_colour_accuracy": round(baseline, 4),
         "hint_accuracy": round(float((vp == vy).float().mean()), 4) if vp is not None and len(vy) else None,
         "parameters": params,
@@ -332,15 +334,88 @@ def palette_accuracy(
     priors: torch.Tensor | None = None,
 ) -> float:
     """Pixel accuracy on ``(N, H, W)`` uint8 drawings against ``(N, H, W)`` int64 palette classes (hints: RGB uint8)."""
+    return held_out_figures(model, lines, classes, device, hints, priors)["palette_accuracy"]
+
+
+@torch.inference_mode()
+def held_out_figures(
+    model: Colorizer,
+    lines: torch.Tensor,
+    classes: torch.Tensor,
+    device: torch.device,
+    hints: torch.Tensor | None = None,
+    priors: torch.Tensor | None = None,
+) -> dict[str, Any]:
+    """Palette accuracy, and where the colours stop: accuracy within 3 px of a truth colour
+    edge (``boundary_accuracy``) and the share of predicted colour edges on the line art
+    (``edges_on_lines``); with hints, the same two for the hint's own classes.
+
+    ``lines``: ``(N, H, W)`` uint8 drawings; ``classes``: ``(N, H, W)`` int64 palette classes.
+    """
     model.eval()
     right = total = 0
+    counts: dict[str, int] = {}
+    hint_counts: dict[str, int] = {}
     for i in range(0, len(lines), 16):
         part = slice(i, i + 16)
         pred = _forward(model, lines[part], _take(hints, part), _take(priors, part), device).argmax(1).cpu()
         right += int((pred == classes[part]).sum())
         total += pred.numel()
+        for k, v in boundary_counts(pred, classes[part], lines[part]).items():
+            counts[k] = counts.get(k, 0) + v
+        if priors is not None:
+            for k, v in boundary_counts(priors[part], classes[part], lines[part]).items():
+                hint_counts[k] = hint_counts.get(k, 0) + v
     model.train()
-    return right / max(1, total)
+    out: dict[str, Any] = {
+        "palette_accuracy": right / max(1, total),
+        "boundary_accuracy": _ratio(counts.get("band_right", 0), counts.get("band", 0)),
+        "edges_on_lines": _ratio(counts.get("edges_on_lines", 0), counts.get("edges", 0)),
+    }
+    if hint_counts:
+        out["hint_boundary_accuracy"] = _ratio(hint_counts["band_right"], hint_counts["band"])
+        out["hint_edges_on_lines"] = _ratio(hint_counts["edges_on_lines"], hint_counts["edges"])
+    return out
+
+
+def colour_edges(classes: torch.Tensor) -> torch.Tensor:
+    """``(N, H, W)`` palette classes -> bool ``(N, H, W)``: pixels whose right or lower neighbour differs."""
+    e = torch.zeros(classes.shape, dtype=torch.bool)
+    e[:, :, :-1] |= classes[:, :, 1:] != classes[:, :, :-1]
+    e[:, :-1, :] |= classes[:, 1:, :] != classes[:, :-1, :]
+    return e
+
+
+def _dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    if radius <= 0:
+        return mask
+    k = 2 * radius + 1
+    return F.max_pool2d(mask[:, None].float(), k, stride=1, padding=radius)[:, 0] > 0
+
+
+def boundary_counts(
+    pred: torch.Tensor, truth: torch.Tensor, lines: torch.Tensor, band: int = 3, on_line: int = 1
+) -> dict[str, int]:
+    """Counts behind the boundary figures of one batch (sum them over batches, then divide).
+
+    ``pred``, ``truth``: ``(N, H, W)`` palette classes; ``lines``: ``(N, H, W)`` uint8 line art
+    (0 ink, 255 paper). ``band_right`` / ``band``: pixels within ``band`` px of a truth
+    colour edge that are right; ``edges_on_lines`` / ``edges``: predicted colour-edge pixels
+    within ``on_line`` px of an ink pixel (line art darker than 128).
+    """
+    near = _dilate(colour_edges(truth), band)
+    ink = _dilate(lines < 128, on_line)
+    edges = colour_edges(pred)
+    return {
+        "band_right": int(((pred == truth) & near).sum()),
+        "band": int(near.sum()),
+        "edges_on_lines": int((edges & ink).sum()),
+        "edges": int(edges.sum()),
+    }
+
+
+def _ratio(a: int, b: int) -> float | None:
+    return round(a / b, 4) if b else None
 
 
 def load_colorizer(ws: Workspace, ref: str = "latest", device: str = "cpu") -> tuple[Colorizer, int, str]:

@@ -36,6 +36,8 @@ from torch.nn import functional as F
 from models.spade import (
     ConvEncoder,
     MultiscaleDiscriminator,
+    RegionDecoder,
+    RegionEncoder,
     SPADEGenerator,
     VAEDecoder,
     one_hot,
@@ -93,6 +95,20 @@ class GauganOptions(BaseModel):
     lambda_feat: float = Field(10.0, ge=0, description="discriminator feature-matching loss weight")
     lambda_vgg: float = Field(10.0, ge=0, description="VGG perceptual loss weight (0: off)")
     lambda_kld: float = Field(0.05, ge=0, description="KL divergence weight of the encoder")
+    lambda_rec: float = Field(
+        0.0, ge=0, description="L1 between the generated and the real image, both average-pooled to rec_side (0: off)"
+    )
+    rec_side: int = Field(16, ge=1, description="side the reconstruction term pools both images to")
+    lambda_region: float = Field(
+        0.0, ge=0, description="L1 between the mean colours of every class region of the generated and the real image"
+    )
+    style_injection: Literal["spade", "modulated", "region"] = Field(
+        "spade",
+        description="how style reaches the generator: spade (one latent, into its first feature map, as in SPADE), "
+        "modulated (that latent also scales and shifts every SPADE block), or region (a code per class region, "
+        "encoded from the region and painted into every SPADE block, as in SEAN)",
+    )
+    code_dim: int = Field(16, ge=1, description="style code size per class with region styles (z is classes x this)")
     min_confidence: float = Field(0.8, ge=0, le=1, description="corpus pseudo-labels at least this confident")
     checkpoint_every: int = Field(200, ge=1, description="GAN steps between checkpoints")
     eval_count: int = Field(32, ge=0, description="held-out masks evaluated at every checkpoint")
@@ -110,9 +126,31 @@ class GauganOptions(BaseModel):
         return self
 
     def run_key(self) -> str:
-        """Identity of a training run; options that only say how long or how often are not part of it."""
+        """Identity of a training run; options that only say how long or how often are not part of it.
+
+        Options added after runs existed are left out at the value that trains as before
+        (``LEGACY``), so those runs keep their key and resume.
+        """
         fields = self.model_dump(exclude={"steps", "checkpoint_every", "eval_count", "device"})
+        for name, value in LEGACY.items():
+            if fields.get(name) == value:
+                del fields[name]
         return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# Options a checkpoint written before them did not record, at the value it was trained with.
+LEGACY: dict[str, Any] = {
+    "lambda_rec": 0.0,
+    "rec_side": 16,
+    "lambda_region": 0.0,
+    "style_injection": "spade",
+    "code_dim": 16,
+}
+
+
+def options_of(config: dict[str, Any]) -> GauganOptions:
+    """The options a checkpoint was trained with (on the CPU), older checkpoints included."""
+    return GauganOptions(**{**LEGACY, **config["options"], "device": "cpu"})
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -235,8 +273,8 @@ def collect_pairs(ws: Workspace, opts: GauganOptions) -> Pairs:
 # -- networks and their state --------------------------------------------------------------------
 @dataclass
 class Nets:
-    encoder: ConvEncoder
-    decoder: VAEDecoder
+    encoder: ConvEncoder | RegionEncoder
+    decoder: VAEDecoder | RegionDecoder
     generator: SPADEGenerator
     discriminator: MultiscaleDiscriminator
 
@@ -248,9 +286,24 @@ def build_nets(opts: GauganOptions, num_classes: int) -> Nets:
     """The four networks, initialised from ``opts.seed`` (the same on every call)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(opts.seed)
-        encoder = ConvEncoder(_pow2_at_least(opts.size), opts.nef, opts.z_dim)
-        decoder = VAEDecoder(_pow2_at_least(opts.size), opts.nef, opts.z_dim)
-        generator = SPADEGenerator(num_classes, opts.size, opts.ngf, opts.z_dim, opts.num_upsampling, opts.spade_hidden)
+        encoder: ConvEncoder | RegionEncoder
+        decoder: VAEDecoder | RegionDecoder
+        if opts.style_injection == "region":
+            encoder = RegionEncoder(num_classes, opts.nef, opts.code_dim)
+            decoder = RegionDecoder(num_classes, opts.code_dim)
+        else:
+            encoder = ConvEncoder(_pow2_at_least(opts.size), opts.nef, opts.z_dim)
+            decoder = VAEDecoder(_pow2_at_least(opts.size), opts.nef, opts.z_dim)
+        generator = SPADEGenerator(
+            num_classes,
+            opts.size,
+            opts.ngf,
+            encoder.z_dim,
+            opts.num_upsampling,
+            opts.spade_hidden,
+            modulated=opts.style_injection == "modulated",
+            code_dim=opts.code_dim if opts.style_injection == "region" else None,
+        )
         discriminator = MultiscaleDiscriminator(num_classes, opts.ndf, opts.n_layers_d, opts.num_d)
     return Nets(encoder, decoder, generator, discriminator)
 
@@ -326,7 +379,8 @@ def evaluate(
     segmenter, cfg, digest = load_segmenter(ws, segmenter_ref, str(device))
     seg_size = int(cfg["size"])
     real, masks = pairs.read(entries)
-    fake = generate_images(generator, masks, latent_noise(len(masks), generator.z_dim, seed), device)
+    z = generator.latent_from_noise(latent_noise(len(masks), generator.z_dim, seed))
+    fake = generate_images(generator, masks, z, device)
     out = semantic_consistency(segmenter, seg_size, fake, masks, ws.classes, device)
     out["segmenter"] = digest
     if with_real:
@@ -335,8 +389,87 @@ def evaluate(
     return out
 
 
+def style_evaluation(
+    generator: SPADEGenerator,
+    encoder: ConvEncoder | RegionEncoder,
+    pairs: Pairs,
+    count: int,
+    device: torch.device,
+    classes: list[str],
+    seed: int = 0,
+) -> dict[str, Any] | None:
+    """Style fidelity and latent sensitivity (:mod:`tasks.gaugan_metrics`) on the held-out pairs; None with < 2."""
+    from tasks.gaugan_metrics import style_metrics
+    from tasks.tensors import nchw_to_images
+
+    entries = pairs.held_out[:count] if count else pairs.held_out
+    if len(entries) < 2:
+        return None
+    real, masks = pairs.read(entries)
+
+    def gen(m: torch.Tensor, z: torch.Tensor) -> np.ndarray:
+        return nchw_to_images(generate_images(generator, m, z, device))
+
+    def enc(images: np.ndarray, masks: np.ndarray) -> torch.Tensor:
+        x = signed_from_float255(to_float255(images))
+        return encode_mean(encoder, x, torch.from_numpy(np.ascontiguousarray(masks)).long(), device)
+
+    real_u8 = nchw_to_images(from_signed(real))
+    return style_metrics(
+        gen, enc, real_u8, masks.numpy(), classes, generator.z_dim, seed=seed, sample=generator.latent_from_noise
+    )
+
+
+def fit_latent_prior(
+    generator: SPADEGenerator,
+    encoder: ConvEncoder | RegionEncoder,
+    pairs: Pairs,
+    device: torch.device,
+    limit: int = 256,
+) -> None:
+    """Fit a region-style generator's random-latent Gaussian to up to ``limit`` training images' codes."""
+    if not generator.code_dim:
+        return
+    entries = pairs.train
+    if len(entries) > limit:
+        step = len(entries) / limit
+        entries = [entries[int(i * step)] for i in range(limit)]
+    latents = []
+    for i in range(0, len(entries), 32):
+        x, y = pairs.read(entries[i : i + 32])
+        latents.append(encode_mean(encoder, x, y, device))
+    generator.fit_prior(torch.cat(latents).to(device))
+
+
+def style_summary(style: dict[str, Any] | None) -> dict[str, Any]:
+    """The style figures as flat checkpoint metrics: a fidelity ratio per class, the spreads averaged."""
+    if not style:
+        return {}
+    out: dict[str, Any] = {f"style_fidelity_{k}": v for k, v in style["style_fidelity"].items() if v is not None}
+    for key in ("latent_spread", "latent_spread_baseline", "real_spread"):
+        vals = [v for v in style[key].values() if v is not None]
+        if vals:
+            out[key] = round(float(np.mean(vals)), 2)
+    return out
+
+
+def encode_mean(
+    encoder: ConvEncoder | RegionEncoder, images: torch.Tensor, masks: torch.Tensor, device: torch.device
+) -> torch.Tensor:
+    """The encoder's mean latents ``(N, z_dim)`` (CPU float32) of signed images and their class-id masks."""
+    was_training = encoder.training
+    encoder.eval()
+    with torch.inference_mode():
+        seg = one_hot(masks.to(device), encoder.label_nc) if isinstance(encoder, RegionEncoder) else None
+        if seg is not None and seg.shape[-1] != images.shape[-1]:
+            seg = F.interpolate(seg, size=images.shape[2:], mode="nearest")
+        mu, _ = encoder(images.to(device), seg)
+    encoder.train(was_training)
+    return mu.float().cpu()
+
+
 def _sample_sheet(
-    generator: SPADEGenerator, encoder: ConvEncoder, pairs: Pairs, device: torch.device, n: int = 6
+    generator: SPADEGenerator, encoder: ConvEncoder | RegionEncoder, pairs: Pairs, device: torch.device, n: int = 6
 ) -> bytes:
     """Rows of mask | real | styled by the real image | two random latents."""
     from tasks.imageio import encode_png
@@ -344,13 +477,11 @@ def _sample_sheet(
 
     entries = (pairs.held_out or pairs.train)[:n]
     real, masks = pairs.read(entries)
-    with torch.inference_mode():
-        encoder.eval()
-        mu, _ = encoder(real.to(device))
-        encoder.train()
-    columns = [generate_images(generator, masks, mu.cpu(), device)]
+    mu = encode_mean(encoder, real, masks, device)
+    columns = [generate_images(generator, masks, mu, device)]
     for s in (1, 2):
-        columns.append(generate_images(generator, masks, latent_noise(len(masks), generator.z_dim, s), device))
+        z = generator.latent_from_noise(latent_noise(len(masks), generator.z_dim, s))
+        columns.append(generate_images(generator, masks, z, device))
     rows = []
     real_u8 = from_signed(real)
     for i in range(len(entries)):
@@ -442,9 +573,14 @@ def train_gaugan(
         name = f"{key[:8]}-{'vae' if phase_now == 'vae' else 'step'}-{step_now:06d}"
         m: dict[str, Any] = {"phase": phase_now, "step": step_now, "seconds": round(time.perf_counter() - t0, 1)}
         m.update({k: round(v, 5) for k, v in losses.items()})
+        if phase_now == "gan":
+            fit_latent_prior(nets.generator, nets.encoder, pairs, device)
         if phase_now == "gan" and opts.eval_count and pairs.held_out and has_tag(ws, "unet"):
             ev = evaluate(ws, nets.generator, pairs, opts.eval_count, device)
             m.update(semantic_miou=ev["semantic_miou"], pixel_accuracy=ev["pixel_accuracy"], eval_images=ev["images"])
+        if phase_now == "gan" and opts.eval_count:
+            style = style_evaluation(nets.generator, nets.encoder, pairs, opts.eval_count, device, classes)
+            m.update(style_summary(style))
         named = nets.named()
         saved = {k: named[k] for k in (("E", "dec") if phase_now == "vae" else ("E", "dec", "G", "D"))}
         tags: tuple[str, ...] = ("vae",) if phase_now == "vae" else ("latest",)

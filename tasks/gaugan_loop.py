@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING
 import torch
 from torch.nn import functional as F
 
-from models.spade import feature_matching_loss, hinge_g_loss, kl_divergence, one_hot, reparameterize
+from models.spade import (
+    RegionEncoder,
+    feature_matching_loss,
+    hinge_g_loss,
+    kl_divergence,
+    one_hot,
+    region_statistics,
+    reparameterize,
+)
 from tasks.device import autocast
 from tasks.training import seeded_generator
 
@@ -53,21 +61,57 @@ class Loop:
         return True
 
 
+def pooled_l1(fake: torch.Tensor, real: torch.Tensor, side: int) -> torch.Tensor:
+    """L1 between both images average-pooled to ``side`` x ``side``: their colour layout, not their detail."""
+    return F.l1_loss(F.adaptive_avg_pool2d(fake, side), F.adaptive_avg_pool2d(real, side))
+
+
+def region_colour_l1(fake: torch.Tensor, real: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+    """L1 between the mean colours of every class region present, generated against real.
+
+    ``fake``, ``real``: ``(N, 3, H, W)``; ``seg``: one-hot ``(N, C, H, W)``. Regions are weighted
+    alike whatever their size, so the hair counts as much as the background.
+    """
+    area = seg.sum((2, 3))  # (N, C)
+    present = area > 0
+    if not bool(present.any()):
+        return fake.sum() * 0
+    denom = area.clamp(min=1)[:, :, None]
+    mf = torch.einsum("nchw,nkhw->nck", seg, fake) / denom
+    mr = torch.einsum("nchw,nkhw->nck", seg, real) / denom
+    return (mf - mr).abs().mean(-1)[present].mean()
+
+
 def train_vae(loop: Loop, opt: torch.optim.Optimizer, start: int) -> None:
-    """Phase 1: ELBO with a Laplace likelihood (L1), both terms per pixel, summed latent KL."""
+    """Phase 1: ELBO with a Laplace likelihood (L1), both terms per pixel, summed latent KL.
+
+    With region styles the decoder reconstructs every region's mean and spread of colour
+    from its code (the likelihood is over those statistics, the KL still per pixel: a KL
+    per statistic collapsed the codes onto the prior).
+    """
     nets, device = loop.nets, loop.device
     t0, sums, n = time.perf_counter(), {"recon": 0.0, "kl": 0.0}, 0
-    pixels = 3 * nets.encoder.size**2
+    encoder = nets.encoder
     for step in range(start, loop.opts.vae_steps):
-        x, _, g = loop.batch("vae", step)
+        x, y, g = loop.batch("vae", step)
         x = x.to(device)
-        if x.shape[-1] != nets.encoder.size:
-            x = F.interpolate(x, size=(nets.encoder.size,) * 2, mode="bilinear", align_corners=False)
-        with autocast(device):
-            mu, logvar = nets.encoder(x)
-            recon = nets.decoder(reparameterize(mu.float(), logvar.float(), g))
-        l_rec = F.l1_loss(recon.float(), x)
-        l_kl = kl_divergence(mu.float(), logvar.float()) / pixels
+        if isinstance(encoder, RegionEncoder):
+            seg = one_hot(y.to(device), encoder.label_nc)
+            with autocast(device):
+                mu, logvar = encoder(x, seg)
+                recon = nets.decoder(reparameterize(mu.float(), logvar.float(), g))
+            target, present = region_statistics(x, seg)
+            l_rec = (recon.float() - target).abs().mean(-1)[present].mean()
+            l_kl = kl_divergence(mu.float(), logvar.float()) / (3 * x.shape[-1] ** 2)
+        else:
+            size = int(encoder.size)
+            if x.shape[-1] != size:
+                x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+            with autocast(device):
+                mu, logvar = encoder(x)
+                recon = nets.decoder(reparameterize(mu.float(), logvar.float(), g))
+            l_rec = F.l1_loss(recon.float(), x)
+            l_kl = kl_divergence(mu.float(), logvar.float()) / (3 * size**2)
         loss = l_rec + l_kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -87,7 +131,8 @@ def train_gan(
     G, D, E = loop.nets.generator, loop.nets.discriminator, loop.nets.encoder
     opts, device = loop.opts, loop.device
     num_classes = G.label_nc
-    names = ("g_gan", "g_feat", "g_vgg", "g_kld", "d_real", "d_fake")
+    names = ("g_gan", "g_feat", "g_vgg", "g_kld", "g_rec", "g_region", "d_real", "d_fake")
+    zero = torch.zeros((), device=device)
     t0, sums, n = time.perf_counter(), dict.fromkeys(names, 0.0), 0
     amp = autocast(device)
     for step in range(start, opts.steps):
@@ -95,7 +140,7 @@ def train_gan(
         x, seg = x.to(device), one_hot(y.to(device), num_classes)
         # generator step
         with amp:
-            mu, logvar = E(x)
+            mu, logvar = E(x, seg)
             z = reparameterize(mu.float(), logvar.float(), g)
             fake = G(seg, z)
             pred_fake = D(fake, seg)
@@ -104,9 +149,18 @@ def train_gan(
         l_feat = feature_matching_loss(
             [[t.float() for t in p] for p in pred_real], [[t.float() for t in p] for p in pred_fake]
         )
-        l_vgg = vgg(fake.float(), x) if vgg is not None else torch.zeros((), device=device)
+        l_vgg = vgg(fake.float(), x) if vgg is not None else zero
         l_kld = kl_divergence(mu.float(), logvar.float())
-        loss_g = l_gan + opts.lambda_feat * l_feat + opts.lambda_vgg * l_vgg + opts.lambda_kld * l_kld
+        l_rec = pooled_l1(fake.float(), x, opts.rec_side) if opts.lambda_rec else zero
+        l_region = region_colour_l1(fake.float(), x, seg) if opts.lambda_region else zero
+        loss_g = (
+            l_gan
+            + opts.lambda_feat * l_feat
+            + opts.lambda_vgg * l_vgg
+            + opts.lambda_kld * l_kld
+            + opts.lambda_rec * l_rec
+            + opts.lambda_region * l_region
+        )
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
@@ -120,7 +174,7 @@ def train_gan(
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
-        for k, v in zip(names, (l_gan, l_feat, l_vgg, l_kld, l_d_real, l_d_fake), strict=True):
+        for k, v in zip(names, (l_gan, l_feat, l_vgg, l_kld, l_rec, l_region, l_d_real, l_d_fake), strict=True):
             sums[k] += float(torch.as_tensor(v).detach())
         n += 1
         if loop.step_done("gan", step + 1, opts.steps, sums, n, t0):

@@ -24,14 +24,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.spade import ConvEncoder, SPADEGenerator
+from models.spade import ConvEncoder, RegionEncoder, SPADEGenerator
 from storage.checkpoints import load_checkpoint
 from storage.items import Journal, item_table, write_item_index
 from storage.location import Location, child_url, url_name
 from storage.sources import SourceReader, list_folder, read_file
 from storage.workspace import IGNORE_INDEX, Workspace, WorkspaceError
 from tasks.device import pick_device
-from tasks.gaugan import MODEL_DIR, GauganOptions, build_nets, collect_pairs, generate_images
+from tasks.gaugan import MODEL_DIR, build_nets, collect_pairs, encode_mean, generate_images, options_of
 from tasks.imageio import BadImage, encode_png, load_square, open_image, square_mask
 from tasks.tensors import from_signed, nchw_to_images, signed_from_float255, to_float255
 from tasks.training import load_weights, seeded_generator
@@ -104,7 +104,7 @@ class Attributes:
 
 def compute_attributes(ws: Workspace, model: Trained, limit: int = 2000, min_count: int = 2) -> Attributes:
     """Encode up to ``limit`` training images, label their hair, take label-mean directions."""
-    opts = GauganOptions(**{**model.config["options"], "device": "cpu"})
+    opts = options_of(model.config)
     pairs = collect_pairs(ws, opts)
     entries = pairs.train
     if len(entries) > limit:
@@ -115,9 +115,7 @@ def compute_attributes(ws: Workspace, model: Trained, limit: int = 2000, min_cou
     latents = []
     for i in range(0, len(entries), 32):
         x, y = pairs.read(entries[i : i + 32])
-        with torch.inference_mode():
-            mu, _ = model.encoder(x.to(model.device))
-        latents.append(mu.float().cpu())
+        latents.append(encode_mean(model.encoder, x, y, model.device))
         imgs = nchw_to_images(from_signed(x))
         labels += [hair_label(imgs[k], y[k].numpy(), hair_id) or "" for k in range(len(imgs))]
     z = torch.cat(latents)
@@ -154,6 +152,49 @@ def attributes_for(ws: Workspace, model: Trained) -> Attributes:
     ws.loc.write_bytes(f"{base}/latents-pca.png", pca_plot(attrs.latents, attrs.labels))
     ws.loc.write_json(f"{base}/attributes.json", {"attribute": "hair", "counts": attrs.counts, "labels": attrs.labels})
     return attrs
+
+
+def default_hair(attrs: Attributes) -> str | None:
+    """The hair colour to show a direction with: blonde when it has one, else the commonest."""
+    if "blonde" in attrs.directions:
+        return "blonde"
+    ranked = sorted(attrs.directions, key=lambda k: -attrs.counts[k])
+    return ranked[0] if ranked else None
+
+
+def attribute_evaluation(
+    ws: Workspace, model: Trained, masks: torch.Tensor, value: str | None = None, strength: float = 3.0, seed: int = 0
+) -> dict[str, Any] | None:
+    """The hair colour along a hair direction's strip for ``masks`` (``(N, S, S)`` class ids), or None.
+
+    The latents are the ``seed`` latents of mask ids 0..N-1; see :func:`tasks.gaugan_metrics.attribute_metrics`.
+    """
+    from tasks.gaugan_metrics import attribute_metrics
+    from tasks.tensors import nchw_to_images
+
+    if "hair" not in ws.classes or not len(masks):
+        return None
+    attrs = attributes_for(ws, model)
+    value = value or default_hair(attrs)
+    if value is None:
+        return None
+
+    def gen(m: torch.Tensor, z: torch.Tensor) -> np.ndarray:
+        return nchw_to_images(generate_images(model.generator, m, z, model.device))
+
+    z = model.generator.latent_from_noise(
+        mask_latents([str(i) for i in range(len(masks))], model.generator.z_dim, seed)
+    )
+    out = attribute_metrics(
+        gen,
+        masks.numpy(),
+        z,
+        attrs.direction("hair", value),
+        ws.classes.index("hair"),
+        HAIR_COLOURS[value],
+        strength,
+    )
+    return {"attribute": f"hair={value}", **out}
 
 
 def pca_plot(latents: torch.Tensor, labels: list[str], side: int = 560) -> bytes:
@@ -225,20 +266,48 @@ def mask_latents(ids: list[str], z_dim: int, seed: int) -> torch.Tensor:
     return torch.stack(rows) if rows else torch.zeros(0, z_dim)
 
 
-def style_latent(model: Trained, style_image: str) -> torch.Tensor:
+def style_latent(ws: Workspace, model: Trained, style_image: str) -> torch.Tensor:
     """The encoder's mean latent of a reference image (local or ``s3://``; any size; squared and resized).
 
-    The image is loaded as RGB uint8 and fed to the encoder as a signed ``(1, 3, S, S)`` float32 tensor in [-1, 1].
+    The image is loaded as RGB uint8 and fed to the encoder as a signed ``(1, 3, S, S)``
+    float32 tensor in [-1, 1]. Region styles need the reference's class regions: the
+    workspace's segmenter finds them.
     """
     data = read_file(style_image)
+    side = model.generator.size if isinstance(model.encoder, RegionEncoder) else model.encoder.size
     try:
-        rgb = load_square(data, model.encoder.size)
+        rgb = np.array(load_square(data, side))
     except BadImage as exc:
         raise WorkspaceError(f"--style-image {style_image}: {exc}") from None
-    x = signed_from_float255(to_float255(np.array(rgb)[None]))
-    with torch.inference_mode():
-        mu, _ = model.encoder(x.to(model.device))
-    return mu.float().cpu()[0]
+    x = signed_from_float255(to_float255(rgb[None]))
+    mask = torch.zeros(1, side, side, dtype=torch.long)
+    if isinstance(model.encoder, RegionEncoder):
+        mask = reference_mask(ws, rgb, model.device)
+    return encode_mean(model.encoder, x, mask, model.device)[0]
+
+
+def reference_mask(ws: Workspace, rgb: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The class regions of one RGB ``(S, S, 3)`` uint8 reference, by the workspace's segmenter: ``(1, S, S)``."""
+    from torch.nn import functional as F
+
+    from storage.checkpoints import has_tag
+    from tasks.segment import load_segmenter, predict
+
+    if not has_tag(ws, "unet"):
+        raise WorkspaceError(
+            f"{ws.url} has no segmenter: a GauGAN with region styles finds a reference's regions with it "
+            "(run train-unet first)"
+        )
+    segmenter, cfg, _ = load_segmenter(ws, "latest", str(device))
+    img = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
+    seg_size = int(cfg["size"])
+    if img.shape[-1] != seg_size:
+        img = F.interpolate(img.float(), size=(seg_size, seg_size), mode="bilinear", align_corners=False)
+        img = img.round().clamp(0, 255).byte()
+    pred = predict(segmenter, img, device).long()
+    if pred.shape[-1] != rgb.shape[0]:
+        pred = F.interpolate(pred[:, None].float(), size=rgb.shape[:2], mode="nearest")[:, 0].long()
+    return pred
 
 
 def generate(
@@ -259,9 +328,9 @@ def generate(
     if not ids:
         raise WorkspaceError(f"no usable class-id PNG masks in {mask_dir}")
     if style_image:
-        z = style_latent(model, style_image).expand(len(ids), z_dim).clone()
+        z = style_latent(ws, model, style_image).expand(len(ids), z_dim).clone()
     else:
-        z = mask_latents(ids, z_dim, seed)
+        z = model.generator.latent_from_noise(mask_latents(ids, z_dim, seed))
     direction = None
     if attribute:
         direction = attributes_for(ws, model).direction(*attribute)
@@ -337,7 +406,7 @@ def store_generated(
 @dataclass
 class Trained:
     generator: SPADEGenerator
-    encoder: ConvEncoder
+    encoder: ConvEncoder | RegionEncoder
     config: dict[str, Any]
     checkpoint: str
     digest: str
@@ -350,7 +419,7 @@ def load_gaugan(ws: Workspace, ref: str = "latest", device: str = "cpu") -> Trai
     cfg = ckpt.config
     if cfg.get("phase") != "gan":
         raise WorkspaceError(f"checkpoint {ckpt.name} is a VAE pretraining checkpoint, not a generator")
-    opts = GauganOptions(**{**cfg["options"], "device": "cpu"})
+    opts = options_of(cfg)
     nets = build_nets(opts, int(cfg["num_classes"]))
     load_weights({"G": nets.generator, "E": nets.encoder}, ckpt.weights)
     dev = pick_device(device)

@@ -55,6 +55,10 @@ def workspace_status(ws: Workspace) -> dict[str, Any]:
                         "palette_accuracy",
                         "commonest_colour_accuracy",
                         "hint_accuracy",
+                        "boundary_accuracy",
+                        "hint_boundary_accuracy",
+                        "edges_on_lines",
+                        "hint_edges_on_lines",
                         "f1",
                         "xdog_f1",
                         "canny_f1",
@@ -66,6 +70,7 @@ def workspace_status(ws: Workspace) -> dict[str, Any]:
                         "family_canny_f1",
                         "epoch",
                         "step",
+                        *STYLE_KEYS,
                     )
                     if metrics.get(k) is not None
                 }
@@ -107,6 +112,28 @@ def holdout_text(holdout: str | None) -> str:
     return f" on style family {holdout} (never trained on)"
 
 
+STYLE_KEYS = tuple(f"style_fidelity_{c}" for c in ("hair", "skin", "clothes", "background")) + (
+    "latent_spread",
+    "latent_spread_baseline",
+    "real_spread",
+)
+
+
+def style_text(st: dict[str, Any]) -> str:
+    """GauGAN's style figures for a status line (empty without them)."""
+    ratios = [f"{k.removeprefix('style_fidelity_')} {st[k]:.2f}" for k in STYLE_KEYS[:4] if k in st]
+    text = f"; style fidelity {', '.join(ratios)} (1 = reference ignored)" if ratios else ""
+    if "latent_spread" in st:
+        text += f"; latent spread {st['latent_spread']:.1f} Lab"
+        parts = [
+            f"{label} {st[k]:.1f}"
+            for k, label in (("latent_spread_baseline", "fixed latent"), ("real_spread", "real images"))
+            if k in st
+        ]
+        text += f" ({', '.join(parts)})" if parts else ""
+    return text
+
+
 def status_lines(status: dict[str, Any]) -> list[str]:
     """A plain-text table of a status object, for terminals and reports."""
     lines = [f"workspace: {status['workspace']}", "", f"{'stage':<28} {'done':>9} {'total':>9}  coverage"]
@@ -115,6 +142,12 @@ def status_lines(status: dict[str, Any]) -> list[str]:
         extra = f"  validation mIoU {st['miou']:.3f}" if "miou" in st else ""
         if "palette_accuracy" in st:
             extra = f"  held-out palette accuracy {st['palette_accuracy']:.3f}"
+            if st.get("boundary_accuracy") is not None:
+                hint = st.get("hint_boundary_accuracy")
+                extra += f"; within 3 px of a colour edge {st['boundary_accuracy']:.3f}"
+                extra += f" (hint alone {hint:.3f})" if hint is not None else ""
+            if st.get("edges_on_lines") is not None:
+                extra += f"; colour edges on the lines {st['edges_on_lines']:.3f}"
         if "f1" in st:
             extra = f"  held-out line F1 {st['f1']:.3f}{holdout_text(st.get('holdout'))}"
             classic = [f"{m} {st[f'{m}_f1']:.3f}" for m in ("xdog", "canny") if f"{m}_f1" in st]
@@ -129,7 +162,7 @@ def status_lines(status: dict[str, Any]) -> list[str]:
         if st.get("pending"):
             extra = f"  {st['pending']} planned, not stored yet: run the ingestion again to finish"
         if "semantic_miou" in st:
-            extra = f"  step {st.get('step')}, semantic mIoU {st['semantic_miou']:.3f}"
+            extra = f"  step {st.get('step')}, semantic mIoU {st['semantic_miou']:.3f}" + style_text(st)
         lines.append(f"{name:<28} {st['done']:>9} {st['total']:>9}  {pct:6.1f}%{extra}")
     if not status["stages"]:
         lines.append("(nothing yet: run `mangaka ingest-images SRC`)")

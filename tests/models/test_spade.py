@@ -12,6 +12,8 @@ from models.spade import (
     SPADE,
     ConvEncoder,
     MultiscaleDiscriminator,
+    RegionDecoder,
+    RegionEncoder,
     SPADEGenerator,
     SPADEResBlock,
     VAEDecoder,
@@ -20,6 +22,7 @@ from models.spade import (
     hinge_g_loss,
     kl_divergence,
     one_hot,
+    region_statistics,
 )
 from models.vgg import VGGFeatures, VGGLoss
 
@@ -98,6 +101,47 @@ def test_encoder_and_vae_decoder() -> None:
     assert dec(mu).shape == (3, 3, 64, 64)
     with pytest.raises(ValueError, match="power of two"):
         ConvEncoder(size=96)
+
+
+def test_region_codes_come_from_their_own_region() -> None:
+    enc = RegionEncoder(label_nc=3, nef=4, code_dim=5)
+    mask = torch.zeros(2, 64, 64, dtype=torch.long)
+    mask[:, :, 16:] = 1  # class 2 absent
+    image = torch.zeros(2, 3, 64, 64)
+    image[1, :, :, 48:] = 1.0  # the second image differs in class 1's region only, beyond class 0's receptive field
+    mu, logvar = enc(image, one_hot(mask, 3))
+    assert mu.shape == logvar.shape == (2, 15)
+    codes = mu.view(2, 3, 5)
+    assert torch.allclose(codes[0, 0], codes[1, 0], atol=1e-5), "class 0's region is the same in both"
+    assert not torch.allclose(codes[0, 1], codes[1, 1]), "class 1's region differs"
+    assert torch.equal(codes[:, 2], torch.zeros(2, 5)) and torch.equal(logvar.view(2, 3, 5)[:, 2], torch.zeros(2, 5))
+    with pytest.raises(ValueError, match="mask"):
+        enc(image)
+    stats, present = region_statistics(image, one_hot(mask, 3))
+    assert stats.shape == (2, 3, 6) and present.tolist() == [[True, True, False]] * 2
+    assert torch.allclose(stats[1, 1, :3], torch.full((3,), 1 / 3)) and torch.allclose(
+        stats[1, 0], torch.zeros(6), atol=1e-2
+    )
+    assert RegionDecoder(3, 5)(mu).shape == (2, 3, 6)
+
+
+def test_region_generator_paints_codes_and_samples_a_fitted_prior() -> None:
+    g = SPADEGenerator(3, size=64, ngf=2, z_dim=3 * 4, spade_hidden=4, code_dim=4)
+    seg = one_hot(torch.randint(0, 3, (2, 64, 64)), 3)
+    z = torch.randn(2, 12)
+    assert g(seg, z).shape == (2, 3, 64, 64)
+    assert not torch.allclose(g(seg, z), g(seg, z + 1)), "the codes reach the image"
+    eps = torch.randn(4000, 12, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(g.latent_from_noise(eps), eps), "before fitting: the standard normal"
+    target = torch.randn(12, 12, generator=torch.Generator().manual_seed(1))
+    latents = 3 + eps @ target.T
+    g.fit_prior(latents)
+    drawn = g.latent_from_noise(torch.randn(4000, 12, generator=torch.Generator().manual_seed(2)))
+    assert torch.allclose(drawn.mean(0), latents.mean(0), atol=0.4)
+    assert torch.allclose(torch.cov(drawn.T), torch.cov(latents.T), atol=1.5)
+    assert {"latent_mean", "latent_factor"} <= set(g.state_dict()), "saved with the weights"
+    with pytest.raises(ValueError, match="z_dim"):
+        SPADEGenerator(3, size=64, ngf=2, z_dim=10, code_dim=4)
 
 
 def test_losses() -> None:

@@ -13,8 +13,8 @@ from safetensors.torch import load
 from storage.checkpoints import list_checkpoints, load_checkpoint
 from storage.items import item_table
 from storage.workspace import Workspace, WorkspaceError
-from tasks.gaugan import GauganOptions, collect_pairs, evaluate, train_gaugan
-from tasks.generate import attributes_for, generate, hair_label, load_gaugan
+from tasks.gaugan import GauganOptions, collect_pairs, evaluate, style_evaluation, train_gaugan
+from tasks.generate import attribute_evaluation, attributes_for, generate, hair_label, load_gaugan
 from tasks.segment import TrainOptions, train_unet
 from tasks.synth import draw_portrait
 from tests.tasks.test_segment import tiny_workspace
@@ -86,18 +86,26 @@ def test_an_interrupted_run_resumes_bit_exactly(tmp_path: Path, where: tuple[str
     assert more.resumed_at == {"phase": "gan", "step": 4} and load_checkpoint(cut, "gaugan").config["step"] == 6
 
 
-def test_generate_eval_and_attribute_directions(tmp_path: Path) -> None:
+@pytest.mark.parametrize("styles", ["spade", "region"])
+def test_generate_eval_and_attribute_directions(tmp_path: Path, styles: str) -> None:
+    opts = OPTS.model_copy(update={"style_injection": styles, "code_dim": 4})
     ws = tiny_workspace(tmp_path, n=8)
     with pytest.raises(WorkspaceError, match="train-unet"):
         from flows.gaugan import eval_gaugan_flow
 
         eval_gaugan_flow.fn(workspace=str(tmp_path), device="cpu")
     train_unet(ws, TrainOptions(epochs=1, batch_size=4, val_fraction=0.3))
-    train_gaugan(ws, OPTS)
+    train_gaugan(ws, opts)
     model = load_gaugan(ws)
-    pairs = collect_pairs(ws, OPTS)
+    assert model.generator.z_dim == (len(ws.classes) * 4 if styles == "region" else OPTS.z_dim)
+    pairs = collect_pairs(ws, opts)
     ev = evaluate(ws, model.generator, pairs, 0, model.device, with_real=True)
     assert 0 <= ev["semantic_miou"] <= 1 and 0 <= ev["real"]["pixel_accuracy"] <= 1
+    style = style_evaluation(model.generator, model.encoder, pairs, 0, model.device, ws.classes)
+    assert style is not None and style["style_images"] == len(pairs.held_out) >= 2
+    assert all(v is None or v >= 0 for v in style["style_fidelity"].values())
+    metrics = load_checkpoint(ws, "gaugan").metrics
+    assert {"style_fidelity_hair", "latent_spread", "real_spread"} <= set(metrics), "kept in the checkpoint"
     masks = tmp_path / "masks"
     masks.mkdir()
     for i in range(3):
@@ -119,14 +127,16 @@ def test_generate_eval_and_attribute_directions(tmp_path: Path) -> None:
     stored = ws.read_items("generated/images", [table.by_id["m0"]["slot"]])[0]
     # generated/images is stored as JPEG (the workspace's codec): close to the newest PNG, not the older one
     err = np.abs(stored.astype(int) - np.asarray(Image.open(tmp_path / "out3" / "m0.png"))).mean()
-    assert err < 3 and err < np.abs(stored.astype(int) - img).mean()
+    assert err < 5 and err < np.abs(stored.astype(int) - img).mean()
     assert any(e["stage"] == "generate" and "rgb.png" in e["source"] for e in ws.quarantine_entries())
     styled = generate(ws, model, str(masks), str(tmp_path / "styled"), style_image=str(out / "m1.png"))
     assert styled["style"] == "image:m1.png"
     attrs = attributes_for(ws, model)
     assert sum(attrs.counts.values()) >= 1 and len(attrs.labels) == len(attrs.latents)
     assert ws.loc.exists(f"models/gaugan/{model.checkpoint}/latents-pca.png")
+    effect = attribute_evaluation(ws, model, pairs.read(pairs.held_out[:2])[1])
     if attrs.directions:
+        assert effect is not None and len(effect["distance_to_target"]) == 6 and effect["masks"] == 2
         colour = sorted(attrs.directions)[0]
         r = generate(ws, model, str(masks), str(tmp_path / "attr"), seed=3, attribute=("hair", colour), strength=2)
         assert r["strip"] and Path(r["strip"]).is_file()

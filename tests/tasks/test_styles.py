@@ -15,7 +15,9 @@ from storage.workspace import Workspace
 from tasks.colorizer import (
     Colorizer,
     ColorizerOptions,
+    boundary_counts,
     colorize_lines,
+    colour_edges,
     colour_hint,
     curves_png,
     load_colorizer,
@@ -88,6 +90,8 @@ def test_colorizer_trains_with_held_out_accuracy(tmp_path: Path) -> None:
     assert 0 < r["commonest_colour_accuracy"] <= 1
     assert ws.loc.exists(f"models/colorizer/{r['checkpoint']}/curves.png")
     assert 0 < r["hint_accuracy"] <= 1 and r["parameters"] == 740_716
+    for k in ("boundary_accuracy", "hint_boundary_accuracy", "edges_on_lines", "hint_edges_on_lines"):
+        assert r[k] is None or 0 <= r[k] <= 1, k
     model, n, _ = load_colorizer(ws)
     assert model.hint_size == 16
     lines = np.full((2, 40, 40), 255, np.uint8)
@@ -102,6 +106,21 @@ def test_colorizer_trains_with_held_out_accuracy(tmp_path: Path) -> None:
     model, n, _ = load_colorizer(ws, line_only["checkpoint"])
     assert model.hint_size == 0 and colorize_lines(model, lines, n, torch.device("cpu")).shape == (2, 40, 40, 3)
     assert curves_png([{"loss": 1.0, "palette_accuracy": 0.5}]).startswith(b"\x89PNG")
+
+
+def test_boundary_figures_see_colours_that_miss_the_lines() -> None:
+    truth = torch.zeros(1, 32, 32, dtype=torch.long)
+    truth[:, :, 16:] = 1  # a colour edge between columns 15 and 16
+    lines = np.full((1, 32, 32), 255, np.uint8)
+    lines[:, :, 15:17] = 0  # the drawing's line on it
+    lines = torch.from_numpy(lines)
+    exact = boundary_counts(truth, truth, lines)
+    assert exact["band_right"] == exact["band"] > 0 and exact["edges_on_lines"] == exact["edges"] == 32
+    blocky = torch.zeros_like(truth)
+    blocky[:, :, 24:] = 1  # the edge 8 px off, on a hint cell's border
+    off = boundary_counts(blocky, truth, lines)
+    assert off["band_right"] / off["band"] < 0.75 and off["edges_on_lines"] == 0
+    assert colour_edges(truth).sum() == 32
 
 
 def test_colour_hint_is_the_cell_means_of_the_image() -> None:
