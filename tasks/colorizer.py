@@ -76,6 +76,18 @@ class ColorizerOptions(BaseModel):
     max_images: int = Field(2000, ge=4, description="corpus images to train and validate on at most")
     hint_size: int = Field(16, ge=0, description="colour hint cells per side (0: line art only)")
     hint: Literal["mode", "mean"] = Field("mode", description="a cell's commonest palette colour, or its mean colour")
+    boundary_weight: float = Field(
+        1.0, ge=0, description="loss weight of pixels within 3 px of a colour edge (1: every pixel alike)"
+    )
+    prior_weight: float = Field(
+        4.0, ge=0, description="initial weight of the hint's own classes added to the logits (0: none)"
+    )
+    prior_blur: int = Field(
+        0,
+        ge=0,
+        description="box blur (px) of the hint's classes before they join the logits, so a cell's border "
+        "is no colour edge by itself (0: sharp cells)",
+    )
     seed: int = Field(0, description="seed of the initial weights and the shuffle")
     device: str = "auto"
 
@@ -86,7 +98,14 @@ class ColorizerOptions(BaseModel):
         return self
 
     def run_key(self) -> str:
-        return hashlib.sha1(json.dumps(self.model_dump(exclude={"device"}), sort_keys=True).encode()).hexdigest()[:12]
+        fields = self.model_dump(exclude={"device"})
+        for name, value in LEGACY.items():  # added later: at the value that trains as before, out of the key
+            if fields.get(name) == value:
+                del fields[name]
+        return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+
+
+LEGACY: dict[str, Any] = {"boundary_weight": 1.0, "prior_weight": 4.0, "prior_blur": 0}
 
 
 def _images(ws: Workspace, opts: ColorizerOptions) -> tuple[list[str], np.ndarray]:
@@ -130,7 +149,14 @@ class Colorizer(torch.nn.Module):
     """A segmenter over palette classes whose logits start from the colour hint's classes."""
 
     def __init__(
-        self, net: torch.nn.Module, num_classes: int, hint_size: int, num_values: int = 3, hint: str = "mode"
+        self,
+        net: torch.nn.Module,
+        num_classes: int,
+        hint_size: int,
+        num_values: int = 3,
+        hint: str = "mode",
+        prior_weight: float = 4.0,
+        prior_blur: int = 0,
     ) -> None:
         super().__init__()
         self.net = net
@@ -138,14 +164,19 @@ class Colorizer(torch.nn.Module):
         self.hint_size = hint_size
         self.num_values = num_values
         self.hint_kind = hint
-        self.prior_weight = torch.nn.Parameter(torch.tensor(4.0 if hint_size else 0.0))
+        self.prior_weight = torch.nn.Parameter(torch.tensor(prior_weight if hint_size else 0.0))
+        self.prior_blur = prior_blur
 
     def forward(self, x: torch.Tensor, prior: torch.Tensor | None = None) -> torch.Tensor:
         """Unit ``(N, 3, H, W)`` float32 in [0, 1] (prior: ``(N, H, W)`` int64 classes) -> ``(N, C, H, W)`` logits."""
         logits = self.net(x)
         if prior is None or not self.hint_size:
             return logits
-        return logits + self.prior_weight * F.one_hot(prior, self.num_classes).permute(0, 3, 1, 2).to(logits.dtype)
+        p = F.one_hot(prior, self.num_classes).permute(0, 3, 1, 2).to(logits.dtype)
+        if self.prior_blur:
+            k = 2 * (self.prior_blur // 2) + 1
+            p = F.avg_pool2d(p, k, stride=1, padding=k // 2, count_include_pad=False)
+        return logits + self.prior_weight * p
 
     def hint(self, images: np.ndarray, size: int | None = None) -> np.ndarray:
         """The colour hint of ``images`` that this model was trained with (see :func:`colour_hint`).
@@ -263,7 +294,9 @@ def train_colorizer(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(opts.seed)
         net = create("segmenter", opts.model, num_classes=n_classes)
-        model = Colorizer(net, n_classes, opts.hint_size, opts.num_values, opts.hint)
+        model = Colorizer(
+            net, n_classes, opts.hint_size, opts.num_values, opts.hint, opts.prior_weight, opts.prior_blur
+        )
     model = model.to(device)
     params = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=1e-4)
@@ -279,7 +312,13 @@ def train_colorizer(
         for b in range(steps):
             idx = order[b * batch : (b + 1) * batch]
             logits = _forward(model, tx[idx], _take(th, idx), _take(tp, idx), device)
-            loss = F.cross_entropy(logits.float(), ty[idx].to(device))
+            target = ty[idx].to(device)
+            if opts.boundary_weight != 1.0:
+                per_pixel = F.cross_entropy(logits.float(), target, reduction="none")
+                weight = 1 + (opts.boundary_weight - 1) * _dilate(colour_edges(ty[idx]), 3).to(device).float()
+                loss = (per_pixel * weight).sum() / weight.sum()
+            else:
+                loss = F.cross_entropy(logits.float(), target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -298,6 +337,7 @@ def train_colorizer(
         "num_values": opts.num_values,
         "hint_size": opts.hint_size,
         "hint": opts.hint,
+        "prior_blur": opts.prior_blur,
         "options": opts.model_dump(),
     }
     # What the accuracy means: the share of held-out pixels of the commonest training colour
@@ -428,7 +468,9 @@ def load_colorizer(ws: Workspace, ref: str = "latest", device: str = "cpu") -> t
     hint = ckpt.config.get("hint", "mean")  # hinted checkpoints from before "hint" existed used cell means
     if hint not in ("mode", "mean"):
         raise ValueError(f"colouriser checkpoint {ckpt.name}: unknown hint kind {hint!r}")
-    model = Colorizer(create("segmenter", ckpt.config["model"], num_classes=n), n, hint_size, num_values, hint)
+    net = create("segmenter", ckpt.config["model"], num_classes=n)
+    blur = int(ckpt.config.get("prior_blur", 0))
+    model = Colorizer(net, n, hint_size, num_values, hint, prior_blur=blur)
     state = load(ckpt.weights)
     if "prior_weight" in state:
         model.load_state_dict(state)

@@ -20,6 +20,7 @@ asking for more steps continues the same run.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -109,6 +110,12 @@ class GauganOptions(BaseModel):
         "encoded from the region and painted into every SPADE block, as in SEAN)",
     )
     code_dim: int = Field(16, ge=1, description="style code size per class with region styles (z is classes x this)")
+    ema: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="decay of a moving average of the generator's weights that evaluation and generation use (0: off)",
+    )
     min_confidence: float = Field(0.8, ge=0, le=1, description="corpus pseudo-labels at least this confident")
     checkpoint_every: int = Field(200, ge=1, description="GAN steps between checkpoints")
     eval_count: int = Field(32, ge=0, description="held-out masks evaluated at every checkpoint")
@@ -145,6 +152,7 @@ LEGACY: dict[str, Any] = {
     "lambda_region": 0.0,
     "style_injection": "spade",
     "code_dim": 16,
+    "ema": 0.0,
 }
 
 
@@ -277,9 +285,17 @@ class Nets:
     decoder: VAEDecoder | RegionDecoder
     generator: SPADEGenerator
     discriminator: MultiscaleDiscriminator
+    generator_ema: SPADEGenerator | None = None
 
     def named(self) -> dict[str, torch.nn.Module]:
-        return {"E": self.encoder, "dec": self.decoder, "G": self.generator, "D": self.discriminator}
+        out = {"E": self.encoder, "dec": self.decoder, "G": self.generator, "D": self.discriminator}
+        if self.generator_ema is not None:
+            out["G_ema"] = self.generator_ema
+        return out
+
+    def inference(self) -> SPADEGenerator:
+        """The generator that evaluation, sample sheets and generation use: the moving average when kept."""
+        return self.generator_ema if self.generator_ema is not None else self.generator
 
 
 def build_nets(opts: GauganOptions, num_classes: int) -> Nets:
@@ -305,7 +321,11 @@ def build_nets(opts: GauganOptions, num_classes: int) -> Nets:
             code_dim=opts.code_dim if opts.style_injection == "region" else None,
         )
         discriminator = MultiscaleDiscriminator(num_classes, opts.ndf, opts.n_layers_d, opts.num_d)
-    return Nets(encoder, decoder, generator, discriminator)
+    ema = None
+    if opts.ema:
+        ema = copy.deepcopy(generator)
+        ema.requires_grad_(False)
+    return Nets(encoder, decoder, generator, discriminator, ema)
 
 
 def _pow2_at_least(n: int) -> int:
@@ -573,23 +593,22 @@ def train_gaugan(
         name = f"{key[:8]}-{'vae' if phase_now == 'vae' else 'step'}-{step_now:06d}"
         m: dict[str, Any] = {"phase": phase_now, "step": step_now, "seconds": round(time.perf_counter() - t0, 1)}
         m.update({k: round(v, 5) for k, v in losses.items()})
+        g_eval = nets.inference()
         if phase_now == "gan":
-            fit_latent_prior(nets.generator, nets.encoder, pairs, device)
+            fit_latent_prior(g_eval, nets.encoder, pairs, device)
         if phase_now == "gan" and opts.eval_count and pairs.held_out and has_tag(ws, "unet"):
-            ev = evaluate(ws, nets.generator, pairs, opts.eval_count, device)
+            ev = evaluate(ws, g_eval, pairs, opts.eval_count, device)
             m.update(semantic_miou=ev["semantic_miou"], pixel_accuracy=ev["pixel_accuracy"], eval_images=ev["images"])
         if phase_now == "gan" and opts.eval_count:
-            style = style_evaluation(nets.generator, nets.encoder, pairs, opts.eval_count, device, classes)
+            style = style_evaluation(g_eval, nets.encoder, pairs, opts.eval_count, device, classes)
             m.update(style_summary(style))
         named = nets.named()
-        saved = {k: named[k] for k in (("E", "dec") if phase_now == "vae" else ("E", "dec", "G", "D"))}
+        saved = {k: named[k] for k in (("E", "dec") if phase_now == "vae" else named)}
         tags: tuple[str, ...] = ("vae",) if phase_now == "vae" else ("latest",)
         cfg = {**config, "phase": phase_now, "step": step_now}
         digest = save_checkpoint(ws, MODEL_DIR, name, weights_bytes(saved), cfg, m, tags=())
         if phase_now == "gan":
-            write_side_file(
-                ws, MODEL_DIR, name, "samples.png", _sample_sheet(nets.generator, nets.encoder, pairs, device)
-            )
+            write_side_file(ws, MODEL_DIR, name, "samples.png", _sample_sheet(g_eval, nets.encoder, pairs, device))
         blob, groups = optimizer_state(optimizers(phase_now))
         meta = {"run": key, "phase": phase_now, "step": step_now, "param_groups": groups}
         commit_train_state(ws, MODEL_DIR, name, blob, meta, tags, digest)

@@ -61,6 +61,18 @@ class Loop:
         return True
 
 
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None:
+    """``ema = decay * ema + (1 - decay) * net`` over the parameters; the spectral norms' vectors
+    copied from ``net`` (the latent prior, fitted on the average itself, is left alone)."""
+    for pe, p in zip(ema.parameters(), net.parameters(), strict=True):
+        pe.lerp_(p.detach(), 1 - decay)
+    own = dict(net.named_buffers())
+    for name, be in ema.named_buffers():
+        if not name.startswith("latent_"):
+            be.copy_(own[name])
+
+
 def pooled_l1(fake: torch.Tensor, real: torch.Tensor, side: int) -> torch.Tensor:
     """L1 between both images average-pooled to ``side`` x ``side``: their colour layout, not their detail."""
     return F.l1_loss(F.adaptive_avg_pool2d(fake, side), F.adaptive_avg_pool2d(real, side))
@@ -164,6 +176,8 @@ def train_gan(
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
+        if loop.nets.generator_ema is not None:
+            ema_update(loop.nets.generator_ema, G, min(opts.ema, (1 + step) / (10 + step)))
         # discriminator step
         with amp:
             d_fake = D(fake.detach(), seg)

@@ -421,6 +421,6 @@ def load_gaugan(ws: Workspace, ref: str = "latest", device: str = "cpu") -> Trai
         raise WorkspaceError(f"checkpoint {ckpt.name} is a VAE pretraining checkpoint, not a generator")
     opts = options_of(cfg)
     nets = build_nets(opts, int(cfg["num_classes"]))
-    load_weights({"G": nets.generator, "E": nets.encoder}, ckpt.weights)
+    load_weights({("G_ema" if opts.ema else "G"): nets.generator, "E": nets.encoder}, ckpt.weights)
     dev = pick_device(device)
     return Trained(nets.generator.to(dev).eval(), nets.encoder.to(dev).eval(), cfg, ckpt.name, ckpt.digest, dev)

@@ -69,9 +69,14 @@ def _kill_at(phase: str, step: int):  # noqa: ANN202
     return on_step
 
 
-@pytest.mark.parametrize("where", [("vae", 3), ("gan", 3)])
-def test_an_interrupted_run_resumes_bit_exactly(tmp_path: Path, where: tuple[str, int]) -> None:
-    opts = OPTS.model_copy(update={"vae_steps": 4, "lambda_vgg": 0.0, "eval_count": 0})
+REGION = {"style_injection": "region", "code_dim": 4, "ema": 0.9, "lambda_rec": 10.0, "lambda_region": 10.0}
+
+
+@pytest.mark.parametrize(
+    ("where", "variant"), [(("vae", 3), {}), (("gan", 3), {}), (("vae", 3), REGION), (("gan", 3), REGION)]
+)
+def test_an_interrupted_run_resumes_bit_exactly(tmp_path: Path, where: tuple[str, int], variant: dict) -> None:
+    opts = OPTS.model_copy(update={"vae_steps": 4, "lambda_vgg": 0.0, "eval_count": 0, **variant})
     whole = tiny_workspace(tmp_path / "whole", n=8)
     train_gaugan(whole, opts)
     cut = tiny_workspace(tmp_path / "cut", n=8)
@@ -82,6 +87,8 @@ def test_an_interrupted_run_resumes_bit_exactly(tmp_path: Path, where: tuple[str
     a, b = _weights(whole), _weights(cut)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from an uninterrupted run"
+    if variant:
+        assert any(k.startswith("G_ema.") for k in a) and "G_ema.latent_factor" in a
     more = train_gaugan(cut, opts.model_copy(update={"steps": 6}))
     assert more.resumed_at == {"phase": "gan", "step": 4} and load_checkpoint(cut, "gaugan").config["step"] == 6
 
