@@ -77,13 +77,13 @@ class ColorizerOptions(BaseModel):
     hint_size: int = Field(16, ge=0, description="colour hint cells per side (0: line art only)")
     hint: Literal["mode", "mean"] = Field("mode", description="a cell's commonest palette colour, or its mean colour")
     boundary_weight: float = Field(
-        1.0, ge=0, description="loss weight of pixels within 3 px of a colour edge (1: every pixel alike)"
+        5.0, ge=0, description="loss weight of pixels within 3 px of a colour edge (1: every pixel alike)"
     )
     prior_weight: float = Field(
         4.0, ge=0, description="initial weight of the hint's own classes added to the logits (0: none)"
     )
     prior_blur: int = Field(
-        0,
+        7,
         ge=0,
         description="box blur (px) of the hint's classes before they join the logits, so a cell's border "
         "is no colour edge by itself (0: sharp cells)",
