@@ -209,8 +209,12 @@ class SPADEGenerator(nn.Module):
         """
         if not self.code_dim:
             return eps
-        mean, factor = self.latent_mean, self.latent_factor
+        mean, factor = self._prior()
         return mean.to(eps) + eps @ factor.to(eps).T
+
+    def _prior(self) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, factor = self.get_buffer("latent_mean"), self.get_buffer("latent_factor")
+        return mean, factor
 
     @torch.no_grad()
     def fit_prior(self, latents: torch.Tensor, shrink: float = 1e-3) -> None:
@@ -221,8 +225,9 @@ class SPADEGenerator(nn.Module):
         mean = z.mean(0)
         cov = torch.cov(z.T) + shrink * torch.eye(z.shape[1], dtype=z.dtype)
         vals, vecs = torch.linalg.eigh(cov)
-        self.latent_mean.copy_(mean.to(self.latent_mean))
-        self.latent_factor.copy_((vecs * vals.clamp(min=0).sqrt()).to(self.latent_factor))
+        own_mean, own_factor = self._prior()
+        own_mean.copy_(mean.to(own_mean))
+        own_factor.copy_((vecs * vals.clamp(min=0).sqrt()).to(own_factor))
 
     def forward(self, seg: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         if seg.shape[1] != self.label_nc or seg.shape[2:] != (self.size, self.size):

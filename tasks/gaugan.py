@@ -288,7 +288,12 @@ class Nets:
     generator_ema: SPADEGenerator | None = None
 
     def named(self) -> dict[str, torch.nn.Module]:
-        out = {"E": self.encoder, "dec": self.decoder, "G": self.generator, "D": self.discriminator}
+        out: dict[str, torch.nn.Module] = {
+            "E": self.encoder,
+            "dec": self.decoder,
+            "G": self.generator,
+            "D": self.discriminator,
+        }
         if self.generator_ema is not None:
             out["G_ema"] = self.generator_ema
         return out
