@@ -64,10 +64,8 @@ def _param_free_norm(kind: str, channels: int) -> nn.Module:
 class SPADE(nn.Module):
     """Spatially-adaptive (de)normalisation of ``norm_nc`` channels by a ``label_nc`` mask.
 
-    With ``z_dim``, a style latent also shifts gamma and beta per channel (a linear map of
-    z, zero at initialisation), so the latent reaches every block rather than only the
-    generator's first feature map. With ``code_dim``, a style map (every pixel carries the
-    style code of its class region, as in SEAN) shifts them per pixel (a 1x1 convolution).
+    With ``code_dim``, a style map (every pixel carries the style code of its class region,
+    as in SEAN) shifts gamma and beta per pixel (a 1x1 convolution).
     """
 
     def __init__(
@@ -77,7 +75,6 @@ class SPADE(nn.Module):
         hidden: int = 128,
         kernel_size: int = 3,
         norm: str = "instance",
-        z_dim: int | None = None,
         code_dim: int | None = None,
     ) -> None:
         super().__init__()
@@ -89,21 +86,13 @@ class SPADE(nn.Module):
         self.mlp_shared = nn.Sequential(nn.Conv2d(label_nc, hidden, kernel_size, padding=pad), nn.ReLU())
         self.mlp_gamma = nn.Conv2d(hidden, norm_nc, kernel_size, padding=pad)
         self.mlp_beta = nn.Conv2d(hidden, norm_nc, kernel_size, padding=pad)
-        self.mlp_style: nn.Linear | None = None
-        if z_dim:
-            self.mlp_style = nn.Linear(z_dim, 2 * norm_nc)
-            nn.init.zeros_(self.mlp_style.weight)
-            nn.init.zeros_(self.mlp_style.bias)
 
     def forward(self, x: torch.Tensor, segmap: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        """``z``: the latent ``(N, z_dim)``, or with ``code_dim`` the style map ``(N, code_dim, H', W')``."""
+        """``z``: with ``code_dim``, the style map ``(N, code_dim, H', W')``."""
         normalized = self.param_free_norm(x)
         seg = F.interpolate(segmap, size=x.shape[2:], mode="nearest")
         actv = self.mlp_shared(seg)
         gamma, beta = self.mlp_gamma(actv), self.mlp_beta(actv)
-        if self.mlp_style is not None and z is not None:
-            dg, db = self.mlp_style(z).to(gamma.dtype)[:, :, None, None].chunk(2, dim=1)
-            gamma, beta = gamma + dg, beta + db
         if self.mlp_region is not None and z is not None:
             style = F.interpolate(z, size=x.shape[2:], mode="nearest")
             dg, db = self.mlp_region(style).to(gamma.dtype).chunk(2, dim=1)
@@ -122,7 +111,6 @@ class SPADEResBlock(nn.Module):
         hidden: int = 128,
         spectral: bool = True,
         norm: str = "instance",
-        z_dim: int | None = None,
         code_dim: int | None = None,
     ) -> None:
         super().__init__()
@@ -130,11 +118,11 @@ class SPADEResBlock(nn.Module):
         fmiddle = min(fin, fout)
         self.conv_0 = _sn(nn.Conv2d(fin, fmiddle, 3, padding=1), spectral)
         self.conv_1 = _sn(nn.Conv2d(fmiddle, fout, 3, padding=1), spectral)
-        self.norm_0 = SPADE(fin, label_nc, hidden, norm=norm, z_dim=z_dim, code_dim=code_dim)
-        self.norm_1 = SPADE(fmiddle, label_nc, hidden, norm=norm, z_dim=z_dim, code_dim=code_dim)
+        self.norm_0 = SPADE(fin, label_nc, hidden, norm=norm, code_dim=code_dim)
+        self.norm_1 = SPADE(fmiddle, label_nc, hidden, norm=norm, code_dim=code_dim)
         if self.learned_shortcut:
             self.conv_s = _sn(nn.Conv2d(fin, fout, 1, bias=False), spectral)
-            self.norm_s = SPADE(fin, label_nc, hidden, norm=norm, z_dim=z_dim, code_dim=code_dim)
+            self.norm_s = SPADE(fin, label_nc, hidden, norm=norm, code_dim=code_dim)
 
     def forward(self, x: torch.Tensor, seg: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         x_s = self.conv_s(self.norm_s(x, seg, z)) if self.learned_shortcut else x
@@ -157,7 +145,6 @@ class SPADEGenerator(nn.Module):
         spade_hidden: int = 128,
         norm: str = "instance",
         spectral: bool = True,
-        modulated: bool = False,
         code_dim: int | None = None,
     ) -> None:
         super().__init__()
@@ -170,7 +157,6 @@ class SPADEGenerator(nn.Module):
                 f"for num_upsampling={num_upsampling!r}"
             )
         self.label_nc, self.size, self.z_dim, self.num_upsampling = label_nc, size, z_dim, num_upsampling
-        self.modulated = modulated
         self.code_dim = code_dim
         if code_dim and z_dim != label_nc * code_dim:
             raise ValueError(f"region styles need z_dim = {label_nc} classes x {code_dim}, not {z_dim}")
@@ -181,9 +167,7 @@ class SPADEGenerator(nn.Module):
         nf = ngf
 
         def block(fin: int, fout: int) -> SPADEResBlock:
-            return SPADEResBlock(
-                fin, fout, label_nc, spade_hidden, spectral, norm, z_dim if modulated else None, code_dim
-            )
+            return SPADEResBlock(fin, fout, label_nc, spade_hidden, spectral, norm, code_dim)
 
         self.fc = nn.Linear(z_dim, 16 * nf * self.sw * self.sw)
         self.head_0 = block(16 * nf, 16 * nf)
@@ -238,7 +222,7 @@ class SPADEGenerator(nn.Module):
             raise ValueError(f"z must be ({seg.shape[0]}, {self.z_dim}), not {tuple(z.shape)}")
         up = nn.functional.interpolate
         x = self.fc(z).view(z.shape[0], -1, self.sw, self.sw)
-        style: torch.Tensor | None = z if self.modulated else None
+        style: torch.Tensor | None = None
         if self.code_dim:  # every pixel carries its class's code
             style = torch.einsum("nchw,ncd->ndhw", seg, z.view(z.shape[0], self.label_nc, self.code_dim))
         x = self.head_0(x, seg, style)

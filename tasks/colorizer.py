@@ -35,9 +35,7 @@ accuracy per epoch).
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -53,7 +51,7 @@ from storage.checkpoints import load_checkpoint, save_checkpoint, write_side_fil
 from storage.workspace import Workspace
 from tasks.device import pick_device
 from tasks.npr import palette, posterize_classes
-from tasks.training import held_out_mask, weights_bytes
+from tasks.training import held_out_mask, options_key, weights_bytes
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +96,7 @@ class ColorizerOptions(BaseModel):
         return self
 
     def run_key(self) -> str:
-        fields = self.model_dump(exclude={"device"})
-        for name, value in LEGACY.items():  # added later: at the value that trains as before, out of the key
-            if fields.get(name) == value:
-                del fields[name]
-        return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+        return options_key(self.model_dump(exclude={"device"}), LEGACY)
 
 
 LEGACY: dict[str, Any] = {"boundary_weight": 1.0, "prior_weight": 4.0, "prior_blur": 0}
@@ -304,6 +298,8 @@ def train_colorizer(
     steps = max(1, len(tx) // batch)  # whole batches only: batch norm needs more than one sample
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=opts.lr, total_steps=opts.epochs * steps)
     history: list[dict[str, Any]] = []
+    # the pixels within 3 px of a colour edge, once for the whole training set (bool)
+    near_edge = _dilate(colour_edges(ty), 3) if opts.boundary_weight != 1.0 else None
     t0 = time.perf_counter()
     for epoch in range(opts.epochs):
         order = torch.randperm(len(tx), generator=torch.Generator().manual_seed(opts.seed * 7919 + epoch))
@@ -313,9 +309,9 @@ def train_colorizer(
             idx = order[b * batch : (b + 1) * batch]
             logits = _forward(model, tx[idx], _take(th, idx), _take(tp, idx), device)
             target = ty[idx].to(device)
-            if opts.boundary_weight != 1.0:
+            if near_edge is not None:
                 per_pixel = F.cross_entropy(logits.float(), target, reduction="none")
-                weight = 1 + (opts.boundary_weight - 1) * _dilate(colour_edges(ty[idx]), 3).to(device).float()
+                weight = 1 + (opts.boundary_weight - 1) * near_edge[idx].to(device).float()
                 loss = (per_pixel * weight).sum() / weight.sum()
             else:
                 loss = F.cross_entropy(logits.float(), target)
@@ -324,8 +320,8 @@ def train_colorizer(
             optimizer.step()
             scheduler.step()
             total += float(loss.detach())
-        acc = palette_accuracy(model, vx, vy, device, vh, vp)
-        entry = {"epoch": epoch + 1, "loss": round(total / steps, 4), "palette_accuracy": round(acc, 4)}
+        figures = held_out_figures(model, vx, vy, device, vh, vp)
+        entry = {"epoch": epoch + 1, "loss": round(total / steps, 4), "palette_accuracy": round(figures.pop("acc"), 4)}
         history.append(entry)
         log.info("train-colorizer epoch %d/%d: %s", epoch + 1, opts.epochs, entry)
         if on_epoch:
@@ -344,10 +340,11 @@ def train_colorizer(
     # (a model that paints everything in it scores this), and the share the hint gets right.
     commonest = int(torch.bincount(ty.flatten(), minlength=n_classes).argmax())
     baseline = float((vy == commonest).float().mean()) if len(vy) else 0.0
-    figures = held_out_figures(model, vx, vy, device, vh, vp) if len(vy) else {}
+    hint_figures = boundary_figures(vp, vy, vx) if vp is not None and len(vy) else {}
     metrics = {
         **history[-1],
-        **{k: v for k, v in figures.items() if k != "palette_accuracy"},
+        **figures,
+        **{f"hint_{k}": v for k, v in hint_figures.items()},
         "commonest_colour_accuracy": round(baseline, 4),
         "hint_accuracy": round(float((vp == vy).float().mean()), 4) if vp is not None and len(vy) else None,
         "parameters": params,
@@ -365,19 +362,6 @@ def _take(t: torch.Tensor | None, idx: torch.Tensor | slice) -> torch.Tensor | N
 
 
 @torch.inference_mode()
-def palette_accuracy(
-    model: Colorizer,
-    lines: torch.Tensor,
-    classes: torch.Tensor,
-    device: torch.device,
-    hints: torch.Tensor | None = None,
-    priors: torch.Tensor | None = None,
-) -> float:
-    """Pixel accuracy on ``(N, H, W)`` uint8 drawings against ``(N, H, W)`` int64 palette classes (hints: RGB uint8)."""
-    return held_out_figures(model, lines, classes, device, hints, priors)["palette_accuracy"]
-
-
-@torch.inference_mode()
 def held_out_figures(
     model: Colorizer,
     lines: torch.Tensor,
@@ -386,36 +370,22 @@ def held_out_figures(
     hints: torch.Tensor | None = None,
     priors: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """Palette accuracy, and where the colours stop: accuracy within 3 px of a truth colour
-    edge (``boundary_accuracy``) and the share of predicted colour edges on the line art
-    (``edges_on_lines``); with hints, the same two for the hint's own classes.
+    """Pixel accuracy (``acc``) and :func:`boundary_figures` of the model's palette classes.
 
-    ``lines``: ``(N, H, W)`` uint8 drawings; ``classes``: ``(N, H, W)`` int64 palette classes.
+    ``lines``: ``(N, H, W)`` uint8 drawings; ``classes``: ``(N, H, W)`` int64 palette classes;
+    ``hints``: RGB uint8 colour hints and ``priors`` their classes, for a hinted model.
     """
     model.eval()
-    right = total = 0
-    counts: dict[str, int] = {}
-    hint_counts: dict[str, int] = {}
+    preds = []
     for i in range(0, len(lines), 16):
         part = slice(i, i + 16)
-        pred = _forward(model, lines[part], _take(hints, part), _take(priors, part), device).argmax(1).cpu()
-        right += int((pred == classes[part]).sum())
-        total += pred.numel()
-        for k, v in boundary_counts(pred, classes[part], lines[part]).items():
-            counts[k] = counts.get(k, 0) + v
-        if priors is not None:
-            for k, v in boundary_counts(priors[part], classes[part], lines[part]).items():
-                hint_counts[k] = hint_counts.get(k, 0) + v
+        preds.append(_forward(model, lines[part], _take(hints, part), _take(priors, part), device).argmax(1).cpu())
     model.train()
-    out: dict[str, Any] = {
-        "palette_accuracy": right / max(1, total),
-        "boundary_accuracy": _ratio(counts.get("band_right", 0), counts.get("band", 0)),
-        "edges_on_lines": _ratio(counts.get("edges_on_lines", 0), counts.get("edges", 0)),
+    pred = torch.cat(preds) if preds else torch.zeros_like(classes)
+    return {
+        "acc": float((pred == classes).float().mean()) if pred.numel() else 0.0,
+        **boundary_figures(pred, classes, lines),
     }
-    if hint_counts:
-        out["hint_boundary_accuracy"] = _ratio(hint_counts["band_right"], hint_counts["band"])
-        out["hint_edges_on_lines"] = _ratio(hint_counts["edges_on_lines"], hint_counts["edges"])
-    return out
 
 
 def colour_edges(classes: torch.Tensor) -> torch.Tensor:
@@ -433,24 +403,21 @@ def _dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
     return F.max_pool2d(mask[:, None].float(), k, stride=1, padding=radius)[:, 0] > 0
 
 
-def boundary_counts(
+def boundary_figures(
     pred: torch.Tensor, truth: torch.Tensor, lines: torch.Tensor, band: int = 3, on_line: int = 1
-) -> dict[str, int]:
-    """Counts behind the boundary figures of one batch (sum them over batches, then divide).
+) -> dict[str, float | None]:
+    """Where the colours stop: ``boundary_accuracy``, the share of pixels within ``band`` px of
+    a truth colour edge that are right, and ``edges_on_lines``, the share of predicted colour-edge
+    pixels within ``on_line`` px of ink (line art darker than 128); None where there is no such pixel.
 
-    ``pred``, ``truth``: ``(N, H, W)`` palette classes; ``lines``: ``(N, H, W)`` uint8 line art
-    (0 ink, 255 paper). ``band_right`` / ``band``: pixels within ``band`` px of a truth
-    colour edge that are right; ``edges_on_lines`` / ``edges``: predicted colour-edge pixels
-    within ``on_line`` px of an ink pixel (line art darker than 128).
+    ``pred``, ``truth``: ``(N, H, W)`` palette classes; ``lines``: ``(N, H, W)`` uint8 line art (0 ink).
     """
     near = _dilate(colour_edges(truth), band)
     ink = _dilate(lines < 128, on_line)
     edges = colour_edges(pred)
     return {
-        "band_right": int(((pred == truth) & near).sum()),
-        "band": int(near.sum()),
-        "edges_on_lines": int((edges & ink).sum()),
-        "edges": int(edges.sum()),
+        "boundary_accuracy": _ratio(int(((pred == truth) & near).sum()), int(near.sum())),
+        "edges_on_lines": _ratio(int((edges & ink).sum()), int(edges.sum())),
     }
 
 

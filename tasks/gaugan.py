@@ -60,7 +60,14 @@ from tasks.augment import validation_split
 from tasks.device import autocast, pick_device
 from tasks.gaugan_loop import Loop, train_gan, train_vae
 from tasks.tensors import from_signed, signed_from_float255, to_float255
-from tasks.training import hash_fraction, load_optimizer_state, load_weights, optimizer_state, weights_bytes
+from tasks.training import (
+    hash_fraction,
+    load_optimizer_state,
+    load_weights,
+    optimizer_state,
+    options_key,
+    weights_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +110,10 @@ class GauganOptions(BaseModel):
     lambda_region: float = Field(
         0.0, ge=0, description="L1 between the mean colours of every class region of the generated and the real image"
     )
-    style_injection: Literal["spade", "modulated", "region"] = Field(
+    style_injection: Literal["spade", "region"] = Field(
         "spade",
-        description="how style reaches the generator: spade (one latent, into its first feature map, as in SPADE), "
-        "modulated (that latent also scales and shifts every SPADE block), or region (a code per class region, "
-        "encoded from the region and painted into every SPADE block, as in SEAN)",
+        description="how style reaches the generator: spade (one latent, into its first feature map, as in SPADE) "
+        "or region (a code per class region, encoded from the region and painted into every SPADE block, as in SEAN)",
     )
     code_dim: int = Field(16, ge=1, description="style code size per class with region styles (z is classes x this)")
     ema: float = Field(
@@ -138,11 +144,7 @@ class GauganOptions(BaseModel):
         Options added after runs existed are left out at the value that trains as before
         (``LEGACY``), so those runs keep their key and resume.
         """
-        fields = self.model_dump(exclude={"steps", "checkpoint_every", "eval_count", "device"})
-        for name, value in LEGACY.items():
-            if fields.get(name) == value:
-                del fields[name]
-        return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+        return options_key(self.model_dump(exclude={"steps", "checkpoint_every", "eval_count", "device"}), LEGACY)
 
 
 # Options a checkpoint written before them did not record, at the value it was trained with.
@@ -322,7 +324,6 @@ def build_nets(opts: GauganOptions, num_classes: int) -> Nets:
             encoder.z_dim,
             opts.num_upsampling,
             opts.spade_hidden,
-            modulated=opts.style_injection == "modulated",
             code_dim=opts.code_dim if opts.style_injection == "region" else None,
         )
         discriminator = MultiscaleDiscriminator(num_classes, opts.ndf, opts.n_layers_d, opts.num_d)

@@ -90,6 +90,18 @@ def load_weights(nets: Nets, blob: bytes) -> None:
             net.load_state_dict(part)
 
 
+def options_key(fields: Mapping[str, Any], legacy: Mapping[str, Any] | None = None) -> str:
+    """A run's key from its identifying options: SHA-1 of their sorted JSON, 12 hex digits.
+
+    ``legacy``: options added after runs existed, with the value that trains as before;
+    at that value an option is left out, so the older runs keep their key and resume.
+    """
+    import json
+
+    kept = {k: v for k, v in fields.items() if not (legacy and k in legacy and legacy[k] == v)}
+    return hashlib.sha1(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:12]
+
+
 # -- hold-out splits -------------------------------------------------------------------------
 def hash_fraction(salt: str, item: str, nbytes: int = 8, byteorder: Literal["little", "big"] = "little") -> float:
     """A stable number in [0, 1) for ``item``: the first ``nbytes`` of sha256 of ``salt``, a NUL and ``item``.

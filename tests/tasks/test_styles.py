@@ -15,7 +15,7 @@ from storage.workspace import Workspace
 from tasks.colorizer import (
     Colorizer,
     ColorizerOptions,
-    boundary_counts,
+    boundary_figures,
     colorize_lines,
     colour_edges,
     colour_hint,
@@ -114,12 +114,12 @@ def test_boundary_figures_see_colours_that_miss_the_lines() -> None:
     lines = np.full((1, 32, 32), 255, np.uint8)
     lines[:, :, 15:17] = 0  # the drawing's line on it
     lines = torch.from_numpy(lines)
-    exact = boundary_counts(truth, truth, lines)
-    assert exact["band_right"] == exact["band"] > 0 and exact["edges_on_lines"] == exact["edges"] == 32
+    assert boundary_figures(truth, truth, lines) == {"boundary_accuracy": 1.0, "edges_on_lines": 1.0}
     blocky = torch.zeros_like(truth)
     blocky[:, :, 24:] = 1  # the edge 8 px off, on a hint cell's border
-    off = boundary_counts(blocky, truth, lines)
-    assert off["band_right"] / off["band"] < 0.75 and off["edges_on_lines"] == 0
+    off = boundary_figures(blocky, truth, lines)
+    assert off["boundary_accuracy"] is not None and off["boundary_accuracy"] < 0.75 and off["edges_on_lines"] == 0
+    assert boundary_figures(truth[:, :, :1], truth[:, :, :1], lines[:, :, :1])["boundary_accuracy"] is None
     assert colour_edges(truth).sum() == 32
 
 
